@@ -1,0 +1,302 @@
+# The .ebp net file: formats, int16 parameters and hyper-parameters of one net.
+#
+# Little-endian. L = number of layers (1..8); n_l = sizes[l].
+#   off     size  field
+#   0       4     magic b"EBPN"
+#   4       1     format version (1)
+#   5       1     L
+#   6       1     loss code (fixed.LOSS_NAMES)
+#   7       1     flags: bit 0 momentum buffers, bit 1 hyper-parameters present
+#   8       2     batch_max (1..32768)
+#   10      2     alpha_q, leaky-ReLU slope in Q12 (int16)
+#   12      12    hyper block: lr_m u8, lr_e u8, mu u8 (Q8), c_m u8, c_e u8, rounding u8,
+#                 batch u16, seed u32 (30 bits used)
+#   24      4     n_bytes: length of the net file, header to final CRC inclusive
+#   28      2     n_0, the input width
+#   30      1     shift_a[0]
+#   31      1     0
+#   32+6l   6     layer l: n_(l+1) u16, activation u8, shift_a[l+1] u8, shift_w u8, shift_d u8
+#   32+6L   2     CRC-16 of bytes 0..32+6L (checked before anything is allocated)
+#   34+6L   ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
+#   end-2   2     CRC-16 (wire.crc16) of everything before it
+# A host-only trailer may follow (see host/ebpfile.py); the board never reads past n_bytes.
+#
+# Loader parses the file as it arrives in pieces of any size (a file in memory, a stream,
+# or LOAD_CHUNK payloads): it checks the header, builds the Net, then writes each parameter
+# straight into the Net's arrays, so the board never holds the file and the net together.
+
+import gc
+
+from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH, Net
+from edgebp.wire import CRC_TABLE, crc16
+
+MAGIC = b"EBPN"
+VERSION = 1
+FIXED = 32  # header bytes before the layer records
+HYPER_AT = 12
+HYPER_LEN = 12
+FLAG_MOMENTUM = 1
+FLAG_HYPER = 2
+
+
+class EbpError(ValueError):
+    pass
+
+
+def head_len(L):
+    return FIXED + 6 * L + 2
+
+
+def file_len(sizes):
+    n = head_len(len(sizes) - 1) + 2
+    for l in range(len(sizes) - 1):
+        n += 2 * sizes[l + 1] * (sizes[l] + 1)
+    return n
+
+
+def apply_hyper(net, b, o):
+    # the 12-byte hyper block at b[o:]; all or nothing (ValueError names the bad value)
+    lr_m = b[o]
+    lr_e = b[o + 1]
+    mu = b[o + 2]
+    c_m = b[o + 3]
+    c_e = b[o + 4]
+    mode = b[o + 5]
+    batch = b[o + 6] | (b[o + 7] << 8)
+    seed = b[o + 8] | (b[o + 9] << 8) | (b[o + 10] << 16) | ((b[o + 11] & 0x3F) << 24)
+    if mode > 1:
+        raise ValueError("rounding mode %d unknown" % mode)
+    old = (net.lr_m, net.lr_e, net.batch, net.mu, net.c_m, net.c_s, net.mode, net.rng[0])
+    try:
+        net.set_lr(lr_m, lr_e)
+        net.set_batch(batch)
+        net.set_momentum(mu)
+        net.set_decay(c_m, c_e)
+    except ValueError:
+        net.lr_m, net.lr_e, net.batch, net.mu, net.c_m, net.c_s, net.mode, net.rng[0] = old
+        raise
+    net.set_rounding(mode, seed)
+
+
+def _u16(b, o):
+    return b[o] | (b[o + 1] << 8)
+
+
+def _u32(b, o):
+    # 30-bit values only: a larger one would not be a small int on a board
+    if b[o + 3] >= 0x40:
+        return -1
+    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
+
+
+class Loader:
+    """Parse a .ebp arriving in pieces: feed(buf, start, end) ..., then finish() -> Net.
+
+    `total` is the number of bytes that will be fed, if known (-1 if not): a file shorter
+    than its header says is refused before the net is allocated. Raises EbpError.
+    """
+
+    def __init__(self, total=-1, kernels=None, mem_free=None):
+        self.total = total
+        self.kernels = kernels
+        self.mem_free = mem_free if mem_free is not None else getattr(gc, "mem_free", None)
+        self.head = bytearray(head_len(MAX_LAYERS))
+        self.need = FIXED  # header bytes needed (known in full once L is)
+        self.got = 0  # bytes consumed
+        self.net = None
+        self.n_bytes = 0
+        self.hyper = None  # the hyper block, if the file has one
+        self.crc = 0xFFFF
+        self.phase = 0  # 0 header, 1 parameters, 2 final CRC, 3 done
+        self.l = 0  # layer, part (0 W, 1 B), index in the part
+        self.part = 0
+        self.idx = 0
+        self.lo = -1  # low byte of an int16 split between pieces
+        self.tail = 0  # final CRC as received
+
+    def feed(self, buf, start, end):
+        i = start
+        while i < end:
+            if self.phase == 0:
+                i = self._feed_head(buf, i, end)
+            elif self.phase == 1:
+                i = self._feed_params(buf, i, end)
+            elif self.phase == 2:
+                self.tail |= buf[i] << (8 * (self.got - self.n_bytes + 2))
+                self.got += 1
+                i += 1
+                if self.got == self.n_bytes:
+                    self.phase = 3
+            else:
+                # a trailer for the host
+                self.got += end - i
+                i = end
+
+    def _feed_head(self, buf, i, end):
+        h = self.head
+        while i < end and self.got < self.need:
+            h[self.got] = buf[i]
+            self.got += 1
+            i += 1
+        g = self.got
+        if g >= 4 and bytes(h[0:4]) != MAGIC:
+            raise EbpError("bad magic %r: not an edgebp net file" % bytes(h[0:4]))
+        if g >= 5 and h[4] != VERSION:
+            raise EbpError("unsupported format version %d (this firmware reads %d)"
+                           % (h[4], VERSION))
+        if g >= 6 and self.need == FIXED:
+            L = h[5]
+            if L < 1 or L > MAX_LAYERS:
+                raise EbpError("%d layers: a net has 1 to %d" % (L, MAX_LAYERS))
+            self.need = head_len(L)
+        if g == self.need and self.need > FIXED:
+            self._parse_head()
+        return i
+
+    def _parse_head(self):
+        h = self.head
+        L = h[5]
+        n = FIXED + 6 * L
+        if crc16(h, 0, n) != _u16(h, n):
+            raise EbpError("header CRC mismatch")
+        flags = h[7]
+        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER):
+            raise EbpError("unknown flags 0x%02x" % flags)
+        batch_max = _u16(h, 8)
+        if batch_max < 1 or batch_max > MAX_BATCH:
+            raise EbpError("batch_max %d outside 1..%d" % (batch_max, MAX_BATCH))
+        alpha = _u16(h, 10)
+        if alpha >= 32768:
+            alpha -= 65536
+        sizes = [_u16(h, 28)]
+        acts = []
+        shift_a = [h[30]]
+        shift_w = []
+        shift_d = []
+        if h[31]:
+            raise EbpError("reserved header byte is %d, not 0" % h[31])
+        for l in range(L):
+            o = FIXED + 6 * l
+            sizes.append(_u16(h, o))
+            acts.append(h[o + 2])
+            shift_a.append(h[o + 3])
+            shift_w.append(h[o + 4])
+            shift_d.append(h[o + 5])
+        for l in range(L + 1):
+            if sizes[l] < 1 or sizes[l] > MAX_WIDTH:
+                what = "input" if l == 0 else "layer %d output" % l
+                raise EbpError("%s width %d out of range 1..%d" % (what, sizes[l], MAX_WIDTH))
+        n_bytes = _u32(h, 24)
+        expect = file_len(sizes)
+        if n_bytes != expect:
+            raise EbpError("header says %d bytes but the layer sizes need %d"
+                           % (n_bytes, expect))
+        if self.total >= 0 and self.total < n_bytes:
+            raise EbpError("truncated: %d bytes of %d" % (self.total, n_bytes))
+        self.n_bytes = n_bytes
+        momentum = bool(flags & FLAG_MOMENTUM)
+        self._check_memory(sizes, momentum)
+        try:
+            net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
+                      alpha, self.kernels)
+        except MemoryError:
+            raise EbpError("out of memory building a net of %d parameters"
+                           % (expect // 2)) from None
+        except ValueError as e:
+            raise EbpError("net: %s" % e) from None
+        if flags & FLAG_HYPER:
+            try:
+                apply_hyper(net, h, HYPER_AT)
+            except ValueError as e:
+                raise EbpError("hyper-parameters: %s" % e) from None
+            self.hyper = bytes(h[HYPER_AT:HYPER_AT + HYPER_LEN])
+        self.net = net
+        self.crc = crc16(h, 0, n + 2)
+        self.phase = 1
+
+    def _check_memory(self, sizes, momentum):
+        if self.mem_free is None:
+            return
+        per = 10 if momentum else 6  # W or B int16, G int32, V int32
+        need = 0
+        for l in range(len(sizes) - 1):
+            need += per * sizes[l + 1] * (sizes[l] + 1) + 8 * sizes[l + 1] + 2 * sizes[l]
+        free = self.mem_free()
+        if need > free:
+            raise EbpError("net needs about %d bytes of RAM, %d free" % (need, free))
+
+    def _feed_params(self, buf, i, end):
+        net = self.net
+        assert net is not None  # phase 1 starts once the net is built
+        t = CRC_TABLE
+        i0 = i
+        crc = self.crc
+        lo = self.lo
+        arr = net.B[self.l] if self.part else net.W[self.l]
+        size = len(arr)
+        idx = self.idx
+        while i < end:
+            b = buf[i]
+            i += 1
+            crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ b) & 0xFF]
+            if lo < 0:
+                lo = b
+                continue
+            v = lo | (b << 8)
+            lo = -1
+            if v >= 32768:
+                v -= 65536
+                if v == -32768:
+                    raise EbpError("layer %d %s: -32768 outside the symmetric int16 range"
+                                   % (self.l + 1, "bias" if self.part else "weight"))
+            arr[idx] = v
+            idx += 1
+            if idx == size:
+                idx = 0
+                if self.part == 0:
+                    self.part = 1
+                else:
+                    self.part = 0
+                    self.l += 1
+                if self.l == net.L:
+                    self.phase = 2
+                    break
+                arr = net.B[self.l] if self.part else net.W[self.l]
+                size = len(arr)
+        self.got += i - i0
+        self.crc = crc
+        self.lo = lo
+        self.idx = idx
+        return i
+
+    def finish(self):
+        # the Net, once every byte of the file arrived intact
+        if self.phase == 0:
+            if self.got < 6:
+                raise EbpError("truncated in the header: %d bytes" % self.got)
+            raise EbpError("truncated in the header: %d of %d bytes" % (self.got, self.need))
+        if self.phase == 1:
+            raise EbpError("truncated in the %s of layer %d"
+                           % ("biases" if self.part else "weights", self.l + 1))
+        if self.phase == 2:
+            raise EbpError("truncated in the final CRC")
+        if self.tail != self.crc:
+            raise EbpError("CRC mismatch: file says 0x%04x, contents give 0x%04x"
+                           % (self.tail, self.crc))
+        return self.net
+
+
+def load(src, kernels=None):
+    """A Net from a whole .ebp file (bytes-like) or a stream with readinto()."""
+    if hasattr(src, "readinto"):
+        ld = Loader(-1, kernels)
+        buf = bytearray(256)
+        while True:
+            n = src.readinto(buf)
+            if not n:
+                break
+            ld.feed(buf, 0, n)
+    else:
+        ld = Loader(len(src), kernels)
+        ld.feed(src, 0, len(src))
+    return ld.finish()

@@ -1,0 +1,294 @@
+# The wire codec shared by the board and the host: CRC-16, COBS framing, message numbers.
+#
+# A frame on the wire is COBS(raw) followed by one 0x00 delimiter, where
+#   raw = [seq u8][type u8][payload 0..max_payload][crc u16 LE]
+# and crc is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of seq, type and payload.
+# COBS leaves no zero byte inside a frame, so a receiver that lost its place resynchronises at
+# the next 0x00; a run of zeros (the "flush") ends any half-received frame and is otherwise
+# ignored (an empty frame).
+#
+# Every value fits a MicroPython small int; the CRC table is an array('H'). Decoder and encode()
+# work in caller-supplied preallocated bytearrays and allocate nothing, so the board can serve a
+# training batch with the heap locked. frame() and parse() are host conveniences that allocate.
+#
+# Sequence numbers and flow: an answer carries the number of the frame it answers. The host may
+# send `credits` frames (from INFO and ACK) ahead of the answers; the board processes frames in
+# order, answers a repeated frame with its kept last answer without processing it again, and
+# answers a damaged or early frame with a link ERROR naming the frame it expects (once per gap;
+# an empty frame re-arms it). TRAIN flags: F_ACCUMULATE, F_UPDATE below.
+#
+# Multi-byte fields are little-endian. Payloads (host -> board, then the board's reply):
+#   HELLO        [proto u8]                           -> INFO
+#   LOAD_BEGIN   [total u32]                          -> ACK
+#   LOAD_CHUNK   [offset u32][bytes of the .ebp]      -> ACK
+#   LOAD_COMMIT  []                                   -> ACK
+#   TRAIN        [n u8][flags u8] n x (x i16*n_in, t i16*n_t)   -> ACK
+#   EVAL         [n u8][flags u8] n x (x, t)          -> COUNTS (evaluation totals so far)
+#   GET_WEIGHTS  [layer u8][part u8][offset u32][count u16]     -> DATA (int16 values)
+#   GET_GRADS    [layer u8][part u8][offset u32][count u16]     -> DATA (int32 values)
+#   SET_HYPER    [12-byte hyper block, as in the .ebp header]   -> ACK
+#   STATS        [reset u8]                           -> COUNTS
+#   BYE          []                                   -> ACK, then the board leaves the server
+# Replies:
+#   ACK     [credits u8]
+#   ERROR   [code u8][text]      (codes below 16 are link errors: seq is the frame expected)
+#   INFO    [proto u8][credits u8][max_payload u16][free_ram u32][has_net u8]
+#           [L u8][loss u8][sizes u16 * (L+1)]   (net fields only if has_net)
+#           then three strings, each [len u8][ascii]: firmware version, runtime, board
+#   DATA    [layer u8][part u8][offset u32][count u16][values]
+#   COUNTS  [seen u32][correct u32][loss u32][e_seen u32][e_correct u32][e_loss u32]
+#           [pending u16]                           (losses are sums of Q12 values)
+
+from edgebp.fixed import const
+
+PROTOCOL = const(1)
+HEADER = const(2)  # seq, type
+TRAILER = const(2)  # crc
+FLUSH_LEN = const(256)  # zeros that end any frame the board is still waiting on
+
+# requests
+HELLO = const(0x01)
+LOAD_BEGIN = const(0x02)
+LOAD_CHUNK = const(0x03)
+LOAD_COMMIT = const(0x04)
+TRAIN = const(0x05)
+EVAL = const(0x06)
+GET_WEIGHTS = const(0x07)
+GET_GRADS = const(0x08)
+SET_HYPER = const(0x09)
+STATS = const(0x0A)
+BYE = const(0x0B)
+# replies
+ACK = const(0x80)
+ERROR = const(0x81)
+INFO = const(0x82)
+DATA = const(0x83)
+COUNTS = const(0x84)
+
+TYPE_NAMES = {
+    HELLO: "HELLO", LOAD_BEGIN: "LOAD_BEGIN", LOAD_CHUNK: "LOAD_CHUNK",
+    LOAD_COMMIT: "LOAD_COMMIT", TRAIN: "TRAIN", EVAL: "EVAL", GET_WEIGHTS: "GET_WEIGHTS",
+    GET_GRADS: "GET_GRADS", SET_HYPER: "SET_HYPER", STATS: "STATS", BYE: "BYE",
+    ACK: "ACK", ERROR: "ERROR", INFO: "INFO", DATA: "DATA", COUNTS: "COUNTS",
+}
+
+# TRAIN / EVAL flags
+F_ACCUMULATE = const(1)  # forward + backward only: gradient sums grow, no update
+F_UPDATE = const(2)  # apply the pending gradient sums after the samples
+
+# GET_WEIGHTS / GET_GRADS part
+PART_W = const(0)
+PART_B = const(1)
+
+# error codes; below LINK_ERRORS the frame was not processed (a request to resend)
+E_CRC = const(1)
+E_FRAME = const(2)
+E_LONG = const(3)
+E_SEQ = const(4)
+LINK_ERRORS = const(16)
+E_TYPE = const(16)
+E_LEN = const(17)
+E_NONET = const(18)
+E_EBP = const(19)
+E_VALUE = const(20)
+E_STATE = const(21)
+E_MEM = const(22)
+E_RANGE = const(23)
+E_INTERNAL = const(24)
+
+ERROR_NAMES = {
+    E_CRC: "crc mismatch",
+    E_FRAME: "malformed frame",
+    E_LONG: "frame too long",
+    E_SEQ: "frame out of sequence",
+    E_TYPE: "unknown message type",
+    E_LEN: "bad payload length",
+    E_NONET: "no net loaded",
+    E_EBP: "bad net file",
+    E_VALUE: "value out of range",
+    E_STATE: "request out of order",
+    E_MEM: "out of memory",
+    E_RANGE: "index out of range",
+    E_INTERNAL: "internal error",
+}
+
+# Decoder.read() results other than a frame length
+EOF = const(-256)
+INCOMPLETE = const(-257)
+
+
+def _make_table():
+    from array import array
+
+    t = array("H", bytes(512))
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021) if c & 0x8000 else (c << 1)
+            c &= 0xFFFF
+        t[i] = c
+    return t
+
+
+CRC_TABLE = _make_table()
+
+
+def crc16(buf, start, end, crc=0xFFFF):
+    t = CRC_TABLE
+    for i in range(start, end):
+        crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ buf[i]) & 0xFF]
+    return crc
+
+
+def encoded_max(n):
+    # COBS adds one code byte per 254 data bytes plus one; then the delimiter
+    return n + n // 254 + 2
+
+
+def seal(buf, n):
+    # append the CRC of buf[0:n]; returns the new length
+    c = crc16(buf, 0, n)
+    buf[n] = c & 0xFF
+    buf[n + 1] = c >> 8
+    return n + 2
+
+
+def encode(src, n, dst):
+    # COBS-encode src[0:n] into dst and append the delimiter; returns the length written
+    code_at = 0
+    o = 1
+    code = 1
+    for i in range(n):
+        b = src[i]
+        if b:
+            dst[o] = b
+            o += 1
+            code += 1
+            # a full block ends without an implied zero; start the next only if data follows
+            if code == 0xFF and i + 1 < n:
+                dst[code_at] = code
+                code_at = o
+                o += 1
+                code = 1
+        else:
+            dst[code_at] = code
+            code_at = o
+            o += 1
+            code = 1
+    dst[code_at] = code
+    dst[o] = 0
+    return o + 1
+
+
+class Decoder:
+    """Incremental COBS decoder: feed bytes, get whole CRC-checked frames in `frame`.
+
+    After feed() stops at a delimiter, `result` is the frame length without the CRC
+    (seq + type + payload, >= 2), 0 for an empty frame, or -code (E_FRAME, E_LONG, E_CRC).
+    """
+
+    def __init__(self, size, chunk=255):
+        self.frame = bytearray(size)
+        self.blk = bytearray(chunk)  # what read() got from the stream and has not fed yet
+        self.pos = 0
+        self.end = 0
+        self.result = INCOMPLETE
+        self._reset()
+
+    def _reset(self):
+        self.n = 0  # bytes decoded into frame
+        self.left = 0  # data bytes still to come in the current block
+        self.code = 0  # code of the current block, 0 before the first
+        self.err = 0  # the frame is already bad: skip to the delimiter
+
+    def feed(self, src, i, end):
+        # Decode src[i:end] up to and including the first delimiter. Returns the index after
+        # the last byte consumed; `result` says whether a frame ended there.
+        f = self.frame
+        cap = len(f)
+        n = self.n
+        left = self.left
+        code = self.code
+        err = self.err
+        while i < end:
+            b = src[i]
+            i += 1
+            if b == 0:
+                if err:
+                    r = -err
+                elif left:
+                    r = -E_FRAME  # the frame stopped inside a block
+                elif n == 0:
+                    r = 0
+                elif n < HEADER + TRAILER:
+                    r = -E_FRAME
+                elif crc16(f, 0, n - 2) != f[n - 2] | (f[n - 1] << 8):
+                    r = -E_CRC
+                else:
+                    r = n - 2
+                self._reset()
+                self.result = r
+                return i
+            if err:
+                continue
+            if left == 0:
+                if code and code != 0xFF:
+                    if n == cap:
+                        err = E_LONG
+                        continue
+                    f[n] = 0
+                    n += 1
+                code = b
+                left = b - 1
+            else:
+                if n == cap:
+                    err = E_LONG
+                    continue
+                f[n] = b
+                n += 1
+                left -= 1
+        self.n = n
+        self.left = left
+        self.code = code
+        self.err = err
+        self.result = INCOMPLETE
+        return i
+
+    def read(self, readinto):
+        # Read one frame from a stream: readinto(buf, n) -> count, or None when nothing came
+        # yet (a UART timeout). Asks for the rest of the current COBS block plus the byte
+        # after it, so a clean stream is never read past a frame's delimiter. Returns like
+        # `result`, or EOF.
+        blk = self.blk
+        while True:
+            if self.pos < self.end:
+                self.pos = self.feed(blk, self.pos, self.end)
+                if self.result != INCOMPLETE:
+                    return self.result
+                continue
+            want = 1 if self.err else self.left + 1
+            got = readinto(blk, want)
+            if got is None:
+                continue
+            if got == 0:
+                return EOF
+            self.pos = 0
+            self.end = got
+
+
+def frame(seq, kind, payload=b""):
+    # One complete wire frame as bytes (allocates: host side and tests).
+    n = len(payload)
+    raw = bytearray(HEADER + n + TRAILER)
+    raw[0] = seq & 0xFF
+    raw[1] = kind
+    raw[HEADER:HEADER + n] = payload
+    m = seal(raw, HEADER + n)
+    out = bytearray(encoded_max(m))
+    return bytes(out[:encode(raw, m, out)])
+
+
+def parse(dec, n):
+    # (seq, type, payload bytes) of the frame of length n in decoder `dec` (allocates)
+    f = dec.frame
+    return f[0], f[1], bytes(f[HEADER:n])

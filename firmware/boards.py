@@ -1,0 +1,97 @@
+# Board profiles: which byte stream the server talks on and how big its buffers are.
+#
+# "repl" (the default everywhere): the REPL's own stream, sys.stdin.buffer / sys.stdout.buffer.
+# That is USB-CDC on rp2, pyboard (stm32) and native-USB esp32-s2/s3/c3, and the USB-UART
+# bridge on classic esp32 boards. Ctrl-C is switched off while frames flow, since 0x03 is data
+# there, and switched back on when the server returns, so the REPL and mpremote work again.
+# "uart": a machine.UART (uart_id, baudrate, tx/rx pins) with a receive buffer that holds
+# `credits` frames, because a UART has no flow control: what the board cannot buffer is lost.
+#
+# max_payload bounds one frame (a TRAIN frame must hold one sample: 2 * (n_in + n_t) + 2
+# bytes); credits is how many frames the host may send ahead of the board's answers.
+
+import sys
+
+
+class Profile:
+    def __init__(self, name, max_payload, credits, uart_id=None, baudrate=115200, tx=None,
+                 rx=None, rxbuf=None):
+        self.name = name
+        self.stream = "repl"
+        self.max_payload = max_payload
+        self.credits = credits
+        self.uart_id = uart_id
+        self.baudrate = baudrate
+        self.tx = tx  # pin numbers; None where the UART's pins are fixed (stm32)
+        self.rx = rx
+        self.rxbuf = rxbuf  # the port's name of the receive-buffer size argument
+
+
+PROFILES = {
+    "rp2": Profile("rp2", 2048, 4, 0, 115200, 0, 1, "rxbuf"),
+    "esp32": Profile("esp32", 2048, 4, 1, 115200, 17, 16, "rxbuf"),
+    "stm32": Profile("stm32", 2048, 4, 1, 115200, None, None, "read_buf_len"),
+    "unix": Profile("unix", 4096, 8),
+    "generic": Profile("generic", 512, 2),
+}
+
+# sys.platform -> profile
+PLATFORMS = {"rp2": "rp2", "esp32": "esp32", "pyboard": "stm32", "linux": "unix",
+             "darwin": "unix", "win32": "unix"}
+
+
+def detect():
+    return PLATFORMS.get(sys.platform, "generic")
+
+
+def profile(name=None, **overrides):
+    """A copy of profile `name` (default: this board's) with `overrides` applied;
+    uart=True selects the UART."""
+    name = name or detect()
+    if name not in PROFILES:
+        raise ValueError("unknown board %r (known: %s)" % (name, ", ".join(sorted(PROFILES))))
+    base = PROFILES[name]
+    p = Profile(name, base.max_payload, base.credits, base.uart_id, base.baudrate, base.tx,
+                base.rx, base.rxbuf)
+    if overrides.pop("uart", False):
+        p.stream = "uart"
+    for key in overrides:
+        if not hasattr(p, key):
+            raise ValueError("unknown profile setting %r" % key)
+        setattr(p, key, overrides[key])
+    return p
+
+
+def _nothing():
+    pass
+
+
+def open_stream(p):
+    """(rx, tx, restore) for profile p: the server reads rx, writes tx; restore() undoes."""
+    if p.stream == "uart":
+        import machine
+
+        from edgebp import wire
+
+        if p.uart_id is None:
+            raise ValueError("board %s has no UART settings: give uart_id=.. (and tx=, rx=)"
+                             % p.name)
+        kw = {"baudrate": p.baudrate, "timeout": 1000}
+        if p.tx is not None:
+            kw["tx"] = machine.Pin(p.tx)
+            kw["rx"] = machine.Pin(p.rx)
+        if p.rxbuf:
+            kw[p.rxbuf] = p.credits * wire.encoded_max(p.max_payload + 4)
+        port = machine.UART(p.uart_id, **kw)
+        return port, port, _nothing
+    try:
+        import micropython
+
+        micropython.kbd_intr(-1)
+
+        def restore():
+            micropython.kbd_intr(3)
+
+    except (ImportError, AttributeError):
+        restore = _nothing
+    return sys.stdin.buffer, sys.stdout.buffer, restore

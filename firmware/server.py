@@ -1,0 +1,438 @@
+# The training server: answers edgebp wire frames (edgebp/wire.py) on one byte stream.
+#
+# Input is a stream with readinto(buf, n) -> count (None: nothing yet; 0: end of input),
+# output one with write(buf, n): sys.stdin.buffer and sys.stdout.buffer, or one machine.UART.
+# Every buffer is made in the constructor or when a net is loaded; serving TRAIN and EVAL
+# frames allocates nothing.
+#
+# Reliability: frames carry a sequence number. A frame with the expected number is processed
+# and answered with the same number; the encoded answer is kept, and a repeated frame (the
+# host's retransmission after a lost answer) gets it again without being processed twice. A
+# frame that is damaged or ahead of the expected number is answered with an ERROR carrying
+# the expected number (once per gap, so a burst of frames after a lost one costs one answer;
+# an empty frame, which the host sends to resynchronise, re-arms it).
+
+import gc
+import sys
+
+import edgebp
+from edgebp import ebp, wire
+from edgebp.fixed import SMALL_MAX, SOFTMAX_CE, const
+from edgebp.wire import (
+    ACK,
+    COUNTS,
+    DATA,
+    E_EBP,
+    E_INTERNAL,
+    E_LEN,
+    E_MEM,
+    E_NONET,
+    E_RANGE,
+    E_SEQ,
+    E_STATE,
+    E_TYPE,
+    E_VALUE,
+    EOF,
+    ERROR,
+    F_ACCUMULATE,
+    F_UPDATE,
+    HEADER,
+    INFO,
+)
+
+_TEXT_MAX = const(60)
+_DATA_HEAD = const(8)  # layer, part, offset u32, count u16
+
+_LINK_TEXT = (b"", b"crc mismatch", b"malformed frame", b"frame longer than the buffer",
+              b"frame out of sequence")
+
+
+def _text(s, limit=_TEXT_MAX):
+    # a message as bytes for a frame (error path: may allocate)
+    b = s if isinstance(s, bytes) else str(s).encode()
+    return b[:limit]
+
+
+class Server:
+    def __init__(self, rx, tx=None, max_payload=1024, credits=4, board="generic",
+                 kernels=None):
+        if max_payload < 128 or max_payload > 65535:
+            raise ValueError("max_payload %d outside 128..65535" % max_payload)
+        if credits < 1 or credits > 127:
+            raise ValueError("credits %d outside 1..127" % credits)
+        self.rd = rx.readinto
+        self.wr = (tx if tx is not None else rx).write
+        self.max_payload = max_payload
+        self.credits = credits
+        self.kernels = kernels
+        size = HEADER + max_payload + 2
+        self.dec = wire.Decoder(size)
+        self.out = bytearray(size)  # the answer being built
+        self.tx = bytearray(wire.encoded_max(size))  # the last answer, encoded
+        self.tx_n = 0
+        self.lout = bytearray(HEADER + 2 + _TEXT_MAX + 2)  # link errors: keep tx intact
+        self.ltx = bytearray(wire.encoded_max(len(self.lout)))
+        self.expect = 0
+        self.naked = -1  # expected seq of the last link error sent
+        self.running = True
+        impl = sys.implementation
+        v = impl.version
+        self.strings = (
+            _text(edgebp.__version__, 32),
+            _text("%s %d.%d.%d %s" % (impl.name, v[0], v[1], v[2], sys.platform), 32),
+            _text(board, 32),
+        )
+        self.net = None
+        self.loader = None
+        self.x = _int16s(0)  # a sample's inputs and targets, sized when a net is loaded
+        self.t = _int16s(0)
+        self.e_seen = 0
+        self.e_correct = 0
+        self.e_loss = 0
+
+    # -- the loop --
+
+    def serve(self):
+        while self.step():
+            pass
+
+    def step(self):
+        # Serve one frame; False at the end of the input or after BYE.
+        r = self.dec.read(self.rd)
+        if r == EOF:
+            return False
+        if r < 0:
+            self.link_error(-r)
+            return True
+        if r == 0:
+            self.naked = -1
+            return True
+        f = self.dec.frame
+        seq = f[0]
+        kind = f[1]
+        if kind == wire.HELLO:
+            self.expect = seq  # a new session: its first number is the expected one
+        d = (seq - self.expect) & 0xFF
+        if d:
+            if d < 128:
+                self.link_error(E_SEQ)
+            elif self.tx_n:
+                self.wr(self.tx, self.tx_n)
+            return True
+        self.expect = (seq + 1) & 0xFF
+        self.naked = -1
+        try:
+            self.dispatch(seq, kind, r - HEADER)
+        except MemoryError:
+            self.fail(seq, E_MEM, b"out of memory")
+        except Exception as e:
+            self.fail(seq, E_INTERNAL, _text("%s: %s" % (type(e).__name__, e)))
+        return self.running
+
+    def dispatch(self, seq, kind, n):
+        if kind == wire.TRAIN:
+            self.samples(seq, n, True)
+        elif kind == wire.EVAL:
+            self.samples(seq, n, False)
+        elif kind == wire.LOAD_CHUNK:
+            self.load_chunk(seq, n)
+        elif kind == wire.HELLO:
+            self.hello(seq)
+        elif kind == wire.LOAD_BEGIN:
+            self.load_begin(seq, n)
+        elif kind == wire.LOAD_COMMIT:
+            self.load_commit(seq, n)
+        elif kind == wire.GET_WEIGHTS:
+            self.get_tensor(seq, n, False)
+        elif kind == wire.GET_GRADS:
+            self.get_tensor(seq, n, True)
+        elif kind == wire.SET_HYPER:
+            self.set_hyper(seq, n)
+        elif kind == wire.STATS:
+            self.stats(seq, n)
+        elif kind == wire.BYE:
+            self.running = False
+            self.ack(seq)
+        else:
+            self.fail(seq, E_TYPE, b"unknown message type")
+
+    # -- answers --
+
+    def send(self, seq, kind, n):
+        # send out[HEADER:HEADER+n] as the answer to frame seq and keep it for repeats
+        out = self.out
+        out[0] = seq
+        out[1] = kind
+        m = wire.seal(out, HEADER + n)
+        self.tx_n = wire.encode(out, m, self.tx)
+        self.wr(self.tx, self.tx_n)
+
+    def ack(self, seq):
+        self.out[HEADER] = self.credits
+        self.send(seq, ACK, 1)
+
+    def fail(self, seq, code, text):
+        out = self.out
+        out[HEADER] = code
+        n = len(text)
+        for i in range(n):
+            out[HEADER + 1 + i] = text[i]
+        self.send(seq, ERROR, 1 + n)
+
+    def link_error(self, code):
+        # the frame was not processed: ask for the expected one, once per gap
+        if self.naked == self.expect:
+            return
+        self.naked = self.expect
+        out = self.lout
+        out[0] = self.expect
+        out[1] = ERROR
+        out[2] = code
+        text = _LINK_TEXT[code] if code < len(_LINK_TEXT) else b""
+        for i in range(len(text)):
+            out[3 + i] = text[i]
+        m = wire.seal(out, 3 + len(text))
+        self.wr(self.ltx, wire.encode(out, m, self.ltx))
+
+    # -- requests --
+
+    def hello(self, seq):
+        out = self.out
+        p = HEADER
+        out[p] = wire.PROTOCOL
+        out[p + 1] = self.credits
+        _put16(out, p + 2, self.max_payload)
+        free = gc.mem_free() if hasattr(gc, "mem_free") else 0
+        _put32(out, p + 4, free)
+        net = self.net
+        p += 8
+        if net is None:
+            out[p] = 0
+            p += 1
+        else:
+            out[p] = 1
+            out[p + 1] = net.L
+            out[p + 2] = net.loss_kind
+            p += 3
+            for n in net.sizes:
+                _put16(out, p, n)
+                p += 2
+        for s in self.strings:
+            out[p] = len(s)
+            for i in range(len(s)):
+                out[p + 1 + i] = s[i]
+            p += 1 + len(s)
+        self.send(seq, INFO, p - HEADER)
+
+    def drop_net(self):
+        self.net = None
+        self.loader = None
+        gc.collect()
+
+    def load_begin(self, seq, n):
+        f = self.dec.frame
+        if n != 4:
+            return self.fail(seq, E_LEN, b"LOAD_BEGIN takes a u32 size")
+        total = _get32(f, HEADER)
+        if total < 0:
+            return self.fail(seq, E_RANGE, b"net file size beyond 2**30")
+        self.drop_net()
+        self.loader = ebp.Loader(total, self.kernels)
+        self.ack(seq)
+
+    def load_chunk(self, seq, n):
+        f = self.dec.frame
+        ld = self.loader
+        if ld is None:
+            return self.fail(seq, E_STATE, b"LOAD_CHUNK before LOAD_BEGIN")
+        if n < 4:
+            return self.fail(seq, E_LEN, b"LOAD_CHUNK without an offset")
+        if _get32(f, HEADER) != ld.got:
+            return self.fail(seq, E_STATE, _text("chunk at offset %d, expected %d"
+                                                 % (_get32(f, HEADER), ld.got)))
+        if ld.total >= 0 and ld.got + n - 4 > ld.total:
+            return self.fail(seq, E_RANGE, b"chunk beyond the size given to LOAD_BEGIN")
+        try:
+            ld.feed(f, HEADER + 4, HEADER + n)
+        except ebp.EbpError as e:
+            self.drop_net()
+            return self.fail(seq, E_EBP, _text(e))
+        self.ack(seq)
+
+    def load_commit(self, seq, n):
+        ld = self.loader
+        if ld is None:
+            return self.fail(seq, E_STATE, b"LOAD_COMMIT before LOAD_BEGIN")
+        self.loader = None
+        try:
+            if ld.total >= 0 and ld.got != ld.total:
+                raise ebp.EbpError("truncated: %d bytes of %d" % (ld.got, ld.total))
+            net = ld.finish()
+        except ebp.EbpError as e:
+            self.drop_net()
+            return self.fail(seq, E_EBP, _text(e))
+        n_t = 1 if net.loss_kind == SOFTMAX_CE else net.sizes[net.L]
+        self.x = _int16s(net.sizes[0])
+        self.t = _int16s(n_t)
+        self.n_t = n_t
+        self.sample_bytes = 2 * (net.sizes[0] + n_t)
+        self.net = net
+        self.ack(seq)
+
+    def samples(self, seq, n, learn):
+        # TRAIN (learn) or EVAL: [count u8][flags u8] then count x (x int16 * n_in, t int16 * n_t)
+        net = self.net
+        if net is None:
+            return self.fail(seq, E_NONET, b"no net loaded")
+        f = self.dec.frame
+        if n < 2:
+            return self.fail(seq, E_LEN, b"sample frame without a count")
+        count = f[HEADER]
+        flags = f[HEADER + 1]
+        sb = self.sample_bytes
+        if n != 2 + count * sb:
+            return self.fail(seq, E_LEN, b"payload length disagrees with the sample count")
+        n_in = net.sizes[0]
+        n_t = self.n_t
+        ce = net.loss_kind == SOFTMAX_CE
+        if ce:
+            n_out = net.sizes[net.L]
+            p = HEADER + 2 + 2 * n_in
+            for _ in range(count):
+                c = f[p] | (f[p + 1] << 8)
+                if c >= n_out:
+                    return self.fail(seq, E_VALUE, b"class index beyond the outputs")
+                p += sb
+        accumulate = learn and (flags & F_ACCUMULATE)
+        if accumulate and net.count + count > net.batch_max:
+            return self.fail(seq, E_STATE, b"gradient sums hold at most batch_max samples")
+        x = self.x
+        t = self.t
+        p = HEADER + 2
+        for _ in range(count):
+            for i in range(n_in):
+                v = f[p] | (f[p + 1] << 8)
+                # -32768 is outside the symmetric range the arithmetic relies on
+                x[i] = v - 65536 if v > 32768 else (-32767 if v == 32768 else v)
+                p += 2
+            for i in range(n_t):
+                v = f[p] | (f[p + 1] << 8)
+                t[i] = v - 65536 if v > 32768 else (-32767 if v == 32768 else v)
+                p += 2
+            if not learn:
+                net.forward(x)
+                loss = net.score(t)
+                self.e_seen += 1
+                self.e_correct += net.good
+                e = self.e_loss
+                self.e_loss = e + loss if loss < SMALL_MAX - e else SMALL_MAX
+            elif accumulate:
+                net.forward(x)
+                net.backward(t)
+            else:
+                net.learn(x, t)
+        if not learn:
+            return self.counts(seq, 0)
+        if flags & F_UPDATE:
+            net.update()
+        self.ack(seq)
+
+    def get_tensor(self, seq, n, grads):
+        # [layer u8][part u8][offset u32][count u16] -> DATA with the same header, then values
+        net = self.net
+        if net is None:
+            return self.fail(seq, E_NONET, b"no net loaded")
+        f = self.dec.frame
+        if n != _DATA_HEAD:
+            return self.fail(seq, E_LEN, b"tensor request is 8 bytes")
+        layer = f[HEADER]
+        part = f[HEADER + 1]
+        off = _get32(f, HEADER + 2)
+        count = f[HEADER + 6] | (f[HEADER + 7] << 8)
+        if layer >= net.L or part > 1:
+            return self.fail(seq, E_RANGE, b"no such layer or part")
+        if grads:
+            arr = net.GB[layer] if part else net.GW[layer]
+            size = 4
+        else:
+            arr = net.B[layer] if part else net.W[layer]
+            size = 2
+        if off < 0 or off + count > len(arr):
+            return self.fail(seq, E_RANGE, b"values beyond the end of the tensor")
+        if _DATA_HEAD + count * size > self.max_payload:
+            return self.fail(seq, E_RANGE, b"more values than a frame holds")
+        out = self.out
+        for i in range(_DATA_HEAD):
+            out[HEADER + i] = f[HEADER + i]
+        p = HEADER + _DATA_HEAD
+        for i in range(off, off + count):
+            v = arr[i]
+            out[p] = v & 0xFF
+            out[p + 1] = (v >> 8) & 0xFF
+            if size == 4:
+                out[p + 2] = (v >> 16) & 0xFF
+                out[p + 3] = (v >> 24) & 0xFF
+            p += size
+        self.send(seq, DATA, p - HEADER)
+
+    def set_hyper(self, seq, n):
+        net = self.net
+        if net is None:
+            return self.fail(seq, E_NONET, b"no net loaded")
+        if n != ebp.HYPER_LEN:
+            return self.fail(seq, E_LEN, b"SET_HYPER takes a 12-byte hyper block")
+        try:
+            ebp.apply_hyper(net, self.dec.frame, HEADER)
+        except ValueError as e:
+            return self.fail(seq, E_VALUE, _text(e))
+        self.ack(seq)
+
+    def stats(self, seq, n):
+        if n != 1:
+            return self.fail(seq, E_LEN, b"STATS takes a reset flag")
+        self.counts(seq, self.dec.frame[HEADER])
+
+    def counts(self, seq, reset):
+        net = self.net
+        out = self.out
+        p = HEADER
+        if net is None:
+            for i in range(26):
+                out[p + i] = 0
+        else:
+            _put32(out, p, net.seen)
+            _put32(out, p + 4, net.correct)
+            _put32(out, p + 8, net.loss_sum)
+            _put32(out, p + 12, self.e_seen)
+            _put32(out, p + 16, self.e_correct)
+            _put32(out, p + 20, self.e_loss)
+            _put16(out, p + 24, net.count)
+            if reset:
+                net.reset_stats()
+                self.e_seen = self.e_correct = self.e_loss = 0
+        self.send(seq, COUNTS, 26)
+
+
+def _int16s(n):
+    from array import array
+
+    return array("h", bytes(2 * n))
+
+
+def _put16(b, o, v):
+    b[o] = v & 0xFF
+    b[o + 1] = (v >> 8) & 0xFF
+
+
+def _put32(b, o, v):
+    b[o] = v & 0xFF
+    b[o + 1] = (v >> 8) & 0xFF
+    b[o + 2] = (v >> 16) & 0xFF
+    b[o + 3] = (v >> 24) & 0xFF
+
+
+def _get32(b, o):
+    # -1 for values of 2**30 and above, which would not be small ints on a board
+    if b[o + 3] >= 0x40:
+        return -1
+    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)

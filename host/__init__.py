@@ -1,0 +1,1 @@
+"""Host side of edgebp (CPython, numpy): reference, twin, quantiser, link, simulator, CLI."""

@@ -1,0 +1,217 @@
+"""Write and read .ebp net files (the layout is documented in edgebp/ebp.py).
+
+The board part is parsed here by the board's own parser (`edgebp.ebp.Loader`), so a file the
+host accepts is exactly a file the board accepts, with the same error messages. What only the
+host needs (float input normalisation, class names, the float hyper-parameters) goes in an
+optional trailer after the board part, which boards never read:
+
+    b"EBPH"  u32 length  UTF-8 JSON (length bytes)  u32 CRC-32 of the JSON
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import struct
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edgebp import ebp, fixed
+from edgebp.ebp import EbpError
+from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.wire import crc16
+
+__all__ = ["EbpError", "to_bytes", "write", "read", "from_bytes", "board_part", "hyper_block"]
+
+TRAILER_MAGIC = b"EBPH"
+_SEED_MASK = 0x3FFFFFFF
+
+
+def _field(value: int, lo: int, hi: int, what: str) -> int:
+    if not lo <= value <= hi:
+        raise EbpError(f"{what} {value} outside {lo}..{hi}")
+    return value
+
+
+def hyper_block(hyper: Hyper) -> bytes:
+    """The 12-byte fixed-point hyper block of the .ebp header and of SET_HYPER."""
+    try:
+        h = hyper.fixed()
+    except ValueError as e:
+        raise EbpError(f"hyper-parameters: {e}") from None
+    return struct.pack(
+        "<BBBBBBHI",
+        _field(h["lr_m"], 0, 255, "learning-rate mantissa"),
+        _field(h["lr_e"], 0, 255, "learning-rate exponent"),
+        _field(h["mu"], 0, 255, "momentum"),
+        _field(h["c_m"], 0, 255, "weight-decay mantissa"),
+        _field(h["c_e"], 0, 255, "weight-decay exponent"),
+        h["mode"],
+        _field(h["batch"], 1, 65535, "batch"),
+        h["seed"] & _SEED_MASK,
+    )
+
+
+def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
+    """The part of the file a board loads: header, layer table, parameters, CRCs."""
+    L = qnet.L
+    sizes = [int(n) for n in qnet.sizes]
+    _field(L, 1, ebp.MAX_LAYERS, "layer count")
+    for l, n in enumerate(sizes):
+        _field(n, 1, ebp.MAX_WIDTH, "input width" if l == 0 else f"layer {l} width")
+    for name in ("acts", "shift_w", "shift_d"):
+        if len(getattr(qnet, name)) != L:
+            raise EbpError(f"{name} has {len(getattr(qnet, name))} entries for {L} layers")
+    if len(qnet.shift_a) != L + 1:
+        raise EbpError(f"shift_a has {len(qnet.shift_a)} entries for {L + 1} activations")
+    flags = (ebp.FLAG_MOMENTUM if qnet.momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
+    head = bytearray()
+    head += ebp.MAGIC
+    head += struct.pack(
+        "<BBBBHh", ebp.VERSION, L, _field(qnet.loss, 0, 255, "loss code"), flags,
+        _field(qnet.batch_max, 1, ebp.MAX_BATCH, "batch_max"),
+        _field(qnet.alpha_q, -32767, 32767, "alpha_q"),
+    )
+    head += hyper_block(hyper) if hyper else bytes(ebp.HYPER_LEN)
+    head += struct.pack("<I", ebp.file_len(sizes))
+    head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"), 0)
+    for l in range(L):
+        head += struct.pack(
+            "<HBBBB", sizes[l + 1],
+            _field(qnet.acts[l], 0, 255, f"layer {l + 1} activation"),
+            _field(qnet.shift_a[l + 1], 0, 255, f"layer {l + 1} shift_a"),
+            _field(qnet.shift_w[l], 0, 255, f"layer {l + 1} shift_w"),
+            _field(qnet.shift_d[l], 0, 255, f"layer {l + 1} shift_d"),
+        )
+    head += struct.pack("<H", crc16(head, 0, len(head)))
+    out = head
+    for l in range(L):
+        W = np.asarray(qnet.W[l])
+        B = np.asarray(qnet.B[l])
+        if W.shape != (sizes[l + 1], sizes[l]) or B.shape != (sizes[l + 1],):
+            raise EbpError(f"layer {l + 1}: W is {W.shape} and B {B.shape}, expected "
+                           f"({sizes[l + 1]}, {sizes[l]}) and ({sizes[l + 1]},)")
+        for part, arr in (("weights", W), ("biases", B)):
+            if arr.size and (arr.min() < -32767 or arr.max() > 32767):
+                raise EbpError(f"layer {l + 1} {part} outside [-32767, 32767]")
+            out += arr.astype("<i2").tobytes()
+    out += struct.pack("<H", crc16(out, 0, len(out)))
+    # what the board would say about it, said now (formats, learning rate, momentum, ...)
+    _parse(bytes(out))
+    return bytes(out)
+
+
+def _parse(data: bytes) -> ebp.Loader:
+    loader = ebp.Loader(len(data), mem_free=lambda: 1 << 62)
+    loader.feed(data, 0, len(data))
+    loader.finish()
+    return loader
+
+
+def _host_section(qnet: QuantNet, hyper: Hyper | None) -> dict:
+    def floats(a):
+        return None if a is None else np.asarray(a, np.float64).tolist()
+
+    return {
+        "in_offset": floats(qnet.in_offset),
+        "in_scale": floats(qnet.in_scale),
+        "classes": list(qnet.classes),
+        "hyper": asdict(hyper) if hyper else None,
+    }
+
+
+def to_bytes(qnet: QuantNet, hyper: Hyper | None = None, trailer: bool = True) -> bytes:
+    """The whole file; `trailer=False` gives only what a board loads."""
+    core = board_part(qnet, hyper)
+    if not trailer:
+        return core
+    text = json.dumps(_host_section(qnet, hyper), sort_keys=True).encode()
+    crc = binascii.crc32(text) & 0xFFFFFFFF
+    return core + TRAILER_MAGIC + struct.pack("<I", len(text)) + text + struct.pack("<I", crc)
+
+
+def write(path: str | Path, qnet: QuantNet, hyper: Hyper | None = None) -> None:
+    Path(path).write_bytes(to_bytes(qnet, hyper))
+
+
+def _hyper_from_block(b: bytes) -> Hyper:
+    lr_m, lr_e, mu, c_m, c_e, mode, batch, seed = struct.unpack("<BBBBBBHI", b)
+    lr = lr_m * 2.0**-lr_e
+    wd = (c_m * 2.0**-c_e) / lr if c_m and lr_m else 0.0
+    rounding = "stochastic" if mode == fixed.STOCHASTIC else "nearest"
+    return Hyper(lr=lr, momentum=mu / 256, weight_decay=wd, batch=batch, rounding=rounding,
+                 seed=seed)
+
+
+def _read_trailer(data: bytes, start: int) -> dict | None:
+    rest = data[start:]
+    if not rest:
+        return None
+    if len(rest) < 12 or rest[:4] != TRAILER_MAGIC:
+        raise EbpError(f"{len(rest)} bytes after the net that are not a host section")
+    (n,) = struct.unpack_from("<I", rest, 4)
+    if len(rest) != 12 + n:
+        raise EbpError(f"host section says {n} bytes of JSON but holds {len(rest) - 12}")
+    text = rest[8:8 + n]
+    (crc,) = struct.unpack_from("<I", rest, 8 + n)
+    if binascii.crc32(text) & 0xFFFFFFFF != crc:
+        raise EbpError("host section CRC mismatch")
+    try:
+        section = json.loads(text.decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise EbpError(f"host section is not valid JSON: {e}") from None
+    if not isinstance(section, dict):
+        raise EbpError("host section is not a JSON object")
+    return section
+
+
+def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
+    """Parse a whole file; EbpError names what is wrong."""
+    loader = _parse(data)
+    net = loader.net
+    assert net is not None
+    section = _read_trailer(data, loader.n_bytes) or {}
+    L = net.L
+    Ws = [np.frombuffer(bytes(net.W[l]), "<i2").reshape(net.sizes[l + 1], net.sizes[l]).copy()
+          for l in range(L)]
+    Bs = [np.frombuffer(bytes(net.B[l]), "<i2").copy() for l in range(L)]
+
+    def vector(name):
+        v = section.get(name)
+        if v is None:
+            return None
+        try:
+            a = np.asarray(v, np.float64)
+            ok = np.broadcast_shapes(a.shape, (net.sizes[0],)) == (net.sizes[0],)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or not np.all(np.isfinite(a)):
+            raise EbpError(f"host section: {name} is not {net.sizes[0]} finite numbers")
+        return a
+
+    qnet = QuantNet(
+        sizes=list(net.sizes), acts=list(net.acts), shift_a=list(net.shift_a),
+        shift_w=list(net.shift_w), shift_d=list(net.shift_d), loss=net.loss_kind, W=Ws, B=Bs,
+        batch_max=net.batch_max, momentum=net.VW[0] is not None, alpha_q=net.alpha,
+        in_offset=vector("in_offset"), in_scale=vector("in_scale"),
+        classes=[str(c) for c in section.get("classes") or []],
+    )
+    hyper = None
+    if loader.hyper is not None:
+        hyper = _hyper_from_block(loader.hyper)
+        if section.get("hyper"):
+            try:
+                hyper = Hyper(**section["hyper"])
+            except TypeError as e:
+                raise EbpError(f"host section: bad hyper-parameters: {e}") from None
+            if hyper_block(hyper) != loader.hyper:
+                raise EbpError("host section hyper-parameters disagree with the header")
+    elif section.get("hyper"):
+        raise EbpError("host section has hyper-parameters but the header has none")
+    return qnet, hyper
+
+
+def read(path: str | Path) -> tuple[QuantNet, Hyper | None]:
+    return from_bytes(Path(path).read_bytes())

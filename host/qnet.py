@@ -1,0 +1,175 @@
+"""Host-side description of a quantised net: the formats, int16 weights and hyper-parameters.
+
+`QuantNet` is what the quantiser produces and what every host tool consumes: it builds the
+core `edgebp.net.Net` under CPython, emits the source that builds the same net under
+MicroPython, and dequantises weights and gradients for the float reference.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgebp import fixed
+from edgebp.net import Net
+
+ACT_CODES = {name: i for i, name in enumerate(fixed.ACT_NAMES)}
+LOSS_CODES = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
+
+
+def mantissa_exponent(value: float, bits: int = 8) -> tuple[int, int]:
+    """value ~= m * 2**-e with m in [2**(bits-1), 2**bits - 1], rounded to nearest."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"expected a positive finite number, got {value!r}")
+    e = bits - 1 - math.floor(math.log2(value))
+    m = int(math.floor(value * 2.0**e + 0.5))
+    if m >= 1 << bits:
+        m = (m + 1) >> 1
+        e -= 1
+    return m, e
+
+
+@dataclass
+class Hyper:
+    """Training settings in float form; `fixed()` gives what the core takes."""
+
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch: int = 1
+    rounding: str = "nearest"  # or "stochastic"
+    seed: int = 1
+
+    def fixed(self) -> dict[str, int]:
+        lr_m, lr_e = mantissa_exponent(self.lr)
+        mu = int(math.floor(self.momentum * 256 + 0.5))
+        if not 0 <= mu <= 255:
+            raise ValueError(f"momentum {self.momentum} outside [0, 0.996]")
+        c_m, c_e = (0, 0)
+        if self.weight_decay > 0:
+            c_m, c_e = mantissa_exponent(self.lr * self.weight_decay)
+        if self.rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"rounding must be nearest or stochastic, not {self.rounding!r}")
+        mode = fixed.STOCHASTIC if self.rounding == "stochastic" else fixed.NEAREST
+        return dict(lr_m=lr_m, lr_e=lr_e, mu=mu, c_m=c_m, c_e=c_e, batch=self.batch,
+                    mode=mode, seed=self.seed)
+
+
+@dataclass
+class QuantNet:
+    sizes: list[int]
+    acts: list[int]
+    shift_a: list[int]
+    shift_w: list[int]
+    shift_d: list[int]
+    loss: int
+    W: list[np.ndarray]  # int16, shape (n_out, n_in)
+    B: list[np.ndarray]  # int16, shape (n_out,)
+    batch_max: int = 1
+    momentum: bool = False
+    alpha_q: int = 41
+    # input normalisation folded in: x_q = round((x - in_offset) * in_scale * 2**shift_a[0])
+    in_offset: np.ndarray | None = None
+    in_scale: np.ndarray | None = None
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def L(self) -> int:
+        return len(self.sizes) - 1
+
+    # -- core on CPython --
+
+    def build(self, hyper: Hyper | None = None, kernels=None) -> Net:
+        net = Net(list(self.sizes), list(self.acts), list(self.shift_a), list(self.shift_w),
+                  list(self.shift_d), self.loss, self.batch_max, self.momentum, self.alpha_q,
+                  kernels)
+        for l in range(self.L):
+            net.W[l][:] = array("h", np.asarray(self.W[l], dtype="<i2").tobytes())
+            net.B[l][:] = array("h", np.asarray(self.B[l], dtype="<i2").tobytes())
+        if hyper is not None:
+            apply_hyper(net, hyper)
+        return net
+
+    def device_source(self, hyper: Hyper | None = None, kernels: str | None = None) -> str:
+        """MicroPython/CPython source defining `make()`, which builds this net with the core."""
+        def blob(a: np.ndarray) -> str:
+            return repr(np.asarray(a, dtype="<i2").tobytes())
+        lines = [
+            "from array import array",
+            "from edgebp.net import Net",
+            "def make():",
+        ]
+        if kernels:
+            lines.append(f"    import {kernels} as kern")
+        else:
+            lines.append("    kern = None")
+        lines.append(
+            f"    net = Net({list(self.sizes)}, {list(self.acts)}, {list(self.shift_a)}, "
+            f"{list(self.shift_w)}, {list(self.shift_d)}, {self.loss}, {self.batch_max}, "
+            f"{self.momentum}, {self.alpha_q}, kern)"
+        )
+        for l in range(self.L):
+            lines.append(f"    net.W[{l}][:] = array('h', {blob(self.W[l])})")
+            lines.append(f"    net.B[{l}][:] = array('h', {blob(self.B[l])})")
+        if hyper is not None:
+            h = hyper.fixed()
+            lines += [
+                f"    net.set_lr({h['lr_m']}, {h['lr_e']})",
+                f"    net.set_batch({h['batch']})",
+                f"    net.set_momentum({h['mu']})",
+                f"    net.set_decay({h['c_m']}, {h['c_e']})",
+                f"    net.set_rounding({h['mode']}, {h['seed']})",
+            ]
+        lines.append("    return net")
+        return "\n".join(lines) + "\n"
+
+    # -- dequantisation --
+
+    def float_weights(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        Ws = [np.asarray(w, np.float64) * 2.0 ** -self.shift_w[l] for l, w in enumerate(self.W)]
+        Bs = [np.asarray(b, np.float64) * 2.0 ** -self.shift_w[l] for l, b in enumerate(self.B)]
+        return Ws, Bs
+
+    def quantize_inputs(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        if self.in_offset is not None:
+            X = X - self.in_offset
+        if self.in_scale is not None:
+            X = X * self.in_scale
+        q = np.floor(X * 2.0 ** self.shift_a[0] + 0.5)
+        return np.clip(q, -32767, 32767).astype(np.int16)
+
+    def quantize_targets(self, T: np.ndarray) -> np.ndarray:
+        """Targets as the core takes them: class index for softmax-CE, else in the output's
+        format (Q14 for BCE), shape (N, n_target)."""
+        T = np.asarray(T)
+        if self.loss == fixed.SOFTMAX_CE:
+            return T.astype(np.int16).reshape(-1, 1)
+        sa = 14 if self.loss == fixed.BCE else self.shift_a[-1]
+        q = np.floor(np.asarray(T, np.float64).reshape(len(T), -1) * 2.0**sa + 0.5)
+        return np.clip(q, -32767, 32767).astype(np.int16)
+
+    def grad_scale(self, l: int) -> float:
+        """Float value of one unit of the gradient sums GW[l], GB[l] (before the batch mean)."""
+        kg = fixed.ceil_log2(self.batch_max)
+        return 2.0 ** (kg - self.shift_d[l] - self.shift_a[l])
+
+    def with_weights(self, net: Net) -> QuantNet:
+        """A copy carrying the core net's current weights."""
+        Ws = [np.frombuffer(bytes(net.W[l]), "<i2").reshape(self.sizes[l + 1], self.sizes[l])
+              .copy() for l in range(self.L)]
+        Bs = [np.frombuffer(bytes(net.B[l]), "<i2").copy() for l in range(self.L)]
+        q = QuantNet(**{**self.__dict__, "W": Ws, "B": Bs})
+        return q
+
+
+def apply_hyper(net: Net, hyper: Hyper) -> None:
+    h = hyper.fixed()
+    net.set_lr(h["lr_m"], h["lr_e"])
+    net.set_batch(h["batch"])
+    net.set_momentum(h["mu"])
+    net.set_decay(h["c_m"], h["c_e"])
+    net.set_rounding(h["mode"], h["seed"])

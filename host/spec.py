@@ -1,0 +1,290 @@
+"""The net spec: what a user declares about a net before it has weights.
+
+A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
+
+    {
+      "sizes": [64, 32, 10],                    layer widths, input first (1..8 layers)
+      "activations": ["relu", "softmax"],       one per layer: identity, relu, leaky_relu,
+                                                sigmoid, tanh, softmax (output only)
+      "loss": "softmax_ce",                     mse, softmax_ce (softmax out), bce (sigmoid out)
+      "input_range": {"min": 0, "max": 16},     one number or one per input feature
+      "target_range": {"min": -1, "max": 1},    optional, mse only: one number or one per output
+      "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0001, "batch": 8,
+                    "rounding": "stochastic", "seed": 1},
+      "batch_max": 8,                           samples per gradient sum the net is built for
+      "init_seed": 0,                           seed of the float initial weights
+      "leaky_alpha": 0.01,                      optional slope of leaky_relu below zero
+      "classes": ["0", "1", ...]                optional output names
+    }
+
+Every problem is reported as a `SpecError` whose message starts with the field's path
+(`optimizer.lr: ...`, `input_range.min[3]: ...`), so a user can find it in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebp import fixed
+from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
+
+from .qnet import ACT_CODES, LOSS_CODES, Hyper, mantissa_exponent
+
+_TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "optimizer",
+             "batch_max", "init_seed", "leaky_alpha", "classes")
+_OPT_KEYS = ("lr", "momentum", "weight_decay", "batch", "rounding", "seed")
+
+
+class SpecError(ValueError):
+    """A spec field is missing or wrong; `field` is its path, e.g. `optimizer.lr`."""
+
+    def __init__(self, field_path: str, problem: str) -> None:
+        super().__init__(f"{field_path}: {problem}")
+        self.field = field_path
+
+
+@dataclass
+class Spec:
+    """A validated spec. Ranges are per feature (lists of length sizes[0] / sizes[-1])."""
+
+    sizes: list[int]
+    activations: list[str]
+    loss: str
+    input_min: list[float]
+    input_max: list[float]
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch: int = 1
+    rounding: str = "nearest"
+    seed: int = 1
+    batch_max: int = 1
+    init_seed: int = 0
+    leaky_alpha: float = 0.01
+    target_min: list[float] | None = None
+    target_max: list[float] | None = None
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def L(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def acts(self) -> list[int]:
+        return [ACT_CODES[a] for a in self.activations]
+
+    @property
+    def loss_code(self) -> int:
+        return LOSS_CODES[self.loss]
+
+    @property
+    def alpha_q(self) -> int:
+        return int(math.floor(self.leaky_alpha * (1 << fixed.ALPHA_SHIFT) + 0.5))
+
+    def hyper(self) -> Hyper:
+        return Hyper(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                     batch=self.batch, rounding=self.rounding, seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "sizes": list(self.sizes),
+            "activations": list(self.activations),
+            "loss": self.loss,
+            "input_range": {"min": _compact(self.input_min), "max": _compact(self.input_max)},
+        }
+        if self.target_min is not None and self.target_max is not None:
+            d["target_range"] = {"min": _compact(self.target_min),
+                                 "max": _compact(self.target_max)}
+        d["optimizer"] = {"lr": self.lr, "momentum": self.momentum,
+                          "weight_decay": self.weight_decay, "batch": self.batch,
+                          "rounding": self.rounding, "seed": self.seed}
+        d["batch_max"] = self.batch_max
+        d["init_seed"] = self.init_seed
+        d["leaky_alpha"] = self.leaky_alpha
+        if self.classes:
+            d["classes"] = list(self.classes)
+        return d
+
+
+def _compact(values: list[float]) -> float | list[float]:
+    return values[0] if len(set(values)) == 1 else list(values)
+
+
+# -- reading and validation --
+
+
+def _int(v: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(where, f"expected an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise SpecError(where, f"{v} outside {lo}..{hi}")
+    return v
+
+
+def _num(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise SpecError(where, f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _name(v: Any, where: str, names: tuple[str, ...]) -> str:
+    if v not in names:
+        raise SpecError(where, f"{v!r} is not one of {', '.join(names)}")
+    return v
+
+
+def _obj(v: Any, where: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise SpecError(where, f"expected an object, got {v!r}")
+    for k in v:
+        if k not in keys:
+            raise SpecError(f"{where}.{k}" if where else k,
+                            f"unknown field (known: {', '.join(keys)})")
+    return v
+
+
+def _range(v: Any, where: str, n: int) -> tuple[list[float], list[float]]:
+    v = _obj(v, where, ("min", "max"))
+    out = []
+    for end in ("min", "max"):
+        if end not in v:
+            raise SpecError(f"{where}.{end}", "missing")
+        x = v[end]
+        if isinstance(x, list):
+            if len(x) != n:
+                raise SpecError(f"{where}.{end}", f"has {len(x)} values, expected 1 or {n}")
+            out.append([_num(e, f"{where}.{end}[{i}]") for i, e in enumerate(x)])
+        else:
+            out.append([_num(x, f"{where}.{end}")] * n)
+    lo, hi = out
+    for i in range(n):
+        if not lo[i] < hi[i]:
+            at = f"[{i}]" if n > 1 else ""
+            raise SpecError(f"{where}.max{at}", f"{hi[i]} is not above min {lo[i]}")
+    return lo, hi
+
+
+def parse_spec(d: Any) -> Spec:
+    """A `Spec` from a decoded JSON object, or `SpecError` naming the first bad field."""
+    d = _obj(d, "", _TOP_KEYS)
+    for key in ("sizes", "activations", "loss", "input_range"):
+        if key not in d:
+            raise SpecError(key, "missing")
+
+    sizes = d["sizes"]
+    if not isinstance(sizes, list) or not 2 <= len(sizes) <= MAX_LAYERS + 1:
+        raise SpecError("sizes", f"expected a list of 2 to {MAX_LAYERS + 1} widths, got {sizes!r}")
+    sizes = [_int(n, f"sizes[{i}]", 1, MAX_WIDTH) for i, n in enumerate(sizes)]
+    L = len(sizes) - 1
+
+    acts = d["activations"]
+    if not isinstance(acts, list) or len(acts) != L:
+        raise SpecError("activations", f"expected a list of {L} names (one per layer), "
+                        f"got {acts!r}")
+    acts = [_name(a, f"activations[{i}]", fixed.ACT_NAMES) for i, a in enumerate(acts)]
+    for i, a in enumerate(acts[:-1]):
+        if a == "softmax":
+            raise SpecError(f"activations[{i}]", "softmax is for the output layer only")
+
+    loss = _name(d["loss"], "loss", fixed.LOSS_NAMES)
+    out = acts[-1]
+    if loss == "softmax_ce" and out != "softmax":
+        raise SpecError("loss", f"softmax_ce needs a softmax output layer, not {out}")
+    if loss == "bce" and out != "sigmoid":
+        raise SpecError("loss", f"bce needs a sigmoid output layer, not {out}")
+    if loss == "mse" and out == "softmax":
+        raise SpecError("loss", "a softmax output is trained with softmax_ce, not mse")
+
+    in_lo, in_hi = _range(d["input_range"], "input_range", sizes[0])
+    t_lo = t_hi = None
+    if "target_range" in d:
+        if loss != "mse":
+            raise SpecError("target_range", f"only used with mse (the {loss} targets are fixed)")
+        t_lo, t_hi = _range(d["target_range"], "target_range", sizes[-1])
+
+    opt = _obj(d.get("optimizer", {}), "optimizer", _OPT_KEYS)
+    lr = _num(opt.get("lr", 0.1), "optimizer.lr")
+    if lr <= 0:
+        raise SpecError("optimizer.lr", f"must be positive, got {lr}")
+    momentum = _num(opt.get("momentum", 0.0), "optimizer.momentum")
+    if not 0 <= math.floor(momentum * 256 + 0.5) <= 255:
+        raise SpecError("optimizer.momentum", f"{momentum} outside [0, 0.996] (Q8)")
+    wd = _num(opt.get("weight_decay", 0.0), "optimizer.weight_decay")
+    if wd < 0:
+        raise SpecError("optimizer.weight_decay", f"must not be negative, got {wd}")
+    if wd > 0 and mantissa_exponent(lr * wd)[1] < fixed.FV:
+        # the core applies lr * decay as a fraction of a weight per step
+        raise SpecError("optimizer.weight_decay", f"lr * weight_decay = {lr * wd} must be "
+                        "below 255/256")
+    batch = _int(opt.get("batch", 1), "optimizer.batch", 1, MAX_BATCH)
+    rounding = _name(opt.get("rounding", "nearest"), "optimizer.rounding",
+                     ("nearest", "stochastic"))
+    seed = _int(opt.get("seed", 1), "optimizer.seed", -(2**63), 2**63 - 1)
+
+    batch_max = _int(d.get("batch_max", batch), "batch_max", 1, MAX_BATCH)
+    if batch > batch_max:
+        raise SpecError("optimizer.batch", f"{batch} exceeds batch_max {batch_max}")
+    init_seed = _int(d.get("init_seed", 0), "init_seed", 0, 2**63 - 1)
+    alpha = _num(d.get("leaky_alpha", 0.01), "leaky_alpha")
+    if not 0 <= alpha <= 1:
+        raise SpecError("leaky_alpha", f"{alpha} outside [0, 1]")
+
+    classes = d.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise SpecError("classes", f"expected a list of names, got {classes!r}")
+    if classes and len(classes) != sizes[-1] and not (loss == "bce" and sizes[-1] == 1
+                                                      and len(classes) == 2):
+        raise SpecError("classes", f"{len(classes)} names for {sizes[-1]} outputs")
+
+    return Spec(sizes=sizes, activations=acts, loss=loss, input_min=in_lo, input_max=in_hi,
+                lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
+                seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
+                target_min=t_lo, target_max=t_hi, classes=classes)
+
+
+def make_spec(**fields: Any) -> Spec:
+    """A validated spec from keyword fields in the JSON layout (for use from Python)."""
+    return parse_spec(fields)
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecError(str(path), f"not valid JSON: {e}") from None
+    return parse_spec(d)
+
+
+def save_spec(spec: Spec, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+
+
+# -- float initial weights --
+
+
+def init_float_weights(spec: Spec, seed: int | None = None
+                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Uniform He init before relu / leaky_relu, Glorot before the others; zero biases.
+
+    Weights act on normalised inputs (the declared input range mapped to [-1, 1]), shape
+    (n_out, n_in), float64. Uniform rather than normal keeps max|w| bounded, which is what
+    the weight format is chosen from.
+    """
+    rng = np.random.default_rng(spec.init_seed if seed is None else seed)
+    Ws, Bs = [], []
+    for l in range(spec.L):
+        n_in, n_out = spec.sizes[l], spec.sizes[l + 1]
+        if spec.activations[l] in ("relu", "leaky_relu"):
+            lim = math.sqrt(6.0 / n_in)
+        else:
+            lim = math.sqrt(6.0 / (n_in + n_out))
+        Ws.append(rng.uniform(-lim, lim, (n_out, n_in)))
+        Bs.append(np.zeros(n_out))
+    return Ws, Bs

@@ -1,0 +1,612 @@
+"""The integer twin: edgebp's fixed-point net in vectorised numpy, bit-identical to the core.
+
+`TwinNet` holds the same state as `edgebp.net.Net` (W, B, GW, GB, VW, VB, Z, A, D, rng, count,
+seen, correct, loss_sum, the settings) and reproduces `Net` with the pure-Python kernels bit for
+bit, but fast enough to train whole data sets on the host: `train_epoch` and `evaluate`.
+
+Formats are the core's (see edgebp/net.py). All arrays here are int64, which holds every
+intermediate of the core exactly (the core keeps them inside [-2**30, 2**30)); `>>` on int64
+is an arithmetic shift, i.e. floor division by a power of two, as on Python ints. Each product
+is shifted by its guard before it is summed, as in the kernels, so sums cannot use np.dot.
+
+Parameters live in one flat vector in the order in which the core updates them (layer 0 W
+row-major, layer 0 B, layer 1 W, ...); W[l] (n_out x n_in) and B[l] are views into it, and the
+same holds for the gradient sums and momentum. An update is then one vectorised step over all
+parameters. Stochastic rounding needs the core's xorshift30 state for every parameter: the
+generator is linear over GF(2), so the state k steps after s is the XOR of the images of s's set
+bits under k steps, which are tabulated once per net (`Xorshift30Jumps`).
+
+Samples that share weights (one mini-batch) go through forward and backward together: the
+gradient sums are integer sums, so their order does not matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import NamedTuple
+
+import numpy as np
+
+from edgebp import luts
+from edgebp.fixed import (
+    BCE,
+    IDENTITY,
+    LEAKY,
+    NEAREST,
+    Q_MAX,
+    RELU,
+    SIGMOID,
+    SMALL_MAX,
+    SOFTMAX_CE,
+    TANH,
+    V_MAX,
+    mean_lr_shift,
+    rshift_round,
+    seed30,
+)
+from edgebp.net import Net
+
+I64 = np.int64
+_M30 = 0x3FFFFFFF
+_LOG2E_Q12 = 5909  # round(log2(e) * 4096), as in edgebp.kernels
+# Largest (samples x outputs x inputs) product tensor formed at once by the batched paths.
+_CHUNK_ELEMS = 1 << 20
+
+
+# -- elementwise primitives (any shape, int64) --
+
+
+def clip_v(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    # np.clip costs several microseconds of overhead per call on small arrays
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+def rshift_round_v(x: np.ndarray, s: int) -> np.ndarray:
+    """fixed.rshift_round: x * 2**-s rounded half up (s <= 0: x unchanged)."""
+    if s <= 0:
+        return x
+    s = min(s, 63)  # beyond 63 the core's result is already 0 (x >> s is 0 or -1)
+    return (x >> s) + ((x >> (s - 1)) & 1)
+
+
+def requant_v(acc: np.ndarray, s: int) -> np.ndarray:
+    """fixed.requant: scale by 2**-s, round half up, saturate to [-Q_MAX, Q_MAX]."""
+    if s > 0:
+        return clip_v(rshift_round_v(acc, s), -Q_MAX, Q_MAX)
+    if s == 0:
+        return clip_v(acc, -Q_MAX, Q_MAX)
+    n = -s
+    if n >= 16:
+        # every non-zero acc saturates; zero stays zero
+        return np.sign(acc) * I64(Q_MAX)
+    lim = 32768 >> n
+    return clip_v(clip_v(acc, -lim, lim) << n, -Q_MAX, Q_MAX)
+
+
+def lut_v(table: tuple[int, ...], zq: np.ndarray) -> np.ndarray:
+    """kernels._lut: 129-point table over z in [-8, 8], z in Q12 (any int16 z)."""
+    T = np.asarray(table, I64)
+    u = zq + 32768
+    i = u >> 9
+    lo = T[i]
+    p = (T[i + 1] - lo) * (u & 511)
+    return lo + (p >> 9) + ((p >> 8) & 1)
+
+
+def exp_neg_v(x: np.ndarray) -> np.ndarray:
+    """kernels.exp_neg: exp(-x) in Q14 for x >= 0 in Q12."""
+    E = np.asarray(luts.EXP2, I64)
+    y = rshift_round_v(x * _LOG2E_Q12, 12)
+    ip = y >> 12
+    fp = y & 4095
+    i = fp >> 6
+    lo = E[i]
+    v = lo + rshift_round_v((E[i + 1] - lo) * (fp & 63), 6)
+    ipc = clip_v(ip, 1, 15)
+    shifted = (v >> ipc) + ((v >> (ipc - 1)) & 1)
+    return np.where(ip == 0, v, np.where(ip >= 15, 0, shifted))
+
+
+def nlog_q14_v(p: np.ndarray) -> np.ndarray:
+    """net.nlog_q14: -ln(p / 16384) in Q12 for p in Q14 (p < 1 read as 1)."""
+    p = np.maximum(p, 1)
+    e = np.zeros_like(p)
+    for b in range(1, 63):
+        e += (p >> b) > 0
+    m = np.where(e <= 12, p << np.maximum(12 - e, 0), p >> np.maximum(e - 12, 0))
+    f = m - 4096
+    i = f >> 6
+    L2 = np.asarray(luts.LOG2, I64)
+    lo = L2[i]
+    l2 = lo + rshift_round_v((L2[i + 1] - lo) * (f & 63), 6)
+    return rshift_round_v((((14 - e) << 12) - l2) * 2839, 12)
+
+
+class _Tables:
+    """Every elementwise function of an int16 argument, tabulated once over all of int16."""
+
+    def __init__(self) -> None:
+        q = np.arange(-32768, 32768, dtype=I64)
+        self.sigmoid = lut_v(luts.SIGMOID, q)
+        self.tanh = lut_v(luts.TANH, q)
+        self.nlog = nlog_q14_v(q)
+        # derivatives from the cached output a (Q14): a(1-a) and 1-a^2, rounded as in act_bwd
+        self.dsigmoid = rshift_round_v(q * (16384 - q), 14)
+        self.dtanh = 16384 - rshift_round_v(q * q, 14)
+        # exp(-x) for x = max(z) - z in [0, 65535]
+        self.exp_neg = exp_neg_v(np.arange(65536, dtype=I64))
+
+
+_tables: _Tables | None = None
+
+
+def tables() -> _Tables:
+    global _tables
+    if _tables is None:
+        _tables = _Tables()
+    return _tables
+
+
+def softmax_v(z: np.ndarray) -> np.ndarray:
+    """kernels.softmax over the last axis: z in Q12, result in Q14."""
+    e = tables().exp_neg[z.max(axis=-1, keepdims=True) - z]
+    tot = e.sum(axis=-1, keepdims=True)
+    return (e * 16384 + (tot >> 1)) // tot
+
+
+def act_fwd_v(kind: int, z: np.ndarray, alpha: int) -> np.ndarray:
+    if kind == IDENTITY:
+        return z
+    if kind == RELU:
+        return np.maximum(z, 0)
+    if kind == LEAKY:
+        return np.where(z > 0, z, rshift_round_v(z * alpha, 12))
+    if kind == SIGMOID:
+        return tables().sigmoid[z + 32768]
+    if kind == TANH:
+        return tables().tanh[z + 32768]
+    return softmax_v(z)
+
+
+def act_bwd_v(kind: int, e: np.ndarray, z: np.ndarray, a: np.ndarray, alpha: int) -> np.ndarray:
+    if kind == RELU:
+        return np.where(z > 0, e, 0)
+    if kind == LEAKY:
+        return np.where(z > 0, e, rshift_round_v(e * alpha, 12))
+    if kind == SIGMOID:
+        return rshift_round_v(e * tables().dsigmoid[a + 32768], 14)
+    if kind == TANH:
+        return rshift_round_v(e * tables().dtanh[a + 32768], 14)
+    return e  # identity, and softmax (whose delta the loss forms directly)
+
+
+def xorshift30_v(s: np.ndarray) -> np.ndarray:
+    s = s ^ ((s & (_M30 >> 9)) << 9)
+    s = s ^ (s >> 11)
+    return s ^ ((s & (_M30 >> 12)) << 12)
+
+
+class Xorshift30Jumps:
+    """The states s_1..s_n that xorshift30 visits from s_0, without a Python loop over n.
+
+    The step is a linear map T over GF(2)^30, so s_k = T^k s_0 is the XOR of T^k e_b over the
+    set bits b of s_0. The images are tabulated for k = 1..span and combined five bits at a
+    time: table[c, v, k-1] = T^k (v << 5c), so a run is six row lookups and five XORs. Runs
+    longer than span restart from s_span.
+    """
+
+    def __init__(self, span: int) -> None:
+        self.span = span
+        basis = np.empty((30, span), I64)  # basis[b, k-1] = T^k e_b
+        cur = np.left_shift(1, np.arange(30, dtype=I64))
+        for k in range(span):
+            cur = xorshift30_v(cur)
+            basis[:, k] = cur
+        self.table = np.zeros((6, 32, span), I64)
+        for c in range(6):
+            for v in range(1, 32):
+                low = (v & -v).bit_length() - 1
+                self.table[c, v] = self.table[c, v & (v - 1)] ^ basis[5 * c + low]
+
+    def states(self, s0: int, n: int) -> np.ndarray:
+        out = np.empty(n, I64)
+        done = 0
+        s = s0
+        tab = self.table
+        while done < n:
+            k = min(self.span, n - done)
+            run = out[done : done + k]
+            np.bitwise_xor(tab[0, s & 31, :k], tab[1, (s >> 5) & 31, :k], out=run)
+            for c in range(2, 6):
+                run ^= tab[c, (s >> (5 * c)) & 31, :k]
+            s = int(run[-1])
+            done += k
+        return out
+
+
+class Evaluation(NamedTuple):
+    loss: np.ndarray  # per-sample loss, Q12 (as backward() returns it)
+    correct: np.ndarray  # per-sample bool, the core's rule for `correct`
+    output: np.ndarray  # (N, n_out) output activations
+
+
+class TwinNet:
+    """`edgebp.net.Net` in numpy: same constructor, settings, state and results."""
+
+    def __init__(self, sizes, acts, shift_a, shift_w, shift_d, loss, batch_max=1,
+                 momentum=False, alpha_q=41):
+        # The core validates the formats and derives the guards and shifts, so the twin
+        # accepts exactly the nets the core accepts; it also validates the settings.
+        spec = Net(list(sizes), list(acts), list(shift_a), list(shift_w), list(shift_d), loss,
+                   batch_max, momentum, alpha_q)
+        self._spec = spec
+        self.L = L = spec.L
+        self.sizes = list(sizes)
+        self.acts = list(acts)
+        self.loss_kind = loss
+        self.shift_a = list(shift_a)
+        self.shift_w = list(shift_w)
+        self.shift_d = list(shift_d)
+        self.alpha = alpha_q
+        self.batch_max = batch_max
+        self.kg = spec.kg
+        self.shift_z = list(spec.shift_z)
+        self.k_f = list(spec.k_f)
+        self.s_f = list(spec.s_f)
+        self.k_b = list(spec.k_b)
+        self.s_b = list(spec.s_b)
+        self.one = list(spec.one)
+
+        spans = []
+        start = 0
+        for l in range(L):
+            nw = self.sizes[l] * self.sizes[l + 1]
+            spans.append((start, start + nw, start + nw + self.sizes[l + 1]))
+            start += nw + self.sizes[l + 1]
+        self.n_params = P = start
+        self._spans = spans
+        self.theta = np.zeros(P, I64)
+        self.grad = np.zeros(P, I64)
+        self.vel = np.zeros(P, I64) if momentum else None
+        self.W, self.B = self._views(self.theta)
+        self.GW, self.GB = self._views(self.grad)
+        self.VW: list[np.ndarray | None] = [None] * L
+        self.VB: list[np.ndarray | None] = [None] * L
+        if self.vel is not None:
+            self.VW[:], self.VB[:] = self._views(self.vel)
+        # per-parameter part of the update's shift u that depends on the layer's formats
+        self._u_layer = np.empty(P, I64)
+        for l, (a, _, c) in enumerate(spans):
+            self._u_layer[a:c] = (self.shift_d[l] + self.shift_a[l] - self.kg
+                                  - self.shift_w[l] - 16)
+        self._jumps: Xorshift30Jumps | None = None
+        self._step_key: tuple[int, int, int] | None = None  # (lr_m, lr_e, count) of _step
+        self._step: tuple[int, np.ndarray] = (0, self._u_layer)
+
+        self.Z = [np.zeros(n, I64) for n in self.sizes[1:]]
+        self.A = [np.zeros(n, I64) for n in self.sizes]
+        self.D = [np.zeros(n, I64) for n in self.sizes[1:]]
+        self.rng = np.array([seed30(1)], I64)
+        self.count = 0
+        self.grad_count = 0
+        self.batch = 1
+        self.lr_m = 0
+        self.lr_e = 0
+        self.mu = 0
+        self.c_m = 0
+        self.c_s = 0
+        self.mode = NEAREST
+        self.reset_stats()
+
+    def _views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        Ws = [flat[a:b].reshape(self.sizes[l + 1], self.sizes[l])
+              for l, (a, b, _) in enumerate(self._spans)]
+        Bs = [flat[b:c] for (_, b, c) in self._spans]
+        return Ws, Bs
+
+    # -- construction from the host's descriptions --
+
+    @classmethod
+    def from_qnet(cls, qnet, hyper=None) -> TwinNet:
+        """The twin of `qnet.build(hyper)`."""
+        net = cls(qnet.sizes, qnet.acts, qnet.shift_a, qnet.shift_w, qnet.shift_d, qnet.loss,
+                  qnet.batch_max, qnet.momentum, qnet.alpha_q)
+        for l in range(net.L):
+            net.W[l][...] = np.asarray(qnet.W[l], np.int16).reshape(net.W[l].shape)
+            net.B[l][...] = np.asarray(qnet.B[l], np.int16)
+        if hyper is not None:
+            h = hyper.fixed()
+            net.set_lr(h["lr_m"], h["lr_e"])
+            net.set_batch(h["batch"])
+            net.set_momentum(h["mu"])
+            net.set_decay(h["c_m"], h["c_e"])
+            net.set_rounding(h["mode"], h["seed"])
+        return net
+
+    @classmethod
+    def from_net(cls, core: Net) -> TwinNet:
+        """A twin in the exact state of a core net: weights, sums, momentum, rng, settings."""
+        net = cls(core.sizes, core.acts, core.shift_a, core.shift_w, core.shift_d,
+                  core.loss_kind, core.batch_max, core.VW[0] is not None, core.alpha)
+
+        def flat(Ws, Bs) -> np.ndarray:
+            return np.concatenate([np.asarray(a, I64) for pair in zip(Ws, Bs, strict=True)
+                                   for a in pair])
+
+        net.theta[...] = flat(core.W, core.B)
+        net.grad[...] = flat(core.GW, core.GB)
+        if net.vel is not None:
+            net.vel[...] = flat(core.VW, core.VB)
+        for l in range(net.L):
+            net.Z[l][...] = core.Z[l]
+            net.D[l][...] = core.D[l]
+        for l in range(net.L + 1):
+            net.A[l][...] = core.A[l]
+        net.lr_m, net.lr_e = core.lr_m, core.lr_e
+        net.batch, net.mu, net.c_m, net.c_s, net.mode = (core.batch, core.mu, core.c_m,
+                                                         core.c_s, core.mode)
+        net.rng[0] = core.rng[0]
+        net.count, net.grad_count = core.count, core.grad_count
+        net.seen, net.correct, net.loss_sum = core.seen, core.correct, core.loss_sum
+        return net
+
+    def to_qnet(self, qnet):
+        """A copy of `qnet` carrying this net's current weights (int16)."""
+        return replace(qnet, W=[w.astype(np.int16) for w in self.W],
+                       B=[b.astype(np.int16) for b in self.B])
+
+    # -- settings: validated by the core's own setters --
+
+    def set_lr(self, m, e):
+        self._spec.set_lr(m, e)
+        self.lr_m, self.lr_e = m, e
+
+    def set_batch(self, n):
+        self._spec.set_batch(n)
+        self.batch = n
+
+    def set_momentum(self, mu_q8):
+        self._spec.set_momentum(mu_q8)
+        self.mu = mu_q8
+
+    def set_decay(self, c_m, c_e):
+        self._spec.set_decay(c_m, c_e)
+        self.c_m, self.c_s = self._spec.c_m, self._spec.c_s
+
+    def set_rounding(self, mode, seed=1):
+        self.mode = mode
+        self.rng[0] = seed30(seed)
+
+    def reset_stats(self):
+        self.seen = 0
+        self.correct = 0
+        self.loss_sum = 0
+
+    # -- batched arithmetic: rows are samples --
+
+    def _forward_rows(self, X: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Z[l] and A[l] for a batch of inputs X (N, n_in), each (N, n)."""
+        Zs: list[np.ndarray] = []
+        As = [np.asarray(X, I64)]
+        for l in range(self.L):
+            W = self.W[l]
+            k = self.k_f[l]
+            x = As[l]
+            bias = (self.B[l] * self.one[l]) >> k
+            step = max(1, _CHUNK_ELEMS // W.size)
+            if len(x) <= step:
+                acc = np.add.reduce((x[:, None, :] * W) >> k, axis=2)
+            else:
+                acc = np.concatenate([((x[i : i + step, None, :] * W) >> k).sum(axis=2)
+                                      for i in range(0, len(x), step)])
+            z = requant_v(acc + bias, self.s_f[l])
+            Zs.append(z)
+            As.append(act_fwd_v(self.acts[l], z, self.alpha))
+        return Zs, As
+
+    def _targets(self, T) -> np.ndarray:
+        """Target rows as the core reads them: the class index, or one value per output."""
+        T = np.asarray(T, I64)
+        T = T.reshape(len(T), -1)[:, : 1 if self.loss_kind == SOFTMAX_CE else self.sizes[-1]]
+        if self.loss_kind == SOFTMAX_CE and T.size:
+            if T.min() < 0 or T.max() >= self.sizes[-1]:
+                raise IndexError(f"class index outside 0..{self.sizes[-1] - 1}")
+        return T
+
+    def _loss_rows(self, Zs, As, T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The output delta, per-sample loss (Q12) and per-sample correct flag."""
+        a = As[-1]
+        N, n = a.shape
+        tab = tables()
+        kind = self.loss_kind
+        if kind == SOFTMAX_CE:
+            c = T[:, 0]
+            rows = np.arange(N)
+            d = a.copy()
+            d[rows, c] -= 16384
+            # the core's clip: no delta pushes a z saturated at the edge of Q12 further out
+            z = Zs[-1]
+            d[((d < 0) & (z >= Q_MAX)) | ((d > 0) & (z <= -Q_MAX))] = 0
+            loss = tab.nlog[a[rows, c] + 32768]
+            good = a.argmax(axis=1) == c
+        elif kind == BCE:
+            t = clip_v(T, 0, 16384)
+            d = a - t
+            q = t * tab.nlog[a + 32768] + (16384 - t) * tab.nlog[16384 - a + 32768]
+            loss = rshift_round_v(q, 14).sum(axis=1)
+            good = ((a >= 8192) == (t >= 8192)).all(axis=1)
+        else:
+            sa = self.shift_a[self.L]
+            e = clip_v(a - T, -Q_MAX, Q_MAX)
+            # every term is >= 0, so the core's saturating running sum is min(sum, SMALL_MAX)
+            loss = np.minimum(rshift_round_v(e * e, 2 * sa - 11).sum(axis=1), SMALL_MAX)
+            if n == 1:
+                half = 1 << (sa - 1)
+                good = (a[:, 0] >= half) == (T[:, 0] >= half)
+            else:
+                good = a.argmax(axis=1) == T.argmax(axis=1)
+            d = act_bwd_v(self.acts[-1], e, Zs[-1], a, self.alpha)
+        return d, loss, good
+
+    def _backward_rows(self, Zs, As, d_out) -> list[np.ndarray]:
+        Ds = [d_out]
+        for l in range(self.L - 1, 0, -1):
+            d = Ds[0]
+            acc = np.add.reduce((d[:, :, None] * self.W[l]) >> self.k_b[l], axis=1)
+            e = requant_v(acc, self.s_b[l])
+            Ds.insert(0, act_bwd_v(self.acts[l - 1], e, Zs[l - 1], As[l], self.alpha))
+        return Ds
+
+    def _accumulate(self, As, Ds) -> None:
+        kg = self.kg
+        for l in range(self.L):
+            d, x = Ds[l], As[l]
+            if len(d) == 1:
+                self.GW[l] += (d[0][:, None] * x[0]) >> kg
+            else:
+                self.GW[l] += np.add.reduce((d[:, :, None] * x[:, None, :]) >> kg, axis=0)
+            self.GB[l] += np.add.reduce((d * self.one[l]) >> kg, axis=0)
+
+    def _keep(self, Zs, As) -> None:
+        # the core's buffers hold the last sample's values
+        for l in range(self.L):
+            self.Z[l][...] = Zs[l][-1]
+        for l in range(self.L + 1):
+            self.A[l][...] = As[l][-1]
+
+    def _backward_stats(self, Zs, As, T) -> np.ndarray:
+        """backward() for rows that share the current weights: deltas, gradient sums, stats."""
+        d, loss, good = self._loss_rows(Zs, As, T)
+        Ds = self._backward_rows(Zs, As, d)
+        self._accumulate(As, Ds)
+        for l in range(self.L):
+            self.D[l][...] = Ds[l][-1]
+        N = len(loss)
+        self.count += N
+        self.grad_count = self.count
+        # the core's counters stop at SMALL_MAX samples
+        k = max(0, min(N, SMALL_MAX - self.seen))
+        self.seen += k
+        self.correct += int(good[:k].sum())
+        # losses are >= 0: the core's saturating running sum is a saturated total
+        self.loss_sum = min(self.loss_sum + int(loss.sum()), SMALL_MAX)
+        return loss
+
+    def _learn_rows(self, X, T) -> np.ndarray:
+        Zs, As = self._forward_rows(X)
+        self._keep(Zs, As)
+        return self._backward_stats(Zs, As, T)
+
+    # -- the core's API (like the core, only the first n_in inputs and n_t targets are read) --
+
+    def forward(self, x) -> None:
+        Zs, As = self._forward_rows(np.asarray(x, I64)[None, : self.sizes[0]])
+        self._keep(Zs, As)
+
+    def backward(self, t) -> int:
+        if self.count >= self.batch_max:
+            self.update()
+        Zs = [z[None] for z in self.Z]
+        As = [a[None] for a in self.A]
+        return int(self._backward_stats(Zs, As, self._targets([t]))[0])
+
+    def learn(self, x, t) -> int:
+        loss = self._learn_rows(np.asarray(x, I64)[None, : self.sizes[0]], self._targets([t]))
+        if self.count >= self.batch:
+            self.update()
+        return int(loss[0])
+
+    def update(self) -> None:
+        count = self.count
+        if count == 0:
+            return
+        key = (self.lr_m, self.lr_e, count)
+        if key != self._step_key:
+            q = (self.lr_m << 22) // count
+            t = mean_lr_shift(q)
+            u = (self.lr_e + 22 - t) + self._u_layer
+            if int(u.min()) < 0:
+                raise ValueError("negative shift count")  # what the core's `>> u` raises
+            self._step = (rshift_round(q, t), np.minimum(u, 63))
+            self._step_key = key
+        m, u = self._step
+        g = self.grad
+        v = clip_v(((g >> 8) * m) >> u, -V_MAX, V_MAX)
+        w = self.theta
+        if self.c_m:
+            v += rshift_round_v(w * self.c_m, self.c_s)
+        if self.mu:
+            assert self.vel is not None
+            v += rshift_round_v(self.vel * self.mu, 8)
+        if self.c_m or self.mu:
+            np.maximum(np.minimum(v, V_MAX, out=v), -V_MAX, out=v)
+        if self.mu:
+            assert self.vel is not None
+            self.vel[...] = v
+        if self.mode:
+            if self._jumps is None:
+                self._jumps = Xorshift30Jumps(min(self.n_params, 1 << 13))
+            s = self._jumps.states(int(self.rng[0]), self.n_params)
+            self.rng[0] = s[-1]
+            v += s >> 22
+        else:
+            v += 128
+        w -= v >> 8
+        np.maximum(np.minimum(w, Q_MAX, out=w), -Q_MAX, out=w)
+        g[...] = 0
+        self.count = 0
+
+    def predict(self, x, out=None) -> int:
+        self.forward(x)
+        a = self.A[self.L]
+        if out is not None:
+            out[:] = a
+        return int(a.argmax())
+
+    # -- whole data sets --
+
+    def train_epoch(self, Xq, Tq, order=None) -> np.ndarray:
+        """`learn` on every sample in `order` (default: as given), like a loop of learn():
+        updates after each `batch` samples; a partial last batch stays pending for update().
+        Returns the per-sample losses (Q12) in training order."""
+        X, T = self._dataset(Xq, Tq)
+        idx = np.arange(len(X)) if order is None else np.asarray(order)
+        losses = np.empty(len(idx), I64)
+        i = 0
+        while i < len(idx):
+            n = min(max(self.batch - self.count, 1), len(idx) - i)
+            rows = idx[i : i + n]
+            losses[i : i + n] = self._learn_rows(X[rows], T[rows])
+            if self.count >= self.batch:
+                self.update()
+            i += n
+        return losses
+
+    def _dataset(self, Xq, Tq) -> tuple[np.ndarray, np.ndarray]:
+        X, T = _int16_rows(Xq, self.sizes[0]), self._targets(Tq)
+        if len(X) != len(T):
+            raise ValueError(f"{len(X)} inputs but {len(T)} targets")
+        return X, T
+
+    def outputs(self, Xq) -> np.ndarray:
+        """Output activations (N, n_out) for every input row; the net's state is untouched."""
+        _, As = self._forward_rows(_int16_rows(Xq, self.sizes[0]))
+        return As[-1]
+
+    def evaluate(self, Xq, Tq) -> Evaluation:
+        """Loss and correctness per sample, as backward() would report them, without
+        touching gradients, statistics or buffers."""
+        X, T = self._dataset(Xq, Tq)
+        Zs, As = self._forward_rows(X)
+        _, loss, good = self._loss_rows(Zs, As, T)
+        return Evaluation(loss, good, As[-1])
+
+
+def _int16_rows(X, n_in: int) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != n_in:
+        raise ValueError(f"expected inputs of shape (N, {n_in}), got {X.shape}")
+    if X.size and (X.min() < -32768 or X.max() > 32767):
+        raise OverflowError("inputs outside int16")
+    return X.astype(I64)
+

@@ -1,0 +1,107 @@
+"""Seeded small nets covering every activation x loss x optimiser combination the core accepts,
+plus nets at the edge of the proven range. Shared by the bit-exactness, allocation and
+validation tests."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgebp import fixed
+from edgebp.host.qnet import Hyper, QuantNet
+
+HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
+OUTPUTS = [  # (loss, output activation)
+    ("mse", "identity"),
+    ("mse", "relu"),
+    ("mse", "sigmoid"),
+    ("mse", "tanh"),
+    ("softmax_ce", "softmax"),
+    ("bce", "sigmoid"),
+]
+OPTIMISERS = {
+    "sgd": Hyper(lr=0.25, batch=1),
+    "sgd-stochastic": Hyper(lr=0.25, batch=1, rounding="stochastic", seed=7),
+    "momentum": Hyper(lr=0.125, momentum=0.9, batch=1, rounding="stochastic", seed=3),
+    "decay": Hyper(lr=0.25, weight_decay=0.01, batch=1),
+    "minibatch": Hyper(lr=0.5, momentum=0.5, weight_decay=0.001, batch=3,
+                       rounding="stochastic", seed=11),
+}
+A = {name: i for i, name in enumerate(fixed.ACT_NAMES)}
+LOSS = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
+SQUASH = {"sigmoid", "tanh", "softmax"}
+
+
+@dataclass
+class Case:
+    name: str
+    qnet: QuantNet
+    hyper: Hyper
+    Xq: np.ndarray  # int16 (N, n_in)
+    Tq: np.ndarray  # int16 (N, n_t)
+
+
+def _targets(rng, loss: str, out: str, n: int, n_out: int, sa_out: int) -> np.ndarray:
+    if loss == "softmax_ce":
+        return rng.integers(0, n_out, (n, 1)).astype(np.int16)
+    if loss == "bce":
+        return (rng.integers(0, 2, (n, n_out)) * 16384).astype(np.int16)
+    lo = 0.0 if out in ("relu", "sigmoid") else -1.0
+    t = rng.uniform(lo, 1.0, (n, n_out))
+    return np.floor(t * 2.0**sa_out + 0.5).astype(np.int16)
+
+
+def make_case(hidden: str, loss: str, out: str, opt: str, seed: int = 0, sizes=(3, 4, 3),
+              n: int = 9, edge: bool = False) -> Case:
+    rng = np.random.default_rng(seed)
+    L = len(sizes) - 1
+    acts = [A[hidden]] * (L - 1) + [A[out]]
+    names = [hidden] * (L - 1) + [out]
+    shift_a = [14] + [14 if a in SQUASH else 12 for a in names]
+    shift_w = [12] * L
+    shift_d = [14] * L
+    if loss == "mse":
+        shift_d[-1] = shift_a[-1]
+    W, B = [], []
+    for l in range(L):
+        shape = (sizes[l + 1], sizes[l])
+        if edge:
+            W.append((rng.choice([-1, 1], shape) * 32767).astype(np.int16))
+            B.append((rng.choice([-1, 1], sizes[l + 1]) * 32767).astype(np.int16))
+        else:
+            lim = int(4096 * 1.5 / np.sqrt(sizes[l]))
+            W.append(rng.integers(-lim, lim + 1, shape).astype(np.int16))
+            B.append(rng.integers(-lim // 4, lim // 4 + 1, sizes[l + 1]).astype(np.int16))
+    hyper = OPTIMISERS[opt]
+    batch_max = max(hyper.batch, 4)
+    q = QuantNet(list(sizes), acts, shift_a, shift_w, shift_d, LOSS[loss], W, B,
+                 batch_max=batch_max, momentum=hyper.momentum > 0)
+    if edge:
+        Xq = (rng.choice([-1, 1], (n, sizes[0])) * 32767).astype(np.int16)
+    else:
+        Xq = rng.integers(-16384, 16385, (n, sizes[0])).astype(np.int16)
+    Tq = _targets(rng, loss, out, n, sizes[-1], shift_a[-1])
+    if edge and loss == "mse":
+        Tq = (rng.choice([-1, 1], Tq.shape) * 32767).astype(np.int16)
+    name = f"{hidden}-{out}-{loss}-{opt}" + ("-edge" if edge else "")
+    return Case(name, q, hyper, Xq, Tq)
+
+
+def all_cases() -> list[Case]:
+    cases = []
+    for i, (hidden, (loss, out), opt) in enumerate(
+            itertools.product(HIDDEN, OUTPUTS, OPTIMISERS)):
+        cases.append(make_case(hidden, loss, out, opt, seed=i))
+    return cases
+
+
+def edge_cases() -> list[Case]:
+    """Max-magnitude weights, biases, inputs and targets, wide fan-in and a huge step size."""
+    out = []
+    for i, (hidden, (loss, o)) in enumerate(itertools.product(HIDDEN, OUTPUTS)):
+        c = make_case(hidden, loss, o, "minibatch", seed=100 + i, sizes=(40, 24, 3), n=6,
+                      edge=True)
+        out.append(c)
+    return out

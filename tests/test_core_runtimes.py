@@ -1,0 +1,44 @@
+"""The core, run on every runtime, against itself under CPython (and the numpy twin).
+
+One process per runtime trains every activation x loss x optimiser case and the edge-of-range
+cases; each learn() and update() runs under heap_lock, which on wasm-MicroPython (31-bit small
+ints, like a 32-bit MCU) also proves that no intermediate leaves the small-int range.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from combos import all_cases, edge_cases
+from conftest import DEVICE
+from coredrive import parse_states, run_here, script, state_line
+from edgebp.host import mprun
+
+CASES = all_cases() + edge_cases()
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, str]:
+    out = {}
+    for c in CASES:
+        out[c.name] = state_line(c.name, run_here(c))[len("STATE "):]
+    return out
+
+
+def test_cases_cover_every_combination():
+    names = {c.name for c in CASES}
+    assert len(names) == len(CASES)
+    # 5 hidden activations x 6 (loss, output) pairs x 5 optimisers, plus 30 edge nets
+    assert len(CASES) == 5 * 6 * 5 + 5 * 6
+
+
+def test_core_bit_exact_and_allocation_free(runtime, expected):
+    files = mprun.core_files()
+    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
+    result = mprun.run(runtime, script(CASES), files, timeout=600)
+    assert result.ok, f"{runtime} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    got = parse_states(result.stdout)
+    assert set(got) == set(expected)
+    bad = [name for name in expected if got[name] != expected[name]]
+    assert not bad, f"{runtime}: {len(bad)} cases differ from the core on CPython: {bad[:5]}"
+    print(f"[{runtime}] {len(got)} cases bit-identical to the core under CPython")

@@ -1,0 +1,294 @@
+"""The .ebp net file: host writer and reader, the board's parser, and every way a file is bad."""
+
+import io
+import struct
+from array import array
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from edgebp import ebp, fixed
+from edgebp.ebp import EbpError
+from edgebp.host import ebpfile
+from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.wire import crc16
+
+
+def make_qnet(kind="ce", sizes=(4, 8, 3), seed=0, momentum=False, batch_max=4):
+    """A small random net of one of the three loss kinds, with its formats."""
+    rng = np.random.default_rng(seed)
+    L = len(sizes) - 1
+    if kind == "ce":
+        acts = [fixed.RELU] * (L - 1) + [fixed.SOFTMAX]
+        loss, shift_a, shift_d = fixed.SOFTMAX_CE, [12] * L + [14], [12] * (L - 1) + [14]
+    elif kind == "bce":
+        acts = [fixed.TANH] * (L - 1) + [fixed.SIGMOID]
+        loss, shift_a, shift_d = fixed.BCE, [12] + [14] * L, [12] * (L - 1) + [14]
+    else:
+        acts = [fixed.LEAKY] * (L - 1) + [fixed.IDENTITY]
+        loss, shift_a, shift_d = fixed.MSE, [12] * (L + 1), [12] * L
+    W = [rng.integers(-2500, 2501, (sizes[l + 1], sizes[l])).astype(np.int16) for l in range(L)]
+    B = [rng.integers(-300, 301, sizes[l + 1]).astype(np.int16) for l in range(L)]
+    return QuantNet(sizes=list(sizes), acts=acts, shift_a=shift_a, shift_w=[12] * L,
+                    shift_d=shift_d, loss=loss, W=W, B=B, batch_max=batch_max,
+                    momentum=momentum)
+
+
+def make_data(qnet, n, seed=1):
+    """Quantised inputs and targets in the formats the net takes."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-4096, 4097, (n, qnet.sizes[0])).astype(np.int16)
+    n_out = qnet.sizes[-1]
+    if qnet.loss == fixed.SOFTMAX_CE:
+        T = rng.integers(0, n_out, (n, 1))
+    elif qnet.loss == fixed.BCE:
+        T = rng.integers(0, 2, (n, n_out)) * 16384
+    else:
+        T = rng.integers(-4096, 4097, (n, n_out))
+    return X, T.astype(np.int16)
+
+
+def reference_train(qnet, hyper, X, T, order=None):
+    """The core Net under CPython, trained sample by sample: what a board must reproduce."""
+    net = qnet.build(hyper)
+    for i in range(len(X)) if order is None else order:
+        net.learn(array("h", X[i].tolist()), array("h", T[i].tolist()))
+    return net
+
+
+HYPER = Hyper(lr=0.05, batch=2, rounding="stochastic", seed=7)
+
+
+def same_weights(net, qnet):
+    return all(list(net.W[l]) == qnet.W[l].ravel().tolist()
+               and list(net.B[l]) == qnet.B[l].tolist() for l in range(net.L))
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+def test_round_trip_keeps_net_hyper_and_host_section(kind):
+    q = make_qnet(kind, sizes=(5, 7, 6, 3), momentum=True, batch_max=8)
+    q.in_offset = np.linspace(-1, 1, 5)
+    q.in_scale = np.full(5, 0.3)
+    q.classes = ["a", "b", "c"]
+    h = Hyper(lr=0.03, momentum=0.5, weight_decay=1e-3, batch=4, rounding="stochastic",
+              seed=123456789)
+    q2, h2 = ebpfile.from_bytes(ebpfile.to_bytes(q, h))
+    assert h2 == h
+    for name in ("sizes", "acts", "shift_a", "shift_w", "shift_d", "loss", "batch_max",
+                 "momentum", "alpha_q", "classes"):
+        assert getattr(q2, name) == getattr(q, name), name
+    assert all(np.array_equal(a, b) for a, b in zip(q.W + q.B, q2.W + q2.B, strict=True))
+    np.testing.assert_array_equal(q2.in_offset, q.in_offset)
+    np.testing.assert_array_equal(q2.in_scale, q.in_scale)
+
+
+def test_board_part_alone_gives_hyper_from_the_fixed_values():
+    q = make_qnet(momentum=True)
+    h = Hyper(lr=0.05, momentum=0.25, weight_decay=0.01, batch=3, rounding="nearest", seed=9)
+    _, h2 = ebpfile.from_bytes(ebpfile.to_bytes(q, h, trailer=False))
+    # floats rebuilt from the mantissas and exponents give the same fixed-point settings
+    assert h2.fixed() == h.fixed()
+    _, none = ebpfile.from_bytes(ebpfile.to_bytes(q, None))
+    assert none is None
+
+
+def test_file_write_and_read(tmp_path):
+    q = make_qnet("mse")
+    ebpfile.write(tmp_path / "n.ebp", q, HYPER)
+    q2, h2 = ebpfile.read(tmp_path / "n.ebp")
+    assert h2 == HYPER and all(np.array_equal(a, b) for a, b in zip(q.W, q2.W, strict=True))
+
+
+def test_board_parser_builds_the_same_net_as_quantnet():
+    q = make_qnet("bce", momentum=True)
+    h = Hyper(lr=0.05, momentum=0.5, weight_decay=1e-3, batch=3, rounding="stochastic", seed=5)
+    net = ebp.load(ebpfile.to_bytes(q, h))
+    ref = q.build(h)
+    for name in ("sizes", "acts", "shift_a", "shift_w", "shift_d", "loss_kind", "batch_max",
+                 "alpha", "lr_m", "lr_e", "batch", "mu", "c_m", "c_s", "mode"):
+        assert getattr(net, name) == getattr(ref, name), name
+    assert net.rng[0] == ref.rng[0]
+    assert [list(w) for w in net.W] == [list(w) for w in ref.W]
+    assert [list(b) for b in net.B] == [list(b) for b in ref.B]
+    assert net.VW[0] is not None
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 10_000])
+def test_parser_takes_the_file_in_pieces_of_any_size(step):
+    q = make_qnet(sizes=(6, 5, 4))
+    data = ebpfile.to_bytes(q, HYPER)
+    ld = ebp.Loader(len(data))
+    for i in range(0, len(data), step):
+        ld.feed(data, i, min(i + step, len(data)))
+    assert same_weights(ld.finish(), q)
+
+
+def test_parser_reads_a_stream():
+    q = make_qnet()
+    assert same_weights(ebp.load(io.BytesIO(ebpfile.to_bytes(q, HYPER))), q)
+
+
+# -- malformed files --
+
+def good():
+    return bytearray(ebpfile.to_bytes(make_qnet(sizes=(4, 8, 3)), HYPER, trailer=False))
+
+
+def refresh_head_crc(b):
+    L = b[5]
+    n = ebp.FIXED + 6 * L
+    b[n:n + 2] = struct.pack("<H", crc16(b, 0, n))
+    return b
+
+
+def expect(data, *words):
+    with pytest.raises(EbpError) as err:
+        ebp.load(bytes(data))
+    for w in words:
+        assert w in str(err.value), str(err.value)
+    # the host reader refuses it with the same message
+    with pytest.raises(EbpError) as err2:
+        ebpfile.from_bytes(bytes(data))
+    assert str(err2.value) == str(err.value)
+
+
+def test_bad_magic():
+    b = good()
+    b[0:4] = b"PK\x03\x04"
+    expect(b, "bad magic")
+    expect(b"EB", "truncated in the header")
+
+
+def test_unsupported_version():
+    b = good()
+    b[4] = 9
+    expect(b, "unsupported format version 9")
+
+
+@pytest.mark.parametrize("L", [0, 9])
+def test_layer_count_out_of_range(L):
+    b = good()
+    b[5] = L
+    expect(b, f"{L} layers")
+
+
+def test_truncation_names_the_place():
+    b = bytes(good())
+    head = ebp.head_len(2)
+    w0 = head + 2 * 8 * 4
+    b0 = w0 + 2 * 8
+    w1 = b0 + 2 * 3 * 8
+    # the board, not knowing the length in advance, sees the stream end at each place
+    for cut, words in [(20, "truncated in the header"),
+                       (head + 3, "weights of layer 1"),
+                       (w0 + 1, "biases of layer 1"),
+                       (b0 + 5, "weights of layer 2"),
+                       (w1 + 2, "biases of layer 2"),
+                       (len(b) - 1, "final CRC")]:
+        with pytest.raises(EbpError, match=words):
+            ebp.load(io.BytesIO(b[:cut]))
+    # knowing the length, it refuses before allocating the net
+    expect(b[:head + 10], "truncated", f"of {len(b)}")
+
+
+def test_crc_mismatch_in_the_parameters():
+    b = good()
+    b[ebp.head_len(2) + 5] ^= 0x10
+    expect(b, "CRC mismatch")
+
+
+def test_header_crc_mismatch():
+    b = good()
+    b[30] ^= 1  # shift_a[0]
+    expect(b, "header CRC mismatch")
+
+
+@pytest.mark.parametrize("width,where", [(0, 32), (4097, 32), (5000, 28)])
+def test_width_out_of_range(width, where):
+    b = good()
+    b[where:where + 2] = struct.pack("<H", width)
+    expect(refresh_head_crc(b), f"width {width} out of range 1..4096")
+
+
+def test_byte_count_disagrees_with_sizes():
+    b = good()
+    b[24:28] = struct.pack("<I", len(b) + 2)
+    expect(refresh_head_crc(b), "header says", "layer sizes need")
+
+
+def test_unknown_flags_and_reserved_byte():
+    b = good()
+    b[7] |= 0x80
+    expect(refresh_head_crc(b), "unknown flags")
+    b = good()
+    b[31] = 1
+    expect(refresh_head_crc(b), "reserved header byte")
+
+
+def test_bad_formats_are_refused_with_the_net_s_message():
+    b = good()
+    b[ebp.FIXED + 2] = 17  # activation of layer 1
+    expect(refresh_head_crc(b), "net: layer 1: unknown activation 17")
+
+
+def test_bad_hyper_parameters_are_refused():
+    b = good()
+    b[ebp.HYPER_AT + 1] = 1  # learning rate m * 2**-1: far too large for the formats
+    expect(refresh_head_crc(b), "hyper-parameters: learning rate too large")
+
+
+def test_minus_32768_is_refused():
+    b = good()
+    i = ebp.head_len(2)
+    b[i:i + 2] = struct.pack("<h", -32768)
+    b[-2:] = struct.pack("<H", crc16(b, 0, len(b) - 2))
+    expect(b, "layer 1 weight: -32768")
+
+
+def test_memory_check_before_allocation():
+    ld = ebp.Loader(-1, mem_free=lambda: 100)
+    with pytest.raises(EbpError, match="bytes of RAM, 100 free"):
+        ld.feed(good(), 0, 100)
+
+
+def test_host_section_damage():
+    data = bytearray(ebpfile.to_bytes(make_qnet(), HYPER))
+    data[-6] ^= 1
+    with pytest.raises(EbpError, match="host section CRC mismatch"):
+        ebpfile.from_bytes(bytes(data))
+    with pytest.raises(EbpError, match="not a host section"):
+        ebpfile.from_bytes(bytes(good()) + b"junk")
+    # the board ignores what follows its part
+    assert ebp.load(bytes(data)).L == 2
+
+
+def test_writer_refuses_what_a_board_cannot_load():
+    q = make_qnet()
+    q.W[0][0, 0] = -32768
+    with pytest.raises(EbpError, match=r"layer 1 weights outside \[-32767, 32767\]"):
+        ebpfile.to_bytes(q)
+    q = make_qnet()
+    q.W[1] = q.W[1][:, :3]
+    with pytest.raises(EbpError, match="layer 2: W is"):
+        ebpfile.to_bytes(q)
+    with pytest.raises(EbpError, match="learning-rate exponent"):
+        ebpfile.to_bytes(make_qnet(), Hyper(lr=1e-80))
+    with pytest.raises(EbpError, match="without momentum buffers"):
+        ebpfile.to_bytes(make_qnet(momentum=False), Hyper(momentum=0.5))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_damaged_files_raise_only_ebp_errors(data):
+    b = good()
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(b) - 1))
+        b[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()) and ebp.head_len(b[5]) <= len(b):
+        b = refresh_head_crc(b)  # get past the header check, into the field checks
+    cut = data.draw(st.integers(0, len(b)))
+    try:
+        ebp.load(bytes(b[:cut]))
+    except EbpError:
+        pass

