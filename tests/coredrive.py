@@ -18,11 +18,11 @@ STATE_PREFIX = "STATE "
 def state_line(name: str, net) -> str:
     parts = [name]
     for l in range(net.L):
-        parts.append(" ".join(str(int(v)) for v in net.W[l]))
-        parts.append(" ".join(str(int(v)) for v in net.B[l]))
+        parts.append(" ".join(str(int(v)) for v in np.ravel(net.W[l])))
+        parts.append(" ".join(str(int(v)) for v in np.ravel(net.B[l])))
         if net.VW[l] is not None:
-            parts.append(" ".join(str(int(v)) for v in net.VW[l]))
-            parts.append(" ".join(str(int(v)) for v in net.VB[l]))
+            parts.append(" ".join(str(int(v)) for v in np.ravel(net.VW[l])))
+            parts.append(" ".join(str(int(v)) for v in np.ravel(net.VB[l])))
     parts.append(f"{int(net.rng[0])} {net.loss_sum} {net.correct} {net.seen}")
     return STATE_PREFIX + "|".join(parts)
 

@@ -13,6 +13,7 @@ from combos import all_cases, edge_cases
 from conftest import DEVICE
 from coredrive import parse_states, run_here, script, state_line
 from edgebp.host import mprun
+from edgebp.host.twin import TwinNet
 
 CASES = all_cases() + edge_cases()
 
@@ -30,6 +31,14 @@ def test_cases_cover_every_combination():
     assert len(names) == len(CASES)
     # 5 hidden activations x 6 (loss, output) pairs x 5 optimisers, plus 30 edge nets
     assert len(CASES) == 5 * 6 * 5 + 5 * 6
+
+
+def test_twin_equals_core_on_every_case(expected):
+    for c in CASES:
+        tw = TwinNet.from_qnet(c.qnet, c.hyper)
+        tw.train_epoch(c.Xq, c.Tq)
+        tw.update()
+        assert state_line(c.name, tw)[len("STATE "):] == expected[c.name], c.name
 
 
 def test_core_bit_exact_and_allocation_free(runtime, expected):

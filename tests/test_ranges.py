@@ -1,0 +1,435 @@
+"""The static range analysis (edgebp.host.ranges), tested from both sides: nets it must refuse
+(each refusal names the layer), and nets it accepts, driven with max-magnitude weights, inputs
+and targets through a re-implementation of the kernels that records every intermediate, which
+must stay inside the bounds the analysis reported (and reach them where the bound is exact).
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import edgebp.net
+from combos import all_cases, edge_cases
+from edgebp import fixed
+from edgebp.fixed import SMALL_MAX, V_MAX, requant
+from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.host.quantize import quantize
+from edgebp.host.ranges import RangeError, check_ranges, core_layout, max_lr
+from edgebp.host.spec import init_float_weights, make_spec
+from edgebp.luts import EXP2, LOG2, SIGMOID as SIG_LUT, TANH as TANH_LUT
+from edgebp.net import Net
+from specs import XOR, iris_like, regression
+
+A = {name: i for i, name in enumerate(fixed.ACT_NAMES)}
+LOSS = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
+
+
+# -- the range analysis: the layout it reads is the core's --
+
+
+def test_core_layout_matches_the_core():
+    for case in all_cases()[::7] + edge_cases()[::5]:
+        q = case.qnet
+        net = q.build()
+        lay = core_layout(q)
+        assert lay.kg == net.kg
+        for l, y in enumerate(lay.layers):
+            assert (y.k, y.s_f, y.one) == (net.k_f[l], net.s_f[l], net.one[l])
+            assert (y.sz, y.kb, y.s_b) == (net.shift_z[l], net.k_b[l], net.s_b[l])
+
+
+def test_accepts_every_combination_the_core_tests_use():
+    for case in all_cases() + edge_cases():
+        report = check_ranges(case.qnet, case.hyper)
+        assert report.ok and all(b.ok for b in report.bounds)
+
+
+# -- refusals: each names the layer at fault --
+
+
+def _qnet(sizes, acts, shift_a, shift_w, shift_d, loss="mse", batch_max=1, **kw) -> QuantNet:
+    L = len(sizes) - 1
+    W = [np.zeros((sizes[l + 1], sizes[l]), np.int16) for l in range(L)]
+    B = [np.zeros(sizes[l + 1], np.int16) for l in range(L)]
+    return QuantNet(list(sizes), [A[a] for a in acts], shift_a, shift_w, shift_d, LOSS[loss],
+                    W, B, batch_max=batch_max, **kw)
+
+
+def _deep(**kw) -> QuantNet:
+    # 3 layers, every shift valid; the cases below change one thing
+    args = dict(sizes=[3, 4, 4, 2], acts=["tanh", "leaky_relu", "identity"],
+                shift_a=[14, 14, 12, 10], shift_w=[12, 12, 12], shift_d=[14, 14, 10])
+    args.update(kw)
+    return _qnet(**args)
+
+
+REFUSALS = [
+    # (net, hyper, layer the message must name, words it must contain)
+    # leaky slope 40000/4096 on z = -32767: the product leaves the small ints
+    (replace(_deep(), alpha_q=40000), None, 2, "alpha*z can reach -1310680000 < -2**30"),
+    # slope 2: -32767 * 8192 / 4096 no longer fits the activation's int16
+    (replace(_deep(), alpha_q=8192), None, 2, "a can reach -65534 < -32767 (int16)"),
+    # one = 2**16: 32767 * 65536 > 2**30
+    (_deep(shift_a=[16, 14, 12, 10]), None, 1, "B*one can reach"),
+    (_deep(shift_a=[14, 14, 15, 10]), None, 3, "input shift 15"),
+    # s_f = shift_w + shift_a - k - shift_z = 0 + 14 - 3 - 12
+    (_deep(shift_w=[12, 0, 12]), None, 2, "forward requant shift -1 < 0"),
+    # s_b = shift_w + shift_d - k_b - shift_d below = 4 + 10 - 1 - 24
+    (_deep(shift_w=[12, 12, 4], shift_d=[14, 24, 10]), None, 3, "backward requant shift -11"),
+    # lr 2 = 128 * 2**-6: u = 6 + 14 + 14 - 0 - 20 - 16 < 0 in layer 2 only
+    (_deep(shift_w=[12, 20, 12]), Hyper(lr=2.0), 2, "learning rate 2 too large"),
+    (_deep(shift_a=[14, 14, 12, 5], shift_d=[14, 14, 5]), None, 3, "mse output in Q5"),
+    (_deep(shift_w=[12, 12, 25]), None, 3, "weight or delta shift outside 0..24"),
+]
+
+
+@pytest.mark.parametrize("qnet,hyper,layer,words", REFUSALS,
+                         ids=[r[3].split(" can")[0] for r in REFUSALS])
+def test_refuses_naming_the_layer(qnet, hyper, layer, words):
+    with pytest.raises(RangeError) as err:
+        check_ranges(qnet, hyper)
+    msg = str(err.value)
+    assert msg.startswith(f"layer {layer}: "), msg
+    assert words in msg, msg
+    assert err.value.report is not None and not err.value.report.ok
+
+
+def test_refuses_net_wide_problems():
+    q = _deep(batch_max=4)
+    with pytest.raises(RangeError, match="^net: batch 8 exceeds batch_max 4"):
+        check_ranges(q, Hyper(lr=0.01, batch=8))
+    with pytest.raises(RangeError, match="^net: momentum requested"):
+        check_ranges(q, Hyper(lr=0.01, momentum=0.5))
+    with pytest.raises(RangeError, match="^net: the core refuses: layer width 4097"):
+        check_ranges(_qnet([4097, 2], ["identity"], [14, 8], [12], [8]))
+
+
+def test_a_guard_one_bit_short_is_refused():
+    # the core's guards are exactly enough for any int16 operands: one bit less overflows,
+    # and the analysis names the sum and the layer
+    q = _deep(sizes=[3, 7, 4, 2], acts=["identity", "relu", "identity"],
+              shift_a=[14, 12, 12, 10], batch_max=4)
+    check_ranges(q)
+    for layer, attr, what in ((2, "k", "forward sum"), (3, "kb", "backward sum")):
+        lay = core_layout(q)
+        y = lay.layers[layer - 1]
+        setattr(y, attr, getattr(y, attr) - 1)
+        with pytest.raises(RangeError, match=f"^layer {layer}: {what} can reach"):
+            check_ranges(q, layout=lay)
+    lay = core_layout(q)
+    lay.kg -= 1
+    with pytest.raises(RangeError, match="^layer 1: gradient sum can reach"):
+        check_ranges(q, layout=lay)
+    # the bias needs its own slot in the forward guard: counting only the weights overflows
+    lay = core_layout(_deep(sizes=[4, 4, 4, 2]))
+    lay.layers[0].k = fixed.ceil_log2(4)
+    with pytest.raises(RangeError, match="^layer 1: forward sum"):
+        check_ranges(_deep(sizes=[4, 4, 4, 2]), layout=lay)
+
+
+def test_declared_input_range_tightens_the_bounds():
+    q = _deep()
+    wide = check_ranges(q)
+    narrow = check_ranges(q, x_range=(-16384, 16384))
+    assert narrow.get(1, "W*x").hi * 2 <= wide.get(1, "W*x").hi
+    assert narrow.get(2, "W*x").hi == wide.get(2, "W*x").hi  # tanh output is Q14 regardless
+
+
+# -- accepted nets under adversarial values --
+
+
+class Probe:
+    """edgebp.kernels re-implemented step by step, recording every intermediate by
+    (layer, name) with the names of the range report, asserting the small-int range."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str], tuple[int, int]] = {}
+        self.layer: dict[int, int] = {}
+
+    def attach(self, net: Net) -> None:
+        for l in range(net.L):
+            for buf in (net.W[l], net.B[l], net.Z[l], net.GW[l]):
+                self.layer[id(buf)] = l + 1
+
+    def rec(self, N: int, what: str, v: int) -> int:
+        assert -(1 << 30) <= v <= SMALL_MAX, (N, what, v)
+        lo, hi = self.seen.get((N, what), (v, v))
+        self.seen[(N, what)] = (min(lo, v), max(hi, v))
+        return v
+
+    def matvec(self, W, B, x, n_in, n_out, one, k, s, z):
+        N = self.layer[id(W)]
+        row = 0
+        for j in range(n_out):
+            acc = self.rec(N, "forward sum", self.rec(N, "B*one", B[j] * one) >> k)
+            for i in range(n_in):
+                acc = self.rec(N, "forward sum", acc + (self.rec(N, "W*x", W[row + i] * x[i]) >> k))
+            z[j] = requant(acc, s)
+            row += n_in
+
+    def matvec_t(self, W, d, n_in, n_out, k, s, e):
+        N = self.layer[id(W)]
+        for i in range(n_in):
+            acc = 0
+            p = i
+            for j in range(n_out):
+                acc = self.rec(N, "backward sum", acc + (self.rec(N, "W*d", W[p] * d[j]) >> k))
+                p += n_in
+            e[i] = self.rec(N - 1, "error", requant(acc, s))
+
+    def outer_acc(self, G, GB, d, x, n_in, n_out, one, kg):
+        N = self.layer[id(G)]
+        row = 0
+        for j in range(n_out):
+            dj = d[j]
+            if dj != 0:
+                GB[j] = self.rec(N, "bias gradient sum",
+                                 GB[j] + (self.rec(N, "d*one", dj * one) >> kg))
+                for i in range(n_in):
+                    G[row + i] = self.rec(N, "gradient sum",
+                                          G[row + i] + (self.rec(N, "d*x", dj * x[i]) >> kg))
+            row += n_in
+
+    def _lut(self, N, T, zq):
+        u = zq + 32768
+        i = u >> 9
+        lo = T[i]
+        p = self.rec(N, "LUT interpolation", (T[i + 1] - lo) * (u & 511))
+        return lo + (p >> 9) + ((p >> 8) & 1)
+
+    def _exp_neg(self, N, x):
+        p = self.rec(N, "exp argument", x * 5909)
+        y = (p >> 12) + ((p >> 11) & 1)
+        ip = y >> 12
+        if ip >= 15:
+            return 0
+        fp = y & 4095
+        i = fp >> 6
+        lo = EXP2[i]
+        p = self.rec(N, "exp interpolation", (EXP2[i + 1] - lo) * (fp & 63))
+        v = lo + (p >> 6) + ((p >> 5) & 1)
+        return v if ip == 0 else (v >> ip) + ((v >> (ip - 1)) & 1)
+
+    def act_fwd(self, kind, z, a, n, alpha):
+        N = self.layer[id(z)]
+        for i in range(n):
+            v = z[i]
+            if kind == fixed.IDENTITY:
+                a[i] = v
+            elif kind == fixed.RELU:
+                a[i] = v if v > 0 else 0
+            elif kind == fixed.LEAKY:
+                if v > 0:
+                    a[i] = v
+                else:
+                    p = self.rec(N, "alpha*z", v * alpha)
+                    a[i] = (p >> 12) + ((p >> 11) & 1)
+            elif kind in (fixed.SIGMOID, fixed.TANH):
+                a[i] = self._lut(N, SIG_LUT if kind == fixed.SIGMOID else TANH_LUT, v)
+        if kind == fixed.SOFTMAX:
+            mx = max(z[j] for j in range(n))
+            tot = 0
+            for j in range(n):
+                a[j] = self._exp_neg(N, self.rec(N, "zmax - z", mx - z[j]))
+                tot = self.rec(N, "softmax sum", tot + a[j])
+            for j in range(n):
+                a[j] = self.rec(N, "softmax numerator", a[j] * 16384 + (tot >> 1)) // tot
+
+    def act_bwd(self, kind, e, z, a, d, n, alpha):
+        N = self.layer[id(z)]
+        for i in range(n):
+            if kind in (fixed.IDENTITY, fixed.SOFTMAX):
+                d[i] = e[i]
+            elif kind == fixed.RELU:
+                d[i] = e[i] if z[i] > 0 else 0
+            elif kind == fixed.LEAKY:
+                if z[i] > 0:
+                    d[i] = e[i]
+                else:
+                    p = self.rec(N, "alpha*error", e[i] * alpha)
+                    d[i] = (p >> 12) + ((p >> 11) & 1)
+            else:
+                v = a[i]
+                if kind == fixed.SIGMOID:
+                    p = self.rec(N, "a*(1-a)", v * (16384 - v))
+                    g = (p >> 14) + ((p >> 13) & 1)
+                else:
+                    p = self.rec(N, "a*a", v * v)
+                    g = 16384 - ((p >> 14) + ((p >> 13) & 1))
+                p = self.rec(N, "error*f'", e[i] * g)
+                d[i] = (p >> 14) + ((p >> 13) & 1)
+
+    def update(self, W, G, V, n, m, u, mu, c_m, c_s, mode, rng):
+        N = self.layer[id(W)]
+        s = rng[0]
+        m30 = 0x3FFFFFFF
+        for p in range(n):
+            g = G[p]
+            G[p] = 0
+            w = W[p]
+            v = self.rec(N, "(G>>8)*m", (g >> 8) * m) >> u
+            v = max(-V_MAX, min(V_MAX, v))
+            if c_m:
+                q = self.rec(N, "w*c_m", w * c_m)
+                v += (q >> c_s) + ((q >> (c_s - 1)) & 1) if c_s > 0 else q
+            if mu:
+                q = self.rec(N, "V*mu", V[p] * mu)
+                v += (q >> 8) + ((q >> 7) & 1)
+            v = max(-V_MAX, min(V_MAX, self.rec(N, "step", v)))
+            if mu:
+                V[p] = v
+            if mode:
+                s ^= self.rec(0, "rng shift by 9", (s & (m30 >> 9)) << 9)
+                s ^= s >> 11
+                s ^= self.rec(0, "rng shift by 12", (s & (m30 >> 12)) << 12)
+                w = self.rec(N, "new weight", w - ((v + (s >> 22)) >> 8))
+            else:
+                w = self.rec(N, "new weight", w - ((v + 128) >> 8))
+            W[p] = max(-32767, min(32767, w))
+        rng[0] = s
+
+
+def _loss_intermediates(probe: Probe, net: Net, t, loss: int) -> None:
+    # the loss expressions of Net.backward, evaluated on the buffers it used
+    L = net.L
+    a = net.A[L]
+    if loss == fixed.BCE:
+        for j in range(net.sizes[L]):
+            tj = min(max(t[j], 0), 16384)
+            probe.rec(L, "BCE log products", tj * edgebp.net.nlog_q14(a[j])
+                      + (16384 - tj) * edgebp.net.nlog_q14(16384 - a[j]))
+    elif loss == fixed.MSE:
+        for j in range(net.sizes[L]):
+            e = probe.rec(L, "a - t", a[j] - t[j])
+            e = max(-32767, min(32767, e))
+            sq = probe.rec(L, "error^2", e * e)
+            probe.rec(L, "loss term", fixed.rshift_round(sq, 2 * net.shift_a[L] - 11))
+
+
+def _record_buffers(probe: Probe, net: Net) -> None:
+    for l in range(net.L):
+        for v in net.Z[l]:
+            probe.rec(l + 1, "z", v)
+        for v in net.A[l + 1]:
+            probe.rec(l + 1, "a", v)
+        for v in net.D[l]:
+            probe.rec(l + 1, "delta", v)
+
+
+def _weights(rng, kind: str, shape) -> np.ndarray:
+    if kind == "random":
+        return rng.choice([-32767, 32767], shape).astype(np.int16)
+    w = np.full(shape, -32767 if kind in ("negative", "mixed") else 32767, np.int16)
+    if kind == "alternating":
+        w[..., 1::2] = -32767
+    return w
+
+
+WEIGHT_KINDS = ("positive", "negative", "mixed", "random", "alternating")  # mixed: B > 0
+
+
+def _nlog_recorded(probe: Probe, L: int):
+    def nlog(p):
+        # edgebp.net.nlog_q14 step by step, recording its largest product
+        real = _real_nlog(p)
+        p = max(p, 1)
+        e = p.bit_length() - 1
+        m = p << (12 - e) if e <= 12 else p >> (e - 12)
+        f = m - 4096
+        i = f >> 6
+        l2 = LOG2[i] + fixed.rshift_round((LOG2[i + 1] - LOG2[i]) * (f & 63), 6)
+        v = fixed.rshift_round(probe.rec(L, "-log p product", (((14 - e) << 12) - l2) * 2839), 12)
+        assert v == real
+        return v
+
+    return nlog
+
+
+_real_nlog = edgebp.net.nlog_q14
+
+
+def _targets(rng, loss: int, n_out: int) -> list[int]:
+    if loss == fixed.SOFTMAX_CE:
+        return [int(rng.integers(0, n_out))]
+    if loss == fixed.BCE:
+        return [int(v) for v in rng.choice([-100, 0, 16384, 20000], n_out)]
+    return [int(v) for v in rng.choice([-32768, 32767, 0], n_out)]
+
+
+ADVERSARIAL = [
+    ("xor", XOR, None),
+    ("iris-relu", iris_like("relu", batch_max=3,
+                            optimizer={"lr": 0.05, "momentum": 0.9, "batch": 3}), None),
+    ("regression", regression(), None),
+    ("sigmoid-mse", dict(sizes=[5, 3, 2], activations=["sigmoid", "sigmoid"], loss="mse",
+                         input_range={"min": -1, "max": 1}, batch_max=2,
+                         optimizer={"lr": 0.1, "batch": 2, "rounding": "stochastic"}), None),
+    ("relu-out", dict(sizes=[4, 6, 3], activations=["relu", "relu"], loss="mse",
+                      input_range={"min": 0, "max": 1}, target_range={"min": 0, "max": 4},
+                      optimizer={"lr": 0.1, "weight_decay": 0.001}), (-32768, 32767)),
+]
+
+
+@pytest.mark.parametrize("name,spec_fields,x_range", ADVERSARIAL,
+                         ids=[a[0] for a in ADVERSARIAL])
+def test_adversarial_values_stay_inside_the_reported_bounds(name, spec_fields, x_range,
+                                                            monkeypatch):
+    spec = make_spec(**spec_fields)
+    q = quantize(spec, *init_float_weights(spec))
+    # the harshest optimiser the formats admit: the largest learning rate (update shift 0 in
+    # at least one layer), heavy momentum and decay, stochastic rounding
+    lr = max_lr(q)
+    hyper = Hyper(lr=lr, momentum=0.99, weight_decay=0.9 / lr, batch=q.batch_max,
+                  rounding="stochastic", seed=5)
+    q = replace(q, momentum=True)
+    if x_range is None:
+        lo, hi = q.quantize_inputs(np.array([spec.input_min, spec.input_max]))
+        x_range = (int(lo.min()), int(hi.max()))
+    report = check_ranges(q, hyper, x_range=x_range)
+
+    probe = Probe()
+    L = q.L
+    monkeypatch.setattr(edgebp.net, "nlog_q14", _nlog_recorded(probe, L))
+    rng = np.random.default_rng(len(name))
+    inputs = [x_range[1], x_range[0], 0, None]  # all high, all low, zero, random ends
+    for kind in WEIGHT_KINDS:
+        for first in range(len(inputs)):
+            qq = replace(q, W=[_weights(rng, kind, w.shape) for w in q.W],
+                         B=[-_weights(rng, kind, b.shape) if kind == "mixed"
+                            else _weights(rng, kind, b.shape) for b in q.B])
+            net = qq.build(hyper, probe)
+            probe.attach(net)
+            ref = qq.build(hyper)
+            for s in range(first, first + 2 * q.batch_max + 1):
+                x = inputs[s % len(inputs)]
+                if x is None:
+                    xs = [int(v) for v in rng.choice(list(x_range), q.sizes[0])]
+                else:
+                    xs = [x] * q.sizes[0]
+                xa, ta = array("h", xs), array("h", _targets(rng, q.loss, q.sizes[-1]))
+                loss = net.learn(xa, ta)
+                assert loss == ref.learn(xa, ta)
+                _record_buffers(probe, net)
+                _loss_intermediates(probe, net, ta, q.loss)
+                if q.loss == fixed.BCE:
+                    probe.rec(L, "sample loss", loss)
+            net.update()
+            ref.update()
+            # the re-implementation is the core, bit for bit
+            for l in range(L):
+                assert list(net.W[l]) == list(ref.W[l]) and list(net.B[l]) == list(ref.B[l])
+                assert list(net.VW[l]) == list(ref.VW[l]) and list(net.VB[l]) == list(ref.VB[l])
+            assert net.rng[0] == ref.rng[0]
+
+    reported = {(b.layer, b.what): b for b in report.bounds}
+    for key, (lo, hi) in probe.seen.items():
+        assert key in reported, f"{key} is computed by the core but not bounded"
+        b = reported[key]
+        assert b.lo <= lo and hi <= b.hi, f"{key}: saw [{lo}, {hi}], bound [{b.lo}, {b.hi}]"
+    # where the bound is exact, max-magnitude operands reach it
+    for key in [(1, "W*x"), (1, "B*one"), (1, "forward sum")]:
+        assert probe.seen[key][1] == reported[key].hi, key
