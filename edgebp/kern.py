@@ -7,6 +7,7 @@
 # ValueError.
 
 _CHOICES = ("python", "viper")
+_viper_error = None  # why the viper kernels failed to import, once they have
 
 
 def select(prefer=None):
@@ -17,15 +18,17 @@ def select(prefer=None):
     """
     if prefer is not None and prefer not in _CHOICES:
         raise ValueError("kernels must be None, 'python' or 'viper', not %r" % (prefer,))
-    if prefer != "python":
+    global _viper_error
+    if prefer != "python" and _viper_error is None:
         try:
             from edgebp import kernels_viper
 
             return kernels_viper
         except (ImportError, SyntaxError, ValueError) as e:
-            if prefer == "viper":
-                raise ImportError("viper kernels unavailable on this runtime: %s: %s"
-                                  % (type(e).__name__, e)) from e
+            # remember the failure: a retried import recompiles the source and leaks RAM
+            _viper_error = "%s: %s" % (type(e).__name__, e)
+    if prefer == "viper":
+        raise ImportError("viper kernels unavailable on this runtime: %s" % _viper_error)
     from edgebp import kernels
 
     return kernels

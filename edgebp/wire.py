@@ -29,15 +29,28 @@
 #   SET_HYPER    [12-byte hyper block, as in the .ebp header]   -> ACK
 #   STATS        [reset u8]                           -> COUNTS
 #   BYE          []                                   -> ACK, then the board leaves the server
+#   CHECKPOINT   [flags u8][every u16]                -> CKPT
+#                CK_NOW: save a checkpoint now; CK_EVERY: from now on save one after every
+#                `every` weight updates (0: only on request). flags 0 asks for the state only.
+#   RESUME       []                                   -> CKPT (the net of the newest valid
+#                checkpoint on the board's filesystem replaces the one loaded)
 # Replies:
 #   ACK     [credits u8]
 #   ERROR   [code u8][text]      (codes below 16 are link errors: seq is the frame expected)
 #   INFO    [proto u8][credits u8][max_payload u16][free_ram u32][has_net u8]
 #           [L u8][loss u8][sizes u16 * (L+1)]   (net fields only if has_net)
 #           then three strings, each [len u8][ascii]: firmware version, runtime, board
+#           then [word u8]: bytes per machine word of the board's heap (4 on a 32-bit MCU;
+#           0 off MicroPython), [n u8][hole u32 * n]: the n largest free blocks of the heap,
+#           largest first, for the host's memory planner
 #   DATA    [layer u8][part u8][offset u32][count u16][values]
 #   COUNTS  [seen u32][correct u32][loss u32][e_seen u32][e_correct u32][e_loss u32]
 #           [pending u16]                           (losses are sums of Q12 values)
+#   CKPT    [gen u32][saved u32][samples u32][updates u32][every u16][pending u16]
+#           gen: number of the last checkpoint saved or restored (0: none); saved: the
+#           sample counter it holds; samples, updates: training samples learned and weight
+#           updates made since the net was loaded (a restored net goes on counting from the
+#           checkpoint's); pending: samples in the gradient sums
 
 from edgebp.fixed import const
 
@@ -58,23 +71,31 @@ GET_GRADS = const(0x08)
 SET_HYPER = const(0x09)
 STATS = const(0x0A)
 BYE = const(0x0B)
+CHECKPOINT = const(0x0C)
+RESUME = const(0x0D)
 # replies
 ACK = const(0x80)
 ERROR = const(0x81)
 INFO = const(0x82)
 DATA = const(0x83)
 COUNTS = const(0x84)
+CKPT = const(0x85)
 
 TYPE_NAMES = {
     HELLO: "HELLO", LOAD_BEGIN: "LOAD_BEGIN", LOAD_CHUNK: "LOAD_CHUNK",
     LOAD_COMMIT: "LOAD_COMMIT", TRAIN: "TRAIN", EVAL: "EVAL", GET_WEIGHTS: "GET_WEIGHTS",
     GET_GRADS: "GET_GRADS", SET_HYPER: "SET_HYPER", STATS: "STATS", BYE: "BYE",
-    ACK: "ACK", ERROR: "ERROR", INFO: "INFO", DATA: "DATA", COUNTS: "COUNTS",
+    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME",
+    ACK: "ACK", ERROR: "ERROR", INFO: "INFO", DATA: "DATA", COUNTS: "COUNTS", CKPT: "CKPT",
 }
 
 # TRAIN / EVAL flags
 F_ACCUMULATE = const(1)  # forward + backward only: gradient sums grow, no update
 F_UPDATE = const(2)  # apply the pending gradient sums after the samples
+
+# CHECKPOINT flags
+CK_NOW = const(1)
+CK_EVERY = const(2)
 
 # GET_WEIGHTS / GET_GRADS part
 PART_W = const(0)
@@ -95,6 +116,7 @@ E_STATE = const(21)
 E_MEM = const(22)
 E_RANGE = const(23)
 E_INTERNAL = const(24)
+E_CKPT = const(25)
 
 ERROR_NAMES = {
     E_CRC: "crc mismatch",
@@ -110,6 +132,7 @@ ERROR_NAMES = {
     E_MEM: "out of memory",
     E_RANGE: "index out of range",
     E_INTERNAL: "internal error",
+    E_CKPT: "checkpoint failed",
 }
 
 # Decoder.read() results other than a frame length

@@ -9,13 +9,16 @@
 #
 # max_payload bounds one frame (a TRAIN frame must hold one sample: 2 * (n_in + n_t) + 2
 # bytes); credits is how many frames the host may send ahead of the board's answers.
+# probe: the heap has a fixed size, so HELLO may report its largest free blocks (found by
+# trial allocations) to the host's memory planner; esp32 grows its heap from the system's
+# when an allocation fails, so probing there would only grow it.
 
 import sys
 
 
 class Profile:
     def __init__(self, name, max_payload, credits, uart_id=None, baudrate=115200, tx=None,
-                 rx=None, rxbuf=None):
+                 rx=None, rxbuf=None, probe=False):
         self.name = name
         self.stream = "repl"
         self.max_payload = max_payload
@@ -25,13 +28,14 @@ class Profile:
         self.tx = tx  # pin numbers; None where the UART's pins are fixed (stm32)
         self.rx = rx
         self.rxbuf = rxbuf  # the port's name of the receive-buffer size argument
+        self.probe = probe
 
 
 PROFILES = {
-    "rp2": Profile("rp2", 2048, 4, 0, 115200, 0, 1, "rxbuf"),
+    "rp2": Profile("rp2", 2048, 4, 0, 115200, 0, 1, "rxbuf", probe=True),
     "esp32": Profile("esp32", 2048, 4, 1, 115200, 17, 16, "rxbuf"),
-    "stm32": Profile("stm32", 2048, 4, 1, 115200, None, None, "read_buf_len"),
-    "unix": Profile("unix", 4096, 8),
+    "stm32": Profile("stm32", 2048, 4, 1, 115200, None, None, "read_buf_len", probe=True),
+    "unix": Profile("unix", 4096, 8, probe=True),
     "generic": Profile("generic", 512, 2),
 }
 
@@ -52,7 +56,7 @@ def profile(name=None, **overrides):
         raise ValueError("unknown board %r (known: %s)" % (name, ", ".join(sorted(PROFILES))))
     base = PROFILES[name]
     p = Profile(name, base.max_payload, base.credits, base.uart_id, base.baudrate, base.tx,
-                base.rx, base.rxbuf)
+                base.rx, base.rxbuf, base.probe)
     if overrides.pop("uart", False):
         p.stream = "uart"
     for key in overrides:

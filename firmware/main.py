@@ -15,7 +15,7 @@ def start(board=None, kernels=None, **options):
     p = boards.profile(board, **options)
     rx, tx, restore = boards.open_stream(p)
     try:
-        s = server.Server(rx, tx, p.max_payload, p.credits, p.name, kernels)
+        s = server.Server(rx, tx, p.max_payload, p.credits, p.name, kernels, probe=p.probe)
         tx.write(READY)
         s.serve()
     finally:

@@ -11,17 +11,26 @@
 # frame that is damaged or ahead of the expected number is answered with an ERROR carrying
 # the expected number (once per gap, so a burst of frames after a lost one costs one answer;
 # an empty frame, which the host sends to resynchronise, re-arms it).
+#
+# Checkpoints (edgebp/ckpt.py) go to the directory `root` of the board's filesystem: on
+# CHECKPOINT, and once CHECKPOINT set a period, right after every `every`-th weight update
+# (inside a TRAIN frame if the update falls there). RESUME brings the newest valid one back.
+# Saving allocates file objects: it runs between training steps, never inside one.
 
 import gc
 import sys
 
 import edgebp
-from edgebp import ebp, wire
+from edgebp import ckpt, ebp, wire
 from edgebp.fixed import SMALL_MAX, SOFTMAX_CE, const
 from edgebp.wire import (
     ACK,
+    CK_EVERY,
+    CK_NOW,
+    CKPT,
     COUNTS,
     DATA,
+    E_CKPT,
     E_EBP,
     E_INTERNAL,
     E_LEN,
@@ -55,7 +64,7 @@ def _text(s, limit=_TEXT_MAX):
 
 class Server:
     def __init__(self, rx, tx=None, max_payload=1024, credits=4, board="generic",
-                 kernels=None):
+                 kernels=None, root="", probe=False):
         if max_payload < 128 or max_payload > 65535:
             raise ValueError("max_payload %d outside 128..65535" % max_payload)
         if credits < 1 or credits > 127:
@@ -89,6 +98,14 @@ class Server:
         self.e_seen = 0
         self.e_correct = 0
         self.e_loss = 0
+        self.root = root  # checkpoints live here
+        self.probe = probe  # report the heap's largest free blocks at HELLO
+        self.samples_in = 0  # training samples learned since the net was loaded
+        self.updates = 0  # weight updates since the net was loaded
+        self.every = 0  # checkpoint after this many updates (0: on request only)
+        self.gen = 0  # generation of the last checkpoint saved or restored
+        self.saved = 0  # samples_in at that checkpoint
+        self.saved_updates = 0
 
     # -- the loop --
 
@@ -150,6 +167,10 @@ class Server:
             self.set_hyper(seq, n)
         elif kind == wire.STATS:
             self.stats(seq, n)
+        elif kind == wire.CHECKPOINT:
+            self.checkpoint(seq, n)
+        elif kind == wire.RESUME:
+            self.resume(seq, n)
         elif kind == wire.BYE:
             self.running = False
             self.ack(seq)
@@ -202,7 +223,11 @@ class Server:
         out[p] = wire.PROTOCOL
         out[p + 1] = self.credits
         _put16(out, p + 2, self.max_payload)
-        free = gc.mem_free() if hasattr(gc, "mem_free") else 0
+        holes = _holes() if self.probe else ()
+        free = 0
+        if hasattr(gc, "mem_free"):
+            gc.collect()  # garbage is free RAM too
+            free = gc.mem_free()
         _put32(out, p + 4, free)
         net = self.net
         p += 8
@@ -222,6 +247,12 @@ class Server:
             for i in range(len(s)):
                 out[p + 1 + i] = s[i]
             p += 1 + len(s)
+        out[p] = _WORD
+        out[p + 1] = len(holes)
+        p += 2
+        for h in holes:
+            _put32(out, p, h)
+            p += 4
         self.send(seq, INFO, p - HEADER)
 
     def drop_net(self):
@@ -271,13 +302,18 @@ class Server:
         except ebp.EbpError as e:
             self.drop_net()
             return self.fail(seq, E_EBP, _text(e))
+        self.install(net)
+        self.samples_in = self.updates = self.every = 0
+        self.gen = self.saved = self.saved_updates = 0
+        self.ack(seq)
+
+    def install(self, net):
         n_t = 1 if net.loss_kind == SOFTMAX_CE else net.sizes[net.L]
         self.x = _int16s(net.sizes[0])
         self.t = _int16s(n_t)
         self.n_t = n_t
         self.sample_bytes = 2 * (net.sizes[0] + n_t)
         self.net = net
-        self.ack(seq)
 
     def samples(self, seq, n, learn):
         # TRAIN (learn) or EVAL: [count u8][flags u8] then count x (x int16 * n_in, t int16 * n_t)
@@ -309,6 +345,8 @@ class Server:
         x = self.x
         t = self.t
         p = HEADER + 2
+        learned = self.samples_in
+        updates = self.updates
         for _ in range(count):
             for i in range(n_in):
                 v = f[p] | (f[p + 1] << 8)
@@ -331,10 +369,26 @@ class Server:
                 net.backward(t)
             else:
                 net.learn(x, t)
+                if net.count == 0:  # learn() applied the batch
+                    updates += 1
+                    if self.every and updates - self.saved_updates >= self.every:
+                        self.samples_in = learned + 1
+                        self.updates = updates
+                        if not self.save_or_fail(seq):
+                            return
+            if learn and learned < SMALL_MAX:
+                learned += 1
         if not learn:
             return self.counts(seq, 0)
-        if flags & F_UPDATE:
+        self.samples_in = learned
+        if flags & F_UPDATE and net.count:
             net.update()
+            updates += 1
+            self.updates = updates
+            if self.every and updates - self.saved_updates >= self.every:
+                if not self.save_or_fail(seq):
+                    return
+        self.updates = updates
         self.ack(seq)
 
     def get_tensor(self, seq, n, grads):
@@ -387,6 +441,73 @@ class Server:
             return self.fail(seq, E_VALUE, _text(e))
         self.ack(seq)
 
+    def save(self):
+        net = self.net
+        self.gen = ckpt.save(net, self.root, self.every, self.samples_in, self.updates)
+        self.saved = self.samples_in
+        self.saved_updates = self.updates
+
+    def save_or_fail(self, seq):
+        # an automatic checkpoint, due inside a TRAIN frame (its samples so far are counted)
+        try:
+            self.save()
+        except OSError as e:
+            self.fail(seq, E_CKPT, _text("saving: %s" % e))
+            return False
+        return True
+
+    def checkpoint(self, seq, n):
+        # [flags u8][every u16]
+        f = self.dec.frame
+        if n != 3:
+            return self.fail(seq, E_LEN, b"CHECKPOINT takes flags and a period")
+        flags = f[HEADER]
+        if flags & (CK_NOW | CK_EVERY):
+            if self.net is None:
+                return self.fail(seq, E_NONET, b"no net loaded")
+            if flags & CK_EVERY:
+                self.every = f[HEADER + 1] | (f[HEADER + 2] << 8)
+            if flags & CK_NOW:
+                try:
+                    self.save()
+                except OSError as e:
+                    return self.fail(seq, E_CKPT, _text("saving: %s" % e))
+        self.ckpt_state(seq)
+
+    def resume(self, seq, n):
+        if n != 0:
+            return self.fail(seq, E_LEN, b"RESUME takes no payload")
+        try:
+            found = ckpt.find(self.root)
+        except OSError as e:
+            return self.fail(seq, E_CKPT, _text("reading: %s" % e))
+        if found is None:
+            return self.fail(seq, E_STATE, b"no valid checkpoint on the board")
+        path, head = found
+        self.drop_net()
+        try:
+            net = ckpt.load(path, head, self.kernels)
+        except (ValueError, OSError) as e:
+            return self.fail(seq, E_CKPT, _text("restoring: %s" % e))
+        self.install(net)
+        self.gen = ckpt.generation(head)
+        self.every = ckpt.every(head)
+        self.samples_in = self.saved = ckpt.samples(head)
+        self.updates = self.saved_updates = ckpt.updates(head)
+        self.e_seen = self.e_correct = self.e_loss = 0
+        self.ckpt_state(seq)
+
+    def ckpt_state(self, seq):
+        out = self.out
+        p = HEADER
+        _put32(out, p, self.gen)
+        _put32(out, p + 4, self.saved)
+        _put32(out, p + 8, self.samples_in)
+        _put32(out, p + 12, self.updates)
+        _put16(out, p + 16, self.every)
+        _put16(out, p + 18, self.net.count if self.net is not None else 0)
+        self.send(seq, CKPT, 20)
+
     def stats(self, seq, n):
         if n != 1:
             return self.fail(seq, E_LEN, b"STATS takes a reset flag")
@@ -411,6 +532,45 @@ class Server:
                 net.reset_stats()
                 self.e_seen = self.e_correct = self.e_loss = 0
         self.send(seq, COUNTS, 26)
+
+
+# bytes per machine word of this heap, for the host's memory planner (0: not MicroPython)
+_WORD = (8 if sys.maxsize > 0x7FFFFFFF else 4) if sys.implementation.name == "micropython" else 0
+
+
+def _largest(hi):
+    # the largest bytearray the heap can make now, to within a block (failures collect)
+    lo = 0
+    while hi - lo > 16:
+        m = (lo + hi) >> 1
+        try:
+            bytearray(m)
+            lo = m
+        except MemoryError:
+            hi = m
+    return lo
+
+
+def _holes(most=8, least=256):
+    # The largest free blocks of the heap, largest first (each held while the next is
+    # sought): a net's big tensors need contiguous blocks, and a heap fragmented by imported
+    # modules may hold far less in one piece than gc.mem_free() says. Only for a heap of fixed
+    # size: where a failed allocation grows the heap instead (esp32, webassembly), probing
+    # would grow it.
+    sizes = []  # type: list[int]
+    if not hasattr(gc, "mem_free"):
+        return sizes  # not MicroPython: the host's memory is not a board's
+    gc.collect()
+    held = []
+    for _ in range(most):
+        n = _largest(gc.mem_free())
+        if n < least:
+            break
+        held.append(bytearray(n))
+        sizes.append(n)
+    del held
+    gc.collect()
+    return sizes
 
 
 def _int16s(n):

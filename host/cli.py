@@ -1,33 +1,251 @@
 """The `edgebp` command.
 
-Commands come from one table, `COMMANDS = {"name": (do_name, argparse_name)}`: `argparse_name`
-adds the command's arguments to its subparser, `do_name(state, args)` runs it. Handlers raise
-`UserError` for anything the user can fix; only `main()` prints it, as one line.
+    edgebp init SPEC.json [--data D | --sizes 4,16,3 ...]   write a net spec
+    edgebp quantize SPEC.json -o NET.ebp [--calib D]         float init or weights -> .ebp
+    edgebp train [BOARD] [--net NET.ebp | --spec SPEC.json] [--data D] [--val D] ...
+    edgebp eval [BOARD] --net NET.ebp --data D               loss and accuracy on the board
+    edgebp check [BOARD] [--net | --spec] [--data D]         board gradients vs float64
+    edgebp pull [BOARD] --net NET.ebp -o W.npz               the board's weights, as floats
+    edgebp sim [inprocess | micropython | socket]            serve a simulated board
+    BOARD: --port PORT (a serial port, pyserial URL or `auto`) or --sim [KIND]; the default is
+    the in-process simulated board. `edgebp train` alone trains XOR on it.
+
+Commands come from one table, `COMMANDS = {"name": (do_name, argparse_name, help)}`:
+`argparse_name` (here) adds the command's arguments to its subparser, `do_name(state, args)`
+(host/commands.py) runs it. Handlers raise `UserError` for anything the user can fix; a
+failing board or link raises `SessionError`; only `main()` prints either, as one line.
+Exit codes: 0 done, 1 the board or link failed or a check found disagreeing gradients, 2 a
+problem the user can fix, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import edgebp
+from edgebp import fixed
+from edgebp.net import MAX_BATCH
+
+from .commands import (
+    SIMS,
+    State,
+    UserError,
+    do_check,
+    do_eval,
+    do_init,
+    do_pull,
+    do_quantize,
+    do_runtimes,
+    do_sim,
+    do_train,
+)
+from .session import SessionError
+
+if TYPE_CHECKING:
+    from argparse import _ArgumentGroup as ArgumentGroup
+
+__all__ = ["COMMANDS", "State", "UserError", "main", "make_parser"]
 
 
-class UserError(Exception):
-    """A problem the user can fix: reported as `edgebp: message`, exit code 2, no traceback."""
+# -- argument types --
 
 
-class State:
-    """What a command may open (a serial link, a simulated board); `main()` always closes it."""
+def _count(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} outside {lo}..{hi}")
+        return v
 
-    def __init__(self) -> None:
-        self.link = None
+    return parse
 
-    def close(self) -> None:
-        if self.link is not None:
-            self.link.close()
-            self.link = None
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return v
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 4,16,3") from None
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list like "
+                                         "0,0,1.5") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} holds a value that is not finite")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",")]
+
+
+# -- option sets shared by commands --
+
+
+def add_board(parser: argparse.ArgumentParser, default: str = "the in-process simulated board"
+              ) -> None:
+    g = parser.add_argument_group("board")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--port", metavar="PORT",
+                     help="serial port, pyserial URL (socket://...) or `auto` for the one USB "
+                     f"board; default: {default}")
+    one.add_argument("--sim", nargs="?", const="inprocess", choices=list(SIMS),
+                     help="a simulated board: inprocess (the default kind: the firmware in "
+                     "this process), micropython (the firmware in a unix MicroPython "
+                     "process), socket")
+    g.add_argument("--keep", action="store_true",
+                   help="leave the board serving its net (for a later edgebp pull) instead of "
+                   "returning it to its REPL")
+
+
+def add_net(parser: argparse.ArgumentParser, required: bool = False) -> ArgumentGroup:
+    g = parser.add_argument_group("net")
+    one = g.add_mutually_exclusive_group(required=required)
+    one.add_argument("--net", metavar="NET.ebp", help="a quantised net (edgebp quantize, or "
+                     "train --out)")
+    one.add_argument("--spec", metavar="SPEC.json", help="a spec (edgebp init): quantised "
+                     "from its float initial weights, the formats calibrated on --data")
+    return g
+
+
+def add_data(parser: argparse.ArgumentParser, what: str) -> ArgumentGroup:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", metavar="DATA", help=what)
+    g.add_argument("--label-column", metavar="COL",
+                   help="the (first) target column of a CSV: a header name, a column number "
+                   "from 1, or negative from the end (default: the last column(s))")
+    g.add_argument("--out-of-range", choices=("warn", "clip", "error"), default="warn",
+                   help="inputs outside the net's declared input range: keep them with a "
+                   "warning (default), clip them to the range, or refuse the data")
+    return g
+
+
+def add_hyper(parser: argparse.ArgumentParser) -> ArgumentGroup:
+    g = parser.add_argument_group("training")
+    g.add_argument("--lr", type=_positive, help="learning rate (default: the net's)")
+    g.add_argument("--batch", type=_count(1, MAX_BATCH),
+                   help="samples per update (default: the net's)")
+    g.add_argument("--seed", type=_count(0, 2**62),
+                   help="seed of the sample order and of stochastic rounding (default: the "
+                   "net's)")
+    return g
+
+
+# -- each command's arguments --
+
+
+def argparse_init(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC.json", help="the file to write")
+    parser.add_argument("--data", metavar="DATA", help="take the input width, input range and "
+                        "classes from a dataset (.csv or .npz)")
+    parser.add_argument("--label-column", metavar="COL", help="the label column of --data")
+    parser.add_argument("--sizes", type=_ints, help="layer widths, input first: 4,16,3")
+    parser.add_argument("--hidden", type=_ints, default=[16],
+                        help="hidden widths with --data (default 16)")
+    parser.add_argument("--activations", type=_names,
+                        help="one per layer: identity, relu, leaky_relu, sigmoid, tanh, softmax "
+                        "(default: relu, then what the loss needs)")
+    parser.add_argument("--loss", choices=fixed.LOSS_NAMES,
+                        help="default: softmax_ce with more than one output, else bce")
+    parser.add_argument("--input-min", type=_numbers, help="one number or one per input")
+    parser.add_argument("--input-max", type=_numbers, help="one number or one per input")
+    parser.add_argument("--lr", type=_positive)
+    parser.add_argument("--batch", type=_count(1, MAX_BATCH))
+    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--force", action="store_true", help="overwrite SPEC.json")
+
+
+def argparse_quantize(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC.json", help="the net's spec (edgebp init)")
+    parser.add_argument("-o", "--output", metavar="NET.ebp", required=True)
+    parser.add_argument("--calib", metavar="DATA", help="samples (.csv or .npz) that set the "
+                        "activation and delta formats (default: drawn from the declared ranges)")
+    parser.add_argument("--label-column", metavar="COL", help="the label column of --calib")
+    parser.add_argument("--weights", metavar="FLOAT.npz", help="float weights W0, B0, ... on "
+                        "raw inputs (edgebp pull writes them) instead of the spec's initial ones")
+    parser.add_argument("--table", action="store_true",
+                        help="print the whole range analysis, one line per bound")
+
+
+def argparse_train(parser: argparse.ArgumentParser) -> None:
+    add_board(parser)
+    net = add_net(parser)
+    net.add_argument("--hidden", type=_ints, help="with neither --net nor --spec: the hidden "
+                     "widths of the net inferred from --data (default 16)")
+    data = add_data(parser, "training samples, .csv or .npz (default with no net: the "
+                    "built-in XOR)")
+    data.add_argument("--val", metavar="DATA", help="held-out samples, evaluated after each "
+                      "epoch")
+    g = add_hyper(parser)
+    g.add_argument("--epochs", type=_count(1, 10**6),
+                   help="passes over the data (default 20; 200 for the built-in XOR)")
+    g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="visit the samples in a fresh seeded order each epoch (default) or "
+                   "in file order")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", "-o", metavar="FILE", action="append", default=[],
+                   help="write the trained net: .ebp (quantised) or .npz (float weights on "
+                   "raw inputs); may be given twice")
+    o.add_argument("--curves", metavar="FILE", help="per-epoch loss and accuracy: .csv, or "
+                   ".png (a plot, needs matplotlib)")
+    o.add_argument("--plot", action="store_true", help="with --curves FILE.csv, also write "
+                   "FILE.png")
+
+
+def argparse_eval(parser: argparse.ArgumentParser) -> None:
+    add_board(parser)
+    add_net(parser, required=True)
+    add_data(parser, "samples to evaluate, .csv or .npz")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def argparse_check(parser: argparse.ArgumentParser) -> None:
+    add_board(parser)
+    add_net(parser)
+    add_data(parser, "samples to take the gradients on (default: random inputs in the net's "
+             "declared range with random targets)")
+    parser.add_argument("--samples", type=_count(1, 4096), default=32,
+                        help="how many samples (default 32)")
+    parser.add_argument("--seed", type=_count(0, 2**62), default=1,
+                        help="which samples: the seed of their order, or of the random ones")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def argparse_pull(parser: argparse.ArgumentParser) -> None:
+    add_board(parser, default="auto (the one USB board)")
+    parser.add_argument("--net", metavar="NET.ebp", required=True,
+                        help="the net the board holds (it gives the formats)")
+    parser.add_argument("-o", "--output", metavar="FILE", required=True,
+                        help=".npz (float weights on raw inputs) or .ebp (the quantised net)")
+
+
+def argparse_sim(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", nargs="?", choices=list(SIMS), default="inprocess",
+                        help="inprocess (default): the firmware in this process, behind a "
+                        "pseudo-terminal with a MicroPython-like REPL; micropython: in a unix "
+                        "MicroPython process (it ends after a session says BYE: use --keep); "
+                        "socket: in-process on 127.0.0.1")
 
 
 def argparse_runtimes(parser: argparse.ArgumentParser) -> None:
@@ -38,25 +256,21 @@ def argparse_runtimes(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def do_runtimes(state: State, args: argparse.Namespace) -> int:
-    from edgebp.host import mprun
-
-    if args.install_wasm:
-        try:
-            mprun.install_wasm()
-        except mprun.RunnerError as e:
-            raise UserError(str(e)) from None
-    for name in mprun.RUNTIMES:
-        reason = mprun.find_runtime(name)
-        print(f"{name:8} {'ok' if reason is None else 'missing: ' + reason}")
-    return 0
-
-
 Handler = Callable[[State, argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
 
 # name: (handler, argument set-up, one-line help). Add commands here.
 COMMANDS: dict[str, tuple[Handler, Configure, str]] = {
+    "init": (do_init, argparse_init, "write a net spec (JSON)"),
+    "quantize": (do_quantize, argparse_quantize,
+                 "quantise a spec's float weights into a net file (.ebp), proving its ranges"),
+    "train": (do_train, argparse_train,
+              "train on a board (default: the simulated one; no arguments: XOR)"),
+    "eval": (do_eval, argparse_eval, "loss and accuracy of a net on a board"),
+    "check": (do_check, argparse_check,
+              "validate a board's integer gradients against the float64 reference"),
+    "pull": (do_pull, argparse_pull, "read the weights of the net a board holds"),
+    "sim": (do_sim, argparse_sim, "serve a simulated board until Ctrl-C; prints its port"),
     "runtimes": (do_runtimes, argparse_runtimes, "list the MicroPython runtimes for device tests"),
 }
 
@@ -86,9 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"edgebp: {e}", file=sys.stderr)
         return 2
+    except SessionError as e:
+        print(f"edgebp: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("edgebp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout went away (`edgebp ... | head`): quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         state.close()
 

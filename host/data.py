@@ -23,6 +23,7 @@ import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -269,11 +270,15 @@ def check_targets(ds: Dataset, loss: int, n_out: int, out_shift: int | None = No
                             "targets or declare target_range in the spec")
 
 
-def check_inputs(ds: Dataset, lo: np.ndarray, hi: np.ndarray, mode: str) -> str | None:
+def check_inputs(ds: Dataset, lo: np.ndarray, hi: np.ndarray, mode: str,
+                 held: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
     """Inputs outside the declared range [lo, hi] (per input): `error` refuses them, `clip`
-    clips them (in place) and `warn` keeps them; returns the warning to show, if any."""
+    clips them (in place) and `warn` keeps them; returns the warning to show, if any.
+    `held`: the range the net's input format holds, beyond which kept inputs saturate."""
     X = ds.X
-    outside = (X < lo) | (X > hi)
+    # a range read back from a .ebp is computed (centre -+ 1/scale): off in its last bits
+    slack = 1e-9 * (hi - lo)
+    outside = (X < lo - slack) | (X > hi + slack)
     n = int(outside.sum())
     if not n:
         return None
@@ -286,7 +291,16 @@ def check_inputs(ds: Dataset, lo: np.ndarray, hi: np.ndarray, mode: str) -> str 
     if mode == "clip":
         np.clip(X, lo, hi, out=X)
         return f"clipped {what}"
-    return f"{what}; kept as they are"
+    note = f"{what}; kept"
+    if held is not None:
+        over = (X < held[0] - slack) | (X > held[1] + slack)
+        if over.any():
+            i, j = np.argwhere(over)[0]
+            n = int(over.sum())
+            note += (f", but {n} {'lies' if n == 1 else 'lie'} beyond what the input format "
+                     f"holds and saturate{'s' if n == 1 else ''}, the first at {ds.where(i, j)} "
+                     f"(it holds {held[0][j]:.4g} to {held[1][j]:.4g})")
+    return note
 
 
 # -- built-in data --
@@ -297,7 +311,7 @@ XOR_SPEC = {
     "loss": "bce",
     "input_range": {"min": 0, "max": 1},
     "optimizer": {"lr": 0.5, "batch": 1, "seed": 1},
-    "batch_max": 4,
+    "batch_max": 4,  # gradient sums over all four samples: what `edgebp check` reads at once
 }
 
 
@@ -313,6 +327,7 @@ def infer_spec(ds: Dataset, hidden: list[int]) -> dict:
     layers, softmax, softmax_ce) when the targets are class indices, else a regressor (tanh,
     identity output, mse); inputs declared over the data's range per input."""
     y = ds.y[:, 0]
+    # whole numbers from 0 up, at least two of them (or names): class indices
     classify = bool(np.all(y == np.floor(y)) and y.min() >= 0 and (ds.classes or y.max() >= 1))
     lo, hi = ds.X.min(axis=0), ds.X.max(axis=0)
     flat = hi <= lo  # a constant input: any range holding it will do
@@ -343,7 +358,7 @@ def save_weights(path: str | Path, qnet: QuantNet) -> None:
     from .quantize import dequantize
 
     Ws, Bs = dequantize(qnet, raw_inputs=True)
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {
         "sizes": np.array(qnet.sizes),
         "activations": np.array([fixed.ACT_NAMES[a] for a in qnet.acts]),
         "loss": np.array(fixed.LOSS_NAMES[qnet.loss]),
@@ -368,7 +383,8 @@ def load_weights(path: str | Path, sizes: list[int]) -> tuple[list[np.ndarray],
         raise DataError(f"{path}: {e.strerror or e}") from None
     except (ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    Ws, Bs = [], []
+    Ws: list[np.ndarray] = []
+    Bs: list[np.ndarray] = []
     for l in range(len(sizes) - 1):
         for key, shape, out in ((f"W{l}", (sizes[l + 1], sizes[l]), Ws),
                                 (f"B{l}", (sizes[l + 1],), Bs)):

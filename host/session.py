@@ -16,16 +16,17 @@ error as its cause.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgebp import fixed, wire
 from edgebp.ebp import EbpError
-from edgebp.host import ebpfile
+from edgebp.host import ebpfile, planner
 from edgebp.host.link import (
     DeviceError,
     Link,
@@ -61,6 +62,8 @@ class BoardInfo:
     board: str
     sizes: list[int] | None = None  # the net loaded on the board, if any
     loss: int | None = None
+    word: int = 0  # bytes per word of the board's heap (0: not MicroPython)
+    holes: list[int] = field(default_factory=list)  # largest free heap blocks, in bytes
 
 
 @dataclass
@@ -91,6 +94,18 @@ class Stats:
 
 
 @dataclass
+class Checkpoint:
+    """The board's checkpoint state (CKPT answer)."""
+
+    gen: int  # number of the last checkpoint saved or restored, 0 if none
+    saved: int  # the sample counter that checkpoint holds
+    samples: int  # training samples learned since the net was loaded
+    updates: int  # weight updates since the net was loaded
+    every: int  # automatic checkpoint period in updates (0: on request only)
+    pending: int  # samples in the gradient sums
+
+
+@dataclass
 class Result:
     samples: int
     loss: float  # mean per sample
@@ -112,8 +127,21 @@ def _parse_info(p: bytes) -> BoardInfo:
         n = p[pos]
         strings.append(p[pos + 1:pos + 1 + n].decode("ascii", "replace"))
         pos += 1 + n
+    word = p[pos] if pos < len(p) else 0
+    holes: list[int] = []
+    if pos + 1 < len(p):
+        n = p[pos + 1]
+        holes = list(struct.unpack_from(f"<{n}I", p, pos + 2))
     return BoardInfo(proto, credits, max_payload, free, firmware=strings[0], runtime=strings[1],
-                     board=strings[2], sizes=sizes, loss=loss)
+                     board=strings[2], sizes=sizes, loss=loss, word=word, holes=holes)
+
+
+def _board_lost(e: SessionError) -> bool:
+    # the board stopped answering, or answers as one that lost its net: a reset
+    cause = e.__cause__
+    if isinstance(cause, DeviceError):
+        return cause.code == wire.E_NONET
+    return isinstance(cause, LinkError)
 
 
 def _open_sim(spec: str):
@@ -145,6 +173,8 @@ class Session:
         self.qnet: QuantNet | None = None
         self.frame_bytes = frame_bytes
         self.port = port
+        self.baudrate = baudrate
+        self.wrap = wrap
         try:
             with self._errors("connect"):
                 if port.startswith("sim://"):
@@ -266,6 +296,10 @@ class Session:
             where = f"{net}: " if isinstance(net, (str, Path)) else ""
             raise SessionError(f"load: {where}{e}") from e
         self._check_fits(qnet.sizes, qnet.loss)
+        try:
+            planner.check(qnet, self.info)
+        except planner.PlanError as e:
+            raise SessionError(f"load: {e}") from None
         step = self._frame_limit() - 4
         total = len(data)
 
@@ -361,19 +395,52 @@ class Session:
         self._link.stream(frames(), tick)
 
     def train(self, Xq, Tq, order=None, *, accumulate: bool = False, update: bool = False,
-              progress: Progress | None = None) -> Result:
+              progress: Progress | None = None, resume: bool = False,
+              max_resets: int = 3, reconnect_wait: float = 10.0) -> Result:
         """Train on the samples in `order` (default: as given), exactly as Net.learn would.
 
         accumulate: forward and backward only, the gradient sums grow (see get_grads);
         update: apply the pending gradient sums after the last sample.
+        resume: survive resets of the board (up to `max_resets`). A checkpoint is saved first
+        unless the board's last one is of this moment; when the link then fails, the session
+        reconnects, the board restores its newest checkpoint and reports the sample counter
+        in it, and the stream goes on from that sample of `order`: no sample is lost or
+        learned twice, and the weights end as if nothing had happened. checkpoint(every=N)
+        first bounds what is repeated.
         """
         X, T, idx = self._samples(Xq, Tq, order)
         flags = wire.F_ACCUMULATE if accumulate else 0
+        last = wire.F_UPDATE if update else 0
         with self._errors("train"):
             self._request(wire.STATS, b"\x01")
-            self._stream_samples(wire.TRAIN, X, T, idx, wire.F_UPDATE if update else 0,
-                                 flags, progress)
-        st = self.stats()
+        start = pos = 0
+        if resume:
+            ck = self.checkpoint_state()
+            if ck.gen == 0 or ck.saved != ck.samples or ck.pending:
+                ck = self.checkpoint()
+            start = ck.samples
+        resets = 0
+        while True:
+
+            def tick(done: int, _total: int, pos: int = pos) -> None:
+                if progress:
+                    progress(pos + done, len(idx))
+
+            try:
+                with self._errors("train"):
+                    self._stream_samples(wire.TRAIN, X, T, idx[pos:], last, flags, tick)
+                st = self.stats()
+                break
+            except SessionError as e:
+                if not resume or resets >= max_resets or not _board_lost(e):
+                    raise
+            resets += 1
+            self.reconnect(reconnect_wait)
+            ck = self.resume()
+            if not start <= ck.samples <= start + len(idx):
+                raise SessionError(f"train: the board resumed at sample {ck.samples}, outside "
+                                   f"this call's samples {start}..{start + len(idx)}")
+            pos = ck.samples - start
         if st.seen != len(idx):
             raise SessionError(f"train: the board counted {st.seen} samples of {len(idx)} sent")
         return Result(st.seen, st.loss, st.accuracy)
@@ -413,6 +480,58 @@ class Session:
                           .reshape(n_out, n_in))
                 Bs.append(self._tensor(kind, l, wire.PART_B, n_out, size))
         return Ws, Bs
+
+    # -- checkpoints --
+
+    def _ckpt(self, kind: int, payload: bytes, what: str) -> Checkpoint:
+        with self._errors(what):
+            r = self._request(kind, payload, timeout=self._link.timeout + 30.0)
+            if r.kind != wire.CKPT or len(r.payload) != 20:
+                raise ProtocolError(f"{what}: malformed answer")
+        return Checkpoint(*struct.unpack("<4I2H", r.payload))
+
+    def checkpoint(self, every: int | None = None, now: bool = True) -> Checkpoint:
+        """Save the board's training state to its filesystem now (now=True) and/or set the
+        period of automatic checkpoints: after every `every` weight updates, 0 for none."""
+        flags = (wire.CK_NOW if now else 0) | (wire.CK_EVERY if every is not None else 0)
+        if every is not None and not 0 <= every <= 65535:
+            raise SessionError(f"checkpoint period {every} outside 0..65535 updates")
+        return self._ckpt(wire.CHECKPOINT, struct.pack("<BH", flags, every or 0), "checkpoint")
+
+    def checkpoint_state(self) -> Checkpoint:
+        return self._ckpt(wire.CHECKPOINT, b"\x00\x00\x00", "checkpoint state")
+
+    def resume(self) -> Checkpoint:
+        """Replace the board's net by its newest valid checkpoint; `samples` in the answer
+        is where training goes on (samples learned since the net was loaded)."""
+        st = self._ckpt(wire.RESUME, b"", "resume")
+        self.hello()
+        return st
+
+    def reconnect(self, wait: float = 10.0) -> BoardInfo:
+        """Open the port again after a reset of the board and say HELLO (starting the
+        server from the REPL first if this session started it)."""
+        deadline = time.monotonic() + wait
+        old = self._link
+        with self._errors("reconnect"):
+            old.close()
+            while True:
+                try:
+                    ser = open_serial(self.port, self.baudrate)
+                    break
+                except LinkError:
+                    # a USB board comes back a moment after its reset
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
+            if self.wrap is not None:
+                ser = self.wrap(ser)
+            self.link = Link(ser, timeout=old.timeout, retries=old.retries,
+                             baudrate=old.baudrate, counters=old.counters)
+            if self._started:
+                self._start(ser)
+            self.link.resync()
+        return self.hello(max(0.5, deadline - time.monotonic()))
 
     def get_weights(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(W, B) per layer: int16, W of shape (n_out, n_in)."""

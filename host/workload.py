@@ -1,0 +1,256 @@
+"""The net and the data an `edgebp` command works on, read and checked against each other.
+
+A command names a net (--net NET.ebp, or --spec SPEC.json quantised on the spot with its
+formats calibrated on the data, or neither: a net inferred from the data) and data (--data,
+--val; or neither: the built-in XOR example). `prepare(args)` reads them, checks every sample
+against the net (input width, class indices, target formats, the declared input range) and
+proves the core's ranges for the inputs and settings at hand. Every problem becomes a
+`UserError`: one line for the terminal, naming the file and where in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgebp import fixed
+from edgebp.ebp import EbpError
+
+from . import data as datafile, ebpfile
+from .data import DataError, Dataset
+from .qnet import Hyper, QuantNet
+from .quantize import IN_SHIFT, quantize
+from .ranges import RangeError, check_ranges
+from .spec import Spec, SpecError, init_float_weights, load_spec, parse_spec
+
+
+class UserError(Exception):
+    """A problem the user can fix: reported as `edgebp: message`, exit code 2, no traceback."""
+
+
+def warn(text: str) -> None:
+    print(f"edgebp: warning: {text}", file=sys.stderr, flush=True)
+
+
+def check_suffix(path: str, allowed: tuple[str, ...], what: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in allowed:
+        raise UserError(f"{path}: {what} must end in {' or '.join(allowed)}")
+    return suffix
+
+
+# -- reading --
+
+
+def read_spec(path: str) -> Spec:
+    try:
+        return load_spec(path)
+    except SpecError as e:
+        raise UserError(f"{path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None
+
+
+def read_net(path: str) -> tuple[QuantNet, Hyper | None]:
+    try:
+        return ebpfile.read(path)
+    except EbpError as e:
+        raise UserError(f"{path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None
+
+
+def read_data(path: str, args: argparse.Namespace, n_targets: int = 1,
+              classes: list[str] | None = None) -> Dataset:
+    try:
+        return datafile.read(path, args.label_column, n_targets, classes or None)
+    except DataError as e:
+        raise UserError(str(e)) from None
+
+
+# -- quantising --
+
+
+def range_refusal(e: RangeError, context: str = "") -> UserError:
+    more = len(e.problems) - 1
+    return UserError(f"{context}{e}" + (f" (and {more} more problem{'s' if more > 1 else ''})"
+                                        if more else ""))
+
+
+def quantize_spec(spec: Spec, Ws=None, Bs=None, calib: Dataset | None = None,
+                  context: str = "") -> QuantNet:
+    raw = Ws is not None
+    if Ws is None:
+        Ws, Bs = init_float_weights(spec)
+    X = T = None
+    if calib is not None:
+        X = calib.X
+        T = calib.y[:, 0] if spec.loss == "softmax_ce" else calib.y
+    try:
+        return quantize(spec, Ws, Bs, X, T, raw_inputs=raw)
+    except RangeError as e:
+        raise range_refusal(e, context) from None
+
+
+def declared_range(qnet: QuantNet, held: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The raw input range the net was quantised for (the input normalisation maps it to
+    [-1, 1]), or with held=True the range its input format holds; without a normalisation
+    both are what the input format holds."""
+    n = qnet.sizes[0]
+    lim = fixed.Q_MAX * 2.0 ** -qnet.shift_a[0]
+    if qnet.in_offset is None or qnet.in_scale is None:
+        return np.full(n, -lim), np.full(n, lim)
+    half = 1 / np.broadcast_to(qnet.in_scale, (n,)) * (lim if held else 1.0)
+    centre = np.broadcast_to(qnet.in_offset, (n,))
+    return centre - half, centre + half
+
+
+# -- a command's net and data --
+
+
+@dataclass
+class Prepared:
+    qnet: QuantNet
+    hyper: Hyper
+    net_from: str  # where the net came from, for the report
+    data: Dataset
+    val: Dataset | None = None
+    demo: bool = False
+
+
+def n_targets(loss: int | str, n_out: int) -> int:
+    return 1 if loss in (fixed.SOFTMAX_CE, "softmax_ce") else n_out
+
+
+def prepare(args: argparse.Namespace, overrides: dict | None = None,
+            hidden: list[int] | None = None, val_path: str | None = None) -> Prepared:
+    """The net and the data of a command, checked against each other: from --net (a .ebp),
+    --spec (quantised, calibrated on the data), or a spec inferred from the data; with no
+    net and no data, the built-in XOR example. `overrides`: Hyper fields to replace."""
+    overrides = overrides or {}
+    demo = args.data is None and args.net is None and args.spec is None
+    if args.data is None and not demo:
+        raise UserError(f"{'--net' if args.net else '--spec'} needs --data DATA.csv|.npz "
+                        "(the built-in XOR data fits only the built-in net)")
+    if args.net:
+        qnet, hyper, data = _net_from_file(args, overrides)
+        net_from = args.net
+    else:
+        qnet, hyper, data, net_from = _net_from_spec(args, overrides, hidden, demo)
+    val = None
+    if val_path:
+        val = read_data(val_path, args, n_targets(qnet.loss, qnet.sizes[-1]),
+                        qnet.classes or data.classes)
+        check_data(val, qnet.sizes, qnet.loss, qnet.shift_a[-1])
+        check_inputs(val, *declared_range(qnet), args.out_of_range, declared_range(qnet, True))
+    if data.classes and not qnet.classes:
+        qnet = replace(qnet, classes=list(data.classes))
+    try:
+        ebpfile.hyper_block(hyper)
+    except EbpError as e:
+        raise UserError(f"a board cannot take these settings: {e}") from None
+    prove_safe(qnet, hyper, [d for d in (data, val) if d is not None])
+    return Prepared(qnet, hyper, net_from, data, val, demo)
+
+
+def _net_from_file(args: argparse.Namespace, overrides: dict) -> tuple[QuantNet, Hyper,
+                                                                       Dataset]:
+    qnet, file_hyper = read_net(args.net)
+    hyper = replace(file_hyper or Hyper(), **overrides)
+    data = read_data(args.data, args, n_targets(qnet.loss, qnet.sizes[-1]), qnet.classes)
+    check_data(data, qnet.sizes, qnet.loss, qnet.shift_a[-1])
+    check_inputs(data, *declared_range(qnet), args.out_of_range, declared_range(qnet, True))
+    return qnet, hyper, data
+
+
+def _net_from_spec(args: argparse.Namespace, overrides: dict, hidden: list[int] | None,
+                   demo: bool) -> tuple[QuantNet, Hyper, Dataset, str]:
+    if args.spec:
+        spec = read_spec(args.spec)
+        data = read_data(args.data, args, n_targets(spec.loss, spec.sizes[-1]), spec.classes)
+        d, net_from = spec.to_dict(), args.spec
+    elif demo:
+        data, d, net_from = datafile.xor(), dict(datafile.XOR_SPEC), "built-in XOR"
+    else:
+        data = read_data(args.data, args)
+        d = datafile.infer_spec(data, hidden or [16])
+        net_from = "inferred from the data; edgebp init --data writes it as a spec to edit"
+    d["optimizer"] = {**d.get("optimizer", {}), **overrides}
+    if "batch" in overrides:
+        d["batch_max"] = max(d.get("batch_max", 1), overrides["batch"])
+    try:
+        spec = parse_spec(d)
+    except SpecError as e:
+        raise UserError(f"{net_from}: {e}") from None
+    check_data(data, spec.sizes, spec.loss_code, None)
+    lo, hi = np.array(spec.input_min), np.array(spec.input_max)
+    # the quantiser maps the declared range to [-1, 1] in Q(IN_SHIFT): int16 holds +-2
+    reach = fixed.Q_MAX * 2.0**-IN_SHIFT * (hi - lo) / 2
+    check_inputs(data, lo, hi, args.out_of_range, ((lo + hi) / 2 - reach, (lo + hi) / 2 + reach))
+    qnet = quantize_spec(spec, calib=data, context=f"{net_from}: ")
+    check_data(data, qnet.sizes, qnet.loss, qnet.shift_a[-1])
+    return qnet, spec.hyper(), data, net_from
+
+
+def check_inputs(ds: Dataset, lo: np.ndarray, hi: np.ndarray, mode: str,
+                 held: tuple[np.ndarray, np.ndarray] | None) -> None:
+    try:
+        note = datafile.check_inputs(ds, lo, hi, mode, held)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    if note:
+        warn(note)
+
+
+def check_data(ds: Dataset, sizes: list[int], loss: int, out_shift: int | None) -> None:
+    try:
+        datafile.check_width(ds, sizes[0])
+        datafile.check_targets(ds, loss, sizes[-1], out_shift if loss == fixed.MSE else None)
+    except DataError as e:
+        raise UserError(str(e)) from None
+
+
+def prove_safe(qnet: QuantNet, hyper: Hyper, sets: list[Dataset]) -> None:
+    """The range analysis for these hyper-parameters and the inputs these data sets hold
+    (with --out-of-range warn they may lie beyond the range the net was quantised for)."""
+    lo, hi = declared_range(qnet)
+    q = qnet.quantize_inputs(np.array([lo, hi]))
+    x_lo, x_hi = int(q.min()), int(q.max())
+    for ds in sets:
+        xq = qnet.quantize_inputs(ds.X)
+        x_lo, x_hi = min(x_lo, int(xq.min())), max(x_hi, int(xq.max()))
+    try:
+        check_ranges(qnet, hyper, x_range=(x_lo, x_hi))
+    except RangeError as e:
+        raise range_refusal(e, "the net refuses these settings or inputs: ") from None
+
+
+def targets(qnet: QuantNet, ds: Dataset) -> np.ndarray:
+    return qnet.quantize_targets(ds.y[:, 0] if qnet.loss == fixed.SOFTMAX_CE else ds.y)
+
+
+# -- writing --
+
+
+def net_bytes(qnet: QuantNet, hyper: Hyper | None) -> bytes:
+    try:
+        return ebpfile.to_bytes(qnet, hyper)
+    except EbpError as e:
+        raise UserError(f"a net file cannot hold this net: {e}") from None
+
+
+def write_net(path: str, qnet: QuantNet, hyper: Hyper | None) -> None:
+    """A .ebp file (the quantised net) or an .npz (its float weights on raw inputs)."""
+    try:
+        if Path(path).suffix.lower() == ".npz":
+            datafile.save_weights(path, qnet)
+        else:
+            Path(path).write_bytes(net_bytes(qnet, hyper))
+    except DataError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None

@@ -1,0 +1,93 @@
+# Checkpoints on the device: training resumed from a checkpoint ends bit-identical to the
+# host's uninterrupted reference, and a torn new file is never taken. ckpt_fixture (made by
+# tests/test_checkpoint.py) holds a net file with momentum and stochastic rounding, samples,
+# where to cut, and the weights the reference reached.
+import os
+
+import ckpt_fixture as fx
+
+from edgebp import ckpt, ebp
+
+ROOT = "ckpt_dev"
+
+
+def _fresh(name):
+    try:
+        os.mkdir(name)
+    except OSError:
+        pass
+    for f in ckpt.paths(name):
+        try:
+            os.remove(f)
+        except OSError:
+            pass
+    return name
+
+
+def _learn(net, a, b):
+    from array import array
+
+    x = array("h", bytes(2 * fx.N_IN))
+    t = array("h", bytes(2 * fx.N_T))
+    for s in range(a, b):
+        for i in range(fx.N_IN):
+            x[i] = fx.X[s * fx.N_IN + i]
+        for i in range(fx.N_T):
+            t[i] = fx.T[s * fx.N_T + i]
+        net.learn(x, t)
+
+
+def _weights(net):
+    out = []
+    for l in range(net.L):
+        out += list(net.W[l]) + list(net.B[l])
+    return out
+
+
+def test_resume_is_bit_identical():
+    root = _fresh(ROOT)
+    net = ebp.load(fx.NET)
+    _learn(net, 0, fx.CUT)
+    assert net.count > 0, "the cut should fall inside a batch"
+    ckpt.save(net, root, 3, fx.CUT, 0)
+    net = None
+    path, head = ckpt.find(root)
+    assert ckpt.samples(head) == fx.CUT and ckpt.every(head) == 3
+    net = ckpt.load(path, head)
+    _learn(net, fx.CUT, fx.N)
+    assert _weights(net) == list(fx.FINAL), "weights differ from the uninterrupted run"
+    assert net.rng[0] == fx.RNG
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_torn_new_file_is_not_taken():
+    root = _fresh(ROOT)
+    cur, new = ckpt.paths(root)
+    net = ebp.load(fx.NET)
+    _learn(net, 0, fx.CUT)
+    ckpt.save(net, root, 0, fx.CUT, 0)
+    older = _read(cur)
+    _learn(net, fx.CUT, fx.N)
+    ckpt.save(net, root, 0, fx.N, 0)
+    newer = _read(cur)
+    for cut in (0, 1, 43, 44, len(newer) // 2, len(newer) - 2, len(newer) - 1):
+        # the power went while the new file was being written
+        _write(cur, older)
+        _write(new, newer[:cut])
+        path, head = ckpt.find(root)
+        assert ckpt.samples(head) == fx.CUT, "took a torn file (cut at %d)" % cut
+    # complete but not renamed yet: the newer one is taken
+    _write(cur, older)
+    _write(new, newer)
+    path, head = ckpt.find(root)
+    assert ckpt.samples(head) == fx.N
+    assert _weights(ckpt.load(path, head)) == list(fx.FINAL)

@@ -1,0 +1,277 @@
+"""Checkpoints: the board's training state saved atomically to its filesystem and restored
+exactly, so that training that survives resets ends bit-identical to training that did not."""
+
+from array import array
+
+import numpy as np
+import pytest
+
+from conftest import require_runtime, run_device_module
+from edgebp import ckpt, ebp
+from edgebp.host import ebpfile
+from edgebp.host.qnet import Hyper
+from edgebp.host.session import Session, SessionError
+from edgebp.host.sim import InProcessBoard, MicroPythonBoard
+from test_ebp import make_data, make_qnet, reference_train
+
+# everything that carries state from one update to the next: momentum, weight decay,
+# stochastic rounding, and batches that checkpoints cut through
+HYPER = Hyper(lr=0.05, batch=3, momentum=0.5, weight_decay=0.01, rounding="stochastic", seed=7)
+
+
+def learn(net, X, T, idx):
+    for i in idx:
+        net.learn(array("h", X[i].tolist()), array("h", T[i].tolist()))
+
+
+def state(net):
+    """Everything a later update reads, as plain lists."""
+    out = [net.count, net.grad_count, net.seen, net.correct, net.loss_sum, net.rng[0],
+           net.lr_m, net.lr_e, net.mu, net.c_m, net.c_s, net.mode, net.batch]
+    for l in range(net.L):
+        out += [list(net.W[l]), list(net.B[l]), list(net.GW[l]), list(net.GB[l])]
+        if net.VW[l] is not None:
+            out += [list(net.VW[l]), list(net.VB[l])]
+    return out
+
+
+def flat_weights(net):
+    return [v for l in range(net.L) for v in list(net.W[l]) + list(net.B[l])]
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+@pytest.mark.parametrize("momentum", [False, True])
+def test_net_part_is_the_host_net_file(kind, momentum, tmp_path):
+    q = make_qnet(kind, (5, 7, 3), momentum=momentum)
+    hyper = HYPER if momentum else Hyper(lr=0.05, batch=2, seed=3)
+    ckpt.save(q.build(hyper), str(tmp_path))
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    n = ebp.file_len(q.sizes)
+    assert raw[ckpt.HEAD:ckpt.HEAD + n] == ebpfile.board_part(q, hyper)
+
+
+@pytest.mark.parametrize("kind", ["ce", "mse"])
+def test_restored_state_is_the_saved_state(kind, tmp_path):
+    q = make_qnet(kind, (6, 9, 4), momentum=True, batch_max=4)
+    X, T = make_data(q, 40)
+    net = q.build(HYPER)
+    learn(net, X, T, range(13))
+    assert net.count, "the checkpoint should fall inside a batch"
+    ckpt.save(net, str(tmp_path), 5, 13, 4)
+    path, head = ckpt.find(str(tmp_path))
+    back = ckpt.load(path, head)
+    assert state(back) == state(net)
+    assert (ckpt.every(head), ckpt.samples(head), ckpt.updates(head)) == (5, 13, 4)
+    learn(net, X, T, range(13, 40))
+    learn(back, X, T, range(13, 40))
+    assert state(back) == state(net)
+
+
+def test_device_resume_and_torn_files(runtime):
+    """The same checkpoint code on the device: resumed training matches the host's reference,
+    a torn new file is never taken."""
+    q = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4)
+    X, T = make_data(q, 17)
+    final = reference_train(q, HYPER, X, T)
+    fixture = "\n".join([
+        f"NET = {ebpfile.board_part(q, HYPER)!r}",
+        f"N_IN = {X.shape[1]}",
+        f"N_T = {T.shape[1]}",
+        f"N = {len(X)}",
+        "CUT = 7",
+        f"X = {X.ravel().tolist()!r}",
+        f"T = {T.ravel().tolist()!r}",
+        f"FINAL = {flat_weights(final)!r}",
+        f"RNG = {final.rng[0]}",
+    ]) + "\n"
+    run_device_module(runtime, "tests/device/test_ckpt_dev.py",
+                      extra_files={"ckpt_fixture.py": fixture}, timeout=60)
+
+
+def _two_checkpoints(tmp_path):
+    q = make_qnet("ce", (2, 3, 2), momentum=True, batch_max=2)
+    X, T = make_data(q, 9)
+    net = q.build(Hyper(lr=0.05, batch=2, momentum=0.5, rounding="stochastic"))
+    learn(net, X, T, range(5))
+    old_state = state(net)
+    root = str(tmp_path)
+    ckpt.save(net, root, 0, 5, 2)
+    older = (tmp_path / ckpt.NAME).read_bytes()
+    learn(net, X, T, range(5, 9))
+    ckpt.save(net, root, 0, 9, 4)
+    newer = (tmp_path / ckpt.NAME).read_bytes()
+    return root, older, old_state, newer, state(net)
+
+
+def restored(root):
+    found = ckpt.find(root)
+    if found is None:
+        return None
+    return state(ckpt.load(*found))
+
+
+def test_a_power_cut_anywhere_leaves_the_old_or_the_new_checkpoint(tmp_path):
+    root, older, old_state, newer, new_state = _two_checkpoints(tmp_path)
+    cur, new = tmp_path / ckpt.NAME, tmp_path / ckpt.NEW_NAME
+    # the writer's steps: new file growing byte by byte, complete, renamed
+    for cut in range(len(newer)):
+        cur.write_bytes(older)
+        new.write_bytes(newer[:cut])
+        assert restored(root) == old_state, f"new file cut at {cut} of {len(newer)}"
+    cur.write_bytes(older)
+    new.write_bytes(newer)
+    assert restored(root) == new_state
+    assert not new.exists() and cur.read_bytes() == newer, "the newer file is renamed"
+    # FAT: the old file removed, the new not renamed yet
+    cur.unlink()
+    new.write_bytes(newer)
+    assert restored(root) == new_state
+
+
+def test_an_interrupted_writer_never_touches_the_old_checkpoint(tmp_path, monkeypatch):
+    root, older, old_state, newer, _ = _two_checkpoints(tmp_path)
+    cur = tmp_path / ckpt.NAME
+    q = make_qnet("ce", (2, 3, 2), momentum=True, batch_max=2)
+
+    class PowerCut(Exception):
+        pass
+
+    real_open = open
+
+    def cut_after(budget):
+        def fake_open(path, mode="r"):
+            f = real_open(path, mode)
+            if "w" not in mode:
+                return f
+
+            class Torn:
+                def write(self, data):
+                    nonlocal budget
+                    data = bytes(data)
+                    if len(data) > budget:
+                        f.write(data[:budget])
+                        raise PowerCut
+                    budget -= len(data)
+                    return f.write(data)
+
+                def close(self):
+                    f.close()
+
+            return Torn()
+
+        return fake_open
+
+    net = q.build(Hyper(lr=0.05, batch=2))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    size = (probe / ckpt.NAME).stat().st_size if ckpt.save(net, str(probe)) else 0
+    for budget in (0, 1, ckpt.HEAD, ckpt.HEAD + 40, size - 2, size - 1):
+        cur.write_bytes(older)
+        monkeypatch.setattr(ckpt, "open", cut_after(budget), raising=False)
+        with pytest.raises(PowerCut):
+            ckpt.save(net, root)
+        monkeypatch.undo()
+        assert cur.read_bytes() == older
+        assert restored(root) == old_state
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path):
+    root, older, _, _, _ = _two_checkpoints(tmp_path)
+    cur = tmp_path / ckpt.NAME
+    for pos in (0, 9, ckpt.HEAD + 3, len(older) // 2, len(older) - 1):
+        bad = bytearray(older)
+        bad[pos] ^= 0x10
+        cur.write_bytes(bytes(bad))
+        assert ckpt.find(root) is None, f"byte {pos} flipped"
+    cur.write_bytes(older + b"\0")
+    assert ckpt.find(root) is None, "a longer file"
+
+
+# -- through the wire: the session survives resets of the board --
+
+def _train_with_resets(board, reset, q, X, T, orders, resets_at):
+    """Train epochs with resume=True, resetting the board after the samples in resets_at."""
+    with Session(board.url, timeout=0.3, retries=2) as s:
+        s.load(q, HYPER)
+        st = s.checkpoint(every=2, now=False)
+        assert st.every == 2
+        pending = sorted(resets_at)
+        offset = 0
+        for order in orders:
+
+            def progress(n, total, offset=offset):
+                # n: samples of this call acknowledged so far
+                if pending and offset + n >= pending[0]:
+                    pending.pop(0)
+                    reset()
+
+            r = s.train(X, T, order, resume=True, progress=progress)
+            assert r.samples == len(order)
+            offset += len(order)
+        assert not pending, "every reset happened"
+        state_now = s.checkpoint_state()
+        W, B = s.get_weights()
+    return state_now, W, B
+
+
+def _expected(q, X, T, orders):
+    net = q.build(HYPER)
+    for order in orders:
+        learn(net, X, T, order)
+    return net
+
+
+def _check(q, X, T, orders, W, B, st):
+    ref = _expected(q, X, T, orders)
+    for l in range(q.L):
+        assert W[l].ravel().tolist() == list(ref.W[l]), f"layer {l + 1} weights"
+        assert B[l].tolist() == list(ref.B[l])
+    assert st.samples == sum(len(o) for o in orders)
+
+
+def test_session_resumes_after_resets_of_an_in_process_board(tmp_path):
+    q = make_qnet("ce", (6, 8, 3), momentum=True, batch_max=4)
+    X, T = make_data(q, 30)
+    rng = np.random.default_rng(5)
+    orders = [rng.permutation(len(X)) for _ in range(2)]
+    with InProcessBoard(root=tmp_path) as board:
+        st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [11, 47])
+    _check(q, X, T, orders, W, B, st)
+
+
+def test_session_resumes_after_the_micropython_process_is_killed(tmp_path):
+    require_runtime("unix")
+    q = make_qnet("mse", (5, 7, 2), momentum=True, batch_max=4)
+    X, T = make_data(q, 24)
+    rng = np.random.default_rng(6)
+    orders = [rng.permutation(len(X))]
+    with MicroPythonBoard(root=tmp_path) as board:
+        st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [9])
+    _check(q, X, T, orders, W, B, st)
+
+
+def test_checkpoints_follow_the_period_and_resume_needs_one(tmp_path):
+    q = make_qnet("ce", (4, 5, 3), batch_max=4)
+    X, T = make_data(q, 20)
+    with InProcessBoard(root=tmp_path) as board, Session(board.url, timeout=0.5) as s:
+        s.load(q, Hyper(lr=0.05, batch=2))
+        with pytest.raises(SessionError, match="no valid checkpoint"):
+            s.resume()
+        s.checkpoint(every=3, now=False)
+        s.train(X, T)  # 10 updates: checkpoints after updates 3, 6, 9
+        st = s.checkpoint_state()
+        assert (st.gen, st.saved, st.samples, st.updates) == (3, 18, 20, 10)
+        s.train(X[:1], T[:1], accumulate=True)
+        st = s.checkpoint()  # on request, with a pending gradient sum
+        assert (st.gen, st.saved, st.pending) == (4, 21, 1)
+        W, B = s.get_weights()
+        grads = s.get_grads()
+        s.load(q, Hyper(lr=0.05, batch=2))
+        st = s.resume()
+        assert (st.gen, st.samples, st.pending) == (4, 21, 1)
+        assert s.info.sizes == q.sizes
+        W2, B2 = s.get_weights()
+        grads2 = s.get_grads()
+    assert all((a == b).all() for a, b in zip(W + B, W2 + B2, strict=True))
+    assert all((a == b).all() for a, b in zip(grads[0] + grads[1], grads2[0] + grads2[1],
+                                              strict=True))

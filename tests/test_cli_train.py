@@ -1,0 +1,162 @@
+"""`edgebp train`: the built-in XOR run, training over a simulated board, what it writes, and
+that its numbers are those of the integer twin trained in the same order."""
+
+import csv
+import re
+
+import numpy as np
+import pytest
+
+from conftest import REPO, require_runtime
+from edgebp.host import cli, data, ebpfile
+from edgebp.host.progress import Bar
+from edgebp.host.reference import epoch_order
+from edgebp.host.twin import TwinNet
+
+IRIS = str(REPO / "examples" / "data" / "iris.csv")
+
+
+def run(capsys, *args):
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def epoch_rows(out: str) -> list[str]:
+    return re.findall(r"^ +\d+ +[\d.]+ +[\d.]+%.*$", out, re.M)
+
+
+def test_train_with_no_arguments_learns_xor(capsys):
+    out = run(capsys, "train")
+    assert "built-in XOR" in out and "simulated in this process" in out
+    table = out[out.index("x1  x2  target  output"):].splitlines()[1:5]
+    for row in table:
+        x1, x2, target, output = (float(v) for v in row.split())
+        assert target == float(int(x1) ^ int(x2))
+        assert (output > 0.5) == (target == 1)
+    assert epoch_rows(out)[-1].split()[2] == "100.0%"
+
+
+def test_train_matches_the_twin_in_the_same_order(tmp_path, capsys):
+    """The board's weights after 3 epochs are those of the twin (bit-identical to the core)
+    trained on the same net, data and epoch_order, with the partial batch of each epoch
+    applied at its end."""
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "8")
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    out = run(capsys, "train", "--net", str(net), "--data", IRIS, "--epochs", "3",
+              "--batch", "7", "--seed", "5", "-o", str(tmp_path / "t.ebp"))
+    qnet, hyper = ebpfile.read(net)
+    hyper.batch, hyper.seed = 7, 5
+    twin = TwinNet.from_qnet(qnet, hyper)
+    ds = data.read(IRIS)
+    Xq, Tq = qnet.quantize_inputs(ds.X), qnet.quantize_targets(ds.y[:, 0])
+    rows = epoch_rows(out)
+    assert len(rows) == 3
+    for epoch in range(3):
+        losses = twin.train_epoch(Xq, Tq, epoch_order(len(ds), 5, epoch))
+        twin.update()
+        assert rows[epoch].split()[1] == f"{losses.mean() / 4096:.4f}"
+    trained, _ = ebpfile.read(tmp_path / "t.ebp")
+    expected = twin.to_qnet(qnet)
+    for a, b in zip(trained.W + trained.B, expected.W + expected.B, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, capsys):
+    def weights(*extra):
+        path = tmp_path / "w.ebp"
+        run(capsys, "train", "--data", IRIS, "--epochs", "2", "-o", str(path), *extra)
+        return ebpfile.read(path)[0].W[0]
+
+    a = weights("--seed", "3")
+    assert np.array_equal(a, weights("--seed", "3"))
+    assert not np.array_equal(a, weights("--seed", "4"))
+    assert not np.array_equal(a, weights("--no-shuffle"))
+
+
+def test_micropython_board_trains_bit_identically(tmp_path, capsys):
+    """Acceptance: the same run on MicroPython (the firmware in a unix MicroPython process)
+    and on the in-process simulator gives the same losses, accuracies and weights."""
+    require_runtime("unix")
+    outs = {}
+    for kind in ("inprocess", "micropython"):
+        outs[kind] = run(capsys, "train", "--sim", kind, "--data", IRIS, "--epochs", "4",
+                         "--seed", "2", "-o", str(tmp_path / f"{kind}.ebp"))
+    assert "micropython" in outs["micropython"].splitlines()[0]
+    assert epoch_rows(outs["inprocess"]) == epoch_rows(outs["micropython"])
+    assert len(epoch_rows(outs["inprocess"])) == 4
+    assert ((tmp_path / "inprocess.ebp").read_bytes()
+            == (tmp_path / "micropython.ebp").read_bytes())
+
+
+def test_outputs_curves_and_held_out_data(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    train = str(REPO / "examples" / "data" / "iris_train.csv")
+    test = str(REPO / "examples" / "data" / "iris_test.csv")
+    ebp, npz, curves = tmp_path / "t.ebp", tmp_path / "t.npz", tmp_path / "c.csv"
+    out = run(capsys, "train", "--data", train, "--val", test, "--epochs", "3", "-o", str(ebp),
+              "-o", str(npz), "--curves", str(curves), "--plot")
+    rows = list(csv.DictReader(curves.open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    held = re.search(r"held out  30 samples: loss ([\d.]+), accuracy ([\d.]+)%", out)
+    assert held and float(held.group(2)) == pytest.approx(100 * float(rows[-1]["val_accuracy"]),
+                                                          abs=0.05)
+
+    # what eval says of the written net is what the twin computes for it
+    qnet, _ = ebpfile.read(ebp)
+    ds = data.read(test)
+    twin = TwinNet.from_qnet(qnet).evaluate(qnet.quantize_inputs(ds.X),
+                                            qnet.quantize_targets(ds.y[:, 0]))
+    out = run(capsys, "eval", "--net", str(ebp), "--data", test)
+    assert f"({int(twin.correct.sum())} of 30)" in out
+
+    # the float weights are the dequantised trained net
+    Ws, _ = data.load_weights(npz, qnet.sizes)
+    assert np.allclose(Ws[1], qnet.W[1] * 2.0 ** -qnet.shift_w[1])
+
+
+def test_output_names_are_checked_before_training(tmp_path, capsys):
+    assert cli.main(["train", "-o", str(tmp_path / "t.txt")]) == 2
+    assert "--out must end in .ebp or .npz" in capsys.readouterr().err
+    assert cli.main(["train", "--plot"]) == 2
+    assert "--plot needs --curves FILE.csv" in capsys.readouterr().err
+
+
+def test_net_needs_data_and_rejects_settings_it_cannot_take(tmp_path, capsys):
+    net = tmp_path / "net.ebp"
+    run(capsys, "train", "--epochs", "1", "-o", str(net))
+    assert cli.main(["train", "--net", str(net)]) == 2
+    assert "--net needs --data" in capsys.readouterr().err
+    xor = str(REPO / "examples" / "data" / "xor.csv")
+    assert cli.main(["train", "--net", str(net), "--data", xor, "--batch", "5"]) == 2
+    assert "batch 5 exceeds batch_max 4" in capsys.readouterr().err
+
+
+def test_progress_bar_draws_only_where_asked():
+    import io
+
+    t = [0.0]
+    stream = io.StringIO()
+    bar = Bar(3, stream, enabled=True, clock=lambda: t[0])
+    bar.begin_epoch(0)
+    t[0] = 1.0
+    bar.update(10, 20)
+    assert stream.getvalue().startswith("\repoch 1/3 [############............] 10/20")
+    assert stream.getvalue().endswith("  10 samples/s")
+    bar.end_epoch(20, 0.5, 0.75)
+    bar.begin_epoch(1)
+    t[0] = 2.0
+    bar.update(20, 20)
+    assert "loss 0.5000  acc  75.0%  20 samples/s" in stream.getvalue()
+    bar.clear()
+    assert stream.getvalue().endswith("\r")
+    quiet = io.StringIO()
+    bar = Bar(3, quiet, enabled=False)
+    bar.update(1, 2)
+    bar.clear()
+    assert quiet.getvalue() == ""

@@ -1,0 +1,89 @@
+"""The memory planner against MicroPython's own count, gc.mem_alloc(), and against a board
+with a fixed heap: what it refuses would not have fitted, what it accepts trains."""
+
+import pytest
+
+from conftest import require_runtime
+from edgebp.host import ebpfile, planner
+from edgebp.host.qnet import Hyper
+from edgebp.host.session import Session, SessionError
+from edgebp.host.sim import InProcessBoard, MicroPythonBoard
+from test_ebp import make_data, make_qnet
+
+# (kind, sizes, momentum): one layer to eight, narrow to wide, every loss
+NETS = [
+    ("ce", (2, 2, 2), False),
+    ("mse", (4, 8, 3), True),
+    ("ce", (64, 32, 10), False),
+    ("ce", (64, 32, 10), True),
+    ("bce", (16, 16, 16, 4), True),
+    ("mse", (2, 3, 4, 5, 6, 7, 8, 9, 10), False),
+]
+
+
+def test_plan_matches_gc_mem_alloc(runtime):
+    if runtime == "cpython":
+        pytest.skip("CPython has no MicroPython heap to measure")
+    rows = []
+    for kind, sizes, momentum in NETS:
+        q = make_qnet(kind, sizes, momentum=momentum)
+        data = ebpfile.board_part(q, Hyper(lr=0.01, momentum=0.5 if momentum else 0.0))
+        measured, word = planner.measure(runtime, data)
+        planned = planner.plan(sizes, momentum=momentum, loss=q.loss, word=word).net
+        rows.append((sizes, momentum, measured, planned))
+        assert abs(measured - planned) <= 0.05 * planned, rows
+
+
+def test_training_state_against_the_minimum():
+    p = planner.plan([64, 32, 10], momentum=True)
+    assert p.minimum == 2 * (64 * 32 + 32 + 32 * 10 + 10)
+    # int16 weights and biases, int32 gradient sums and momentum: 10 bytes per parameter
+    assert p.net >= 5 * p.minimum
+    text = p.table()
+    for words in ("weights W", "gradient sums", "momentum", "activations", "theoretical minimum"):
+        assert words in text
+
+
+def _sized(hidden):
+    return make_qnet("ce", (32, hidden, 10), momentum=True, batch_max=4)
+
+
+def test_what_the_planner_refuses_the_board_cannot_hold(monkeypatch):
+    require_runtime("unix")
+    hyper = Hyper(lr=0.01, momentum=0.5)
+    with MicroPythonBoard(heapsize="128k") as board, Session(board.url, timeout=2) as s:
+        info = s.info
+        assert info.word in (4, 8) and info.holes == sorted(info.holes, reverse=True)
+
+        def refusal(hidden):
+            try:
+                planner.check(_sized(hidden), info)
+            except planner.PlanError as e:
+                return str(e)
+            return None
+
+        limit = min(h for h in range(8, 1024, 8) if refusal(h))
+        # the heap is fragmented by the modules loaded: a net whose total fits the free RAM
+        # finds no block for its biggest tensor
+        assert planner.plan_for(_sized(limit), info).need < info.free_ram
+        assert "needs one block of" in refusal(limit)
+        assert "bytes are free" in refusal(8 * limit)
+        for hidden in (2 * limit, 8 * limit):
+            with pytest.raises(SessionError, match="needs"):
+                s.load(_sized(hidden), hyper)
+            # without the planner the board refuses it too, or runs out of memory building it
+            monkeypatch.setattr(planner, "check", lambda qnet, info: None)
+            with pytest.raises(SessionError, match="out of memory|bytes of RAM"):
+                s.load(_sized(hidden), hyper)
+            monkeypatch.undo()
+        q = _sized(limit // 2)
+        s.load(q, hyper)
+        X, T = make_data(q, 8)
+        assert s.train(X, T).samples == 8
+
+
+def test_a_board_without_a_micropython_heap_is_not_planned_against():
+    with InProcessBoard() as board, Session(board.url) as s:
+        assert s.info.word == 0 and s.info.free_ram == 0
+        s.load(make_qnet("ce", (4, 8, 3)), Hyper(lr=0.01))
+        assert s.info.sizes == [4, 8, 3]
