@@ -9,6 +9,8 @@
 #
 # max_payload bounds one frame (a TRAIN frame must hold one sample: 2 * (n_in + n_t) + 2
 # bytes); credits is how many frames the host may send ahead of the board's answers.
+# led: the pin of a status LED, lit while the server runs (None: the board has none that
+# every variant shares; pass led=... to start() for yours).
 # probe: the heap has a fixed size, so HELLO may report its largest free blocks (found by
 # trial allocations) to the host's memory planner; esp32 grows its heap from the system's
 # when an allocation fails, so probing there would only grow it.
@@ -18,7 +20,7 @@ import sys
 
 class Profile:
     def __init__(self, name, max_payload, credits, uart_id=None, baudrate=115200, tx=None,
-                 rx=None, rxbuf=None, probe=False):
+                 rx=None, rxbuf=None, probe=False, led=None):
         self.name = name
         self.stream = "repl"
         self.max_payload = max_payload
@@ -29,12 +31,16 @@ class Profile:
         self.rx = rx
         self.rxbuf = rxbuf  # the port's name of the receive-buffer size argument
         self.probe = probe
+        self.led = led
 
 
 PROFILES = {
-    "rp2": Profile("rp2", 2048, 4, 0, 115200, 0, 1, "rxbuf", probe=True),
+    # "LED" is the Pico's (and Pico W's) on-board LED
+    "rp2": Profile("rp2", 2048, 4, 0, 115200, 0, 1, "rxbuf", probe=True, led="LED"),
     "esp32": Profile("esp32", 2048, 4, 1, 115200, 17, 16, "rxbuf"),
-    "stm32": Profile("stm32", 2048, 4, 1, 115200, None, None, "read_buf_len", probe=True),
+    # the pyboard's first LED (red)
+    "stm32": Profile("stm32", 2048, 4, 1, 115200, None, None, "read_buf_len", probe=True,
+                     led="LED_RED"),
     "unix": Profile("unix", 4096, 8, probe=True),
     "generic": Profile("generic", 512, 2),
 }
@@ -56,7 +62,7 @@ def profile(name=None, **overrides):
         raise ValueError("unknown board %r (known: %s)" % (name, ", ".join(sorted(PROFILES))))
     base = PROFILES[name]
     p = Profile(name, base.max_payload, base.credits, base.uart_id, base.baudrate, base.tx,
-                base.rx, base.rxbuf, base.probe)
+                base.rx, base.rxbuf, base.probe, base.led)
     if overrides.pop("uart", False):
         p.stream = "uart"
     for key in overrides:
@@ -67,6 +73,23 @@ def profile(name=None, **overrides):
 
 
 def _nothing():
+    pass
+
+
+def status_led(p):
+    """set(on) for the profile's LED, or a no-op where there is none (or no such pin)."""
+    if p.led is None:
+        return _nothing_with
+    try:
+        import machine
+
+        pin = machine.Pin(p.led, machine.Pin.OUT)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return _nothing_with
+    return pin.value
+
+
+def _nothing_with(on):
     pass
 
 

@@ -13,10 +13,13 @@ def start(board=None, kernels=None, **options):
     from edgebp.firmware import boards, server
 
     p = boards.profile(board, **options)
+    led = boards.status_led(p)
     rx, tx, restore = boards.open_stream(p)
     try:
         s = server.Server(rx, tx, p.max_payload, p.credits, p.name, kernels, probe=p.probe)
         tx.write(READY)
+        led(1)
         s.serve()
     finally:
+        led(0)
         restore()

