@@ -7,7 +7,12 @@ and the stochastic rounding). Fixed point runs on the integer twin, or with --co
 pure-Python core (bit-identical, about 45 times slower here).
 
     python examples/digits.py [--act tanh|relu] [--rounding stochastic|nearest] [--seeds 5]
-                              [--epochs 30] [--lr 0.05] [--momentum 0.9] [--core]
+                              [--epochs 30] [--lr 0.05] [--momentum 0.9]
+                              [--core | --sim [micropython] | --port PORT]
+
+--sim trains the fixed-point net on a simulated board instead (micropython: the unix port
+behind a pseudo-terminal), --port on a real one with edgebp deployed; the board measures the
+held-out accuracy.
 """
 
 import argparse
@@ -17,7 +22,7 @@ from sklearn.datasets import load_digits
 
 from edgebp.host.quantize import formats_table, quantize
 from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import compare, stratified_split, table
+from edgebp.host.train import add_board_options, board_of, compare, stratified_split, table
 
 
 def spec_for(args, seed):
@@ -29,6 +34,10 @@ def spec_for(args, seed):
         batch_max=16, init_seed=seed)
 
 
+def where(args):
+    return board_of(args) or ("core" if args.core else "twin")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--act", choices=("tanh", "relu"), default="tanh")
@@ -38,6 +47,7 @@ def main():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--core", action="store_true", help="train with the pure-Python core")
+    add_board_options(p)
     args = p.parse_args()
 
     X, y = load_digits(return_X_y=True)
@@ -52,10 +62,10 @@ def main():
         if seed == seeds[0]:
             print(formats_table(qnet), end="\n\n")
         results.append(compare(qnet, spec.hyper(), X[train], y[train], X[test], y[test],
-                               args.epochs, seed, "core" if args.core else "twin"))
+                               args.epochs, seed, "core" if args.core else "twin", board_of(args)))
     print(f"digits 64-32-10 {args.act}/softmax, lr {args.lr}, momentum {args.momentum}, batch 16, "
           f"{args.rounding} rounding, {args.epochs} epochs, {len(train)} train / "
-          f"{len(test)} held out, fixed point on the {'core' if args.core else 'twin'}")
+          f"{len(test)} held out, fixed point on the {where(args)}")
     print(table(results, seeds))
     print(f"wall time {time.perf_counter() - start:.1f} s")
 

@@ -5,7 +5,11 @@ Same start (the float net begins at the dequantised initial weights), same hyper
 same sample order; one row per seed (the seed picks the initial weights and the order).
 Fixed point runs on the integer twin, or with --core on the pure-Python core.
 
-    python examples/xor.py [--seeds 5] [--epochs 500] [--core]
+    python examples/xor.py [--seeds 5] [--epochs 500] [--core | --sim [micropython] | --port PORT]
+
+--sim trains the fixed-point net on a simulated board instead (micropython: the unix port
+behind a pseudo-terminal), --port on a real one with edgebp deployed; the board measures the
+held-out accuracy.
 """
 
 import argparse
@@ -15,7 +19,7 @@ import numpy as np
 
 from edgebp.host.quantize import formats_table, quantize
 from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import compare, table
+from edgebp.host.train import add_board_options, board_of, compare, table
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
 T = np.array([[0], [1], [1], [0]], dtype=float)
@@ -27,11 +31,16 @@ def spec_for(seed):
                      init_seed=seed)
 
 
+def where(args):
+    return board_of(args) or ("core" if args.core else "twin")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=500)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--core", action="store_true", help="train with the pure-Python core")
+    add_board_options(p)
     args = p.parse_args()
 
     seeds = list(range(args.seeds))
@@ -44,10 +53,10 @@ def main():
         if seed == seeds[0]:
             print(formats_table(qnet), end="\n\n")
         results.append(compare(qnet, spec.hyper(), X, T, X, T, args.epochs, seed,
-                               "core" if args.core else "twin"))
+                               "core" if args.core else "twin", board_of(args)))
     print(f"xor 2-4-1 tanh/sigmoid, bce, lr 0.5, batch 1, nearest rounding, {args.epochs} "
           f"epochs, accuracy on the 4 training points, fixed point on the "
-          f"{'core' if args.core else 'twin'}")
+          f"{where(args)}")
     print(table(results, seeds))
     print(f"wall time {time.perf_counter() - start:.1f} s")
 

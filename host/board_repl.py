@@ -119,4 +119,5 @@ def main():
             out.write(c)
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -245,17 +245,9 @@ def micropython_exe() -> str | None:
 
 def device_files() -> dict[str, str]:
     """The core and firmware as they sit on a board: edgebp/... and edgebp/firmware/..."""
-    import edgebp
-    import edgebp.firmware
+    from edgebp.host.board import device_sources
 
-    files = {}
-    core = Path(edgebp.__file__).parent
-    for path in sorted(core.glob("*.py")):
-        files[f"edgebp/{path.name}"] = path.read_text()
-    fw = Path(edgebp.firmware.__file__).parent
-    for path in sorted(fw.glob("*.py")):
-        files[f"edgebp/firmware/{path.name}"] = path.read_text()
-    return files
+    return {rel: path.read_text() for rel, path in device_sources().items()}
 
 
 class MicroPythonBoard:

@@ -87,3 +87,35 @@ def test_a_board_without_a_micropython_heap_is_not_planned_against():
         assert s.info.word == 0 and s.info.free_ram == 0
         s.load(make_qnet("ce", (4, 8, 3)), Hyper(lr=0.01))
         assert s.info.sizes == [4, 8, 3]
+
+
+# -- edgebp plan --
+
+
+def test_plan_command_prints_the_planners_figures(tmp_path, capsys):
+    from edgebp.host import cli
+
+    assert cli.main(["plan", "--sizes", "64,32,10", "--momentum"]) == 0
+    out = capsys.readouterr().out
+    p = planner.plan([64, 32, 10], momentum=True)
+    assert "net, total" in out and f"{p.net:8d} B" in out and f"{p.minimum:8d} B" in out
+
+    q = make_qnet("ce", (64, 32, 10))
+    net = tmp_path / "n.ebp"
+    ebpfile.write(net, q, Hyper(lr=0.01))
+    assert cli.main(["plan", "--net", str(net), "--sim", "micropython"]) == 0
+    out = capsys.readouterr().out
+    assert "board free RAM" in out and ": fits" in out
+
+
+def test_plan_command_says_when_a_net_does_not_fit(tmp_path, capsys):
+    from edgebp.host import cli
+
+    q = make_qnet("ce", (256, 256, 10), momentum=True)
+    net = tmp_path / "big.ebp"
+    ebpfile.write(net, q, Hyper(lr=0.01, momentum=0.5))
+    with MicroPythonBoard(heapsize="128k") as board:
+        Session(board.url, connect_timeout=30).close()  # its server is up and serving
+        code = cli.main(["plan", "--net", str(net), "--port", board.url])
+    out = capsys.readouterr().out
+    assert code == 1 and "does NOT fit" in out
