@@ -7,6 +7,7 @@
     edgebp check [BOARD] [--net | --spec] [--data D]         board gradients vs float64
     edgebp pull [BOARD] --net NET.ebp -o W.npz               the board's weights, as floats
     edgebp deploy [--port PORT] [--dry-run] [--net NET.ebp]   edgebp onto a board, verified
+    edgebp flash --firmware IMAGE [--port PORT] [--dry-run]  MicroPython onto a board, then deploy
     edgebp plan (--net NET.ebp | --sizes 64,32,10) [BOARD]    training RAM, and if it fits
     edgebp bench [--port PORT]                                speed, allocation, RAM, link
     edgebp sim [inprocess | micropython | socket | stock]    serve a simulated board
@@ -51,6 +52,7 @@ from .commands import (
     do_sim,
     do_train,
 )
+from .flash import argparse_flash, do_flash
 from .mprun import RUNTIMES
 from .session import SessionError
 
@@ -333,6 +335,9 @@ COMMANDS: dict[str, tuple[Handler, Configure, str]] = {
     "pull": (do_pull, argparse_pull, "read the weights of the net a board holds"),
     "deploy": (do_deploy, argparse_deploy,
                "compile edgebp for a board's MicroPython and copy it there, verified"),
+    "flash": (do_flash, argparse_flash,
+              "write a stock MicroPython image to a board (.uf2: rp2; .bin: esp32, esp8266), "
+              "then deploy edgebp"),
     "plan": (do_plan, argparse_plan,
              "the RAM a net's training takes on a board, and whether it fits"),
     "bench": (do_bench, argparse_bench,

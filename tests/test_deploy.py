@@ -5,6 +5,7 @@ deploy, train with checkpoints, a reset mid-epoch, train --resume, pull, eval: t
 the end are those of the integer twin trained without interruption, the pulled floats
 quantise back to the board's int16 weights, and eval scores what the twin predicts."""
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_runtime
-from edgebp.host import board as mb, cli, data, ebpfile
+from edgebp.host import board as mb, cli, data, ebpfile, flash
 from edgebp.host.reference import epoch_order
 from edgebp.host.session import Session
 from edgebp.host.sim import MicroPythonBoard
@@ -107,7 +108,9 @@ def test_deploy_train_reset_resume_pull_eval(stock, tmp_path, capsys, monkeypatc
     spec, net = tmp_path / "iris.json", tmp_path / "iris.ebp"
     run(capsys, "init", spec, "--data", TRAIN, "--hidden", "8")
     run(capsys, "quantize", spec, "-o", net, "--calib", TRAIN)
-    run(capsys, "deploy", "--port", stock.url)
+    # as `edgebp flash` deploys once the board is back with its new MicroPython
+    assert flash._deploy(stock.url, argparse.Namespace()) == 0
+    assert f"deployed  {len(mb.device_sources())} files" in capsys.readouterr().out
 
     # the first run: the board resets in the middle of epoch 3 and the host is interrupted
     real_train = Session.train
