@@ -183,6 +183,10 @@ def argparse_init(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=_positive)
     parser.add_argument("--batch", type=_count(1, MAX_BATCH))
     parser.add_argument("--momentum", type=float)
+    parser.add_argument("--weight-growth", type=float, metavar="G",
+                        help="room in the weight formats for weights G times the largest "
+                        "initial one (default 4; more for long training whose weights grow, "
+                        "at log2(G) bits of resolution)")
     parser.add_argument("--force", action="store_true", help="overwrite SPEC.json")
 
 

@@ -166,6 +166,8 @@ def do_init(state: State, args: argparse.Namespace) -> int:
             opt[key] = getattr(args, key)
     if "batch" in opt:
         d["batch_max"] = max(d.get("batch_max", 1), opt["batch"])
+    if args.weight_growth is not None:
+        d["weight_growth"] = args.weight_growth
     try:
         spec = parse_spec(d)
     except SpecError as e:

@@ -7,9 +7,11 @@ inputs      The declared input range is mapped to [-1, 1] (in_offset = centre, i
             range uses half of int16, so inputs up to twice as far from the centre still fit.
             [-1, 1] rather than [0, 1]: one more bit of resolution and zero-centred inputs.
 weights     shift_w[l] per tensor (W and B together): the largest shift at which max|w| maps
-            to at most 32767 / W_HEADROOM, so weights can grow W_HEADROOM = 4 times during
-            training before they saturate. max|w| is taken at least 1/sqrt(n_in), the size
-            that passes a unit signal through the layer, so a layer of tiny weights can grow.
+            to at most 32767 / growth, so weights can grow `growth` times during training
+            before they saturate: the spec's weight_growth, by default W_HEADROOM = 4 (more
+            for nets whose weights grow far from their start, at log2(growth) bits each).
+            max|w| is taken at least 1/sqrt(n_in), the size that passes a unit signal
+            through the layer, so a layer of tiny weights can grow.
 activations sigmoid/tanh/softmax: fixed by the core (z Q12, a Q14). identity/relu/leaky hidden
             units: from the largest |a| on the calibration data, with A_HEADROOM = 4 (weights
             grow, so do activations). An MSE output: from the calibration outputs and targets
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 IN_SHIFT = 14
-W_HEADROOM = 4
+W_HEADROOM = Spec.weight_growth
 A_HEADROOM = 4
 OUT_HEADROOM = 2
 D_HEADROOM = 2
@@ -161,7 +163,7 @@ def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float):
             sa[L] = _shift_for(mag, OUT_HEADROOM, MSE_MIN_SHIFT, 14)
     w_mag = [max(float(np.abs(Ws[l]).max()), float(np.abs(Bs[l]).max()),
                  1 / math.sqrt(sizes[l])) for l in range(L)]
-    sw = [_shift_for(w_mag[l], W_HEADROOM, 0, MAX_SHIFT) for l in range(L)]
+    sw = [_shift_for(w_mag[l], spec.weight_growth, 0, MAX_SHIFT) for l in range(L)]
     sw_mag = list(sw)
     sd = [_shift_for(float(np.abs(D[l]).max()), D_HEADROOM, 0, MAX_SHIFT) for l in range(L)]
     kf = [ceil_log2(sizes[l] + 1) for l in range(L)]

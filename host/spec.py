@@ -14,6 +14,10 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
       "batch_max": 8,                           samples per gradient sum the net is built for
       "init_seed": 0,                           seed of the float initial weights
       "leaky_alpha": 0.01,                      optional slope of leaky_relu below zero
+      "weight_growth": 4,                       optional: how far weights may grow past the
+                                                largest initial one before they saturate (the
+                                                weight formats leave that much room, at the
+                                                cost of log2(growth) bits of resolution)
       "classes": ["0", "1", ...]                optional output names
     }
 
@@ -37,7 +41,7 @@ from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 from .qnet import ACT_CODES, LOSS_CODES, Hyper, mantissa_exponent
 
 _TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "optimizer",
-             "batch_max", "init_seed", "leaky_alpha", "classes")
+             "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")
 _OPT_KEYS = ("lr", "momentum", "weight_decay", "batch", "rounding", "seed")
 
 
@@ -67,6 +71,7 @@ class Spec:
     batch_max: int = 1
     init_seed: int = 0
     leaky_alpha: float = 0.01
+    weight_growth: float = 4.0
     target_min: list[float] | None = None
     target_max: list[float] | None = None
     classes: list[str] = field(default_factory=list)
@@ -107,6 +112,8 @@ class Spec:
         d["batch_max"] = self.batch_max
         d["init_seed"] = self.init_seed
         d["leaky_alpha"] = self.leaky_alpha
+        if self.weight_growth != Spec.weight_growth:
+            d["weight_growth"] = self.weight_growth
         if self.classes:
             d["classes"] = list(self.classes)
         return d
@@ -234,6 +241,9 @@ def parse_spec(d: Any) -> Spec:
     alpha = _num(d.get("leaky_alpha", 0.01), "leaky_alpha")
     if not 0 <= alpha <= 1:
         raise SpecError("leaky_alpha", f"{alpha} outside [0, 1]")
+    growth = _num(d.get("weight_growth", Spec.weight_growth), "weight_growth")
+    if not 1 <= growth <= 1024:
+        raise SpecError("weight_growth", f"{growth} outside [1, 1024]")
 
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -245,7 +255,7 @@ def parse_spec(d: Any) -> Spec:
     return Spec(sizes=sizes, activations=acts, loss=loss, input_min=in_lo, input_max=in_hi,
                 lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
                 seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
-                target_min=t_lo, target_max=t_hi, classes=classes)
+                weight_growth=growth, target_min=t_lo, target_max=t_hi, classes=classes)
 
 
 def make_spec(**fields: Any) -> Spec:

@@ -14,6 +14,7 @@ RUNS = {
     "xor": ["--seeds", "1", "--epochs", "200"],
     "iris": ["--seeds", "1", "--epochs", "10"],
     "digits": ["--seeds", "1", "--epochs", "1"],
+    "mnist1d": ["--seeds", "1", "--epochs", "1"],
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,6 +215,15 @@ def test_formats_follow_the_headroom_rules():
     assert _finest(np.abs(ref.a[1]).max(), quantize_mod.A_HEADROOM, q.shift_a[1])
     assert _finest(hidden, quantize_mod.D_HEADROOM, q.shift_d[0])
     assert q.shift_d[1] == 14 and q.shift_a[2] == 14  # fixed by softmax-CE
+
+    # more room for growth: the finest weight format that leaves it, the rest unchanged
+    grown = quantize(replace(spec, weight_growth=32.0), Ws, Bs, X, T)
+    assert _finest(w_mag, 32.0, grown.shift_w[0])
+    assert grown.shift_w[0] == q.shift_w[0] - 3
+    assert parse_spec(replace(spec, weight_growth=32.0).to_dict()).weight_growth == 32.0
+    assert "weight_growth" not in spec.to_dict()  # the default is not written
+    with pytest.raises(SpecError, match=r"weight_growth: 0.5 outside \[1, 1024\]"):
+        parse_spec(dict(spec.to_dict(), weight_growth=0.5))
 
 
 class _ErrorPeaks:
