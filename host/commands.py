@@ -382,7 +382,7 @@ def do_train(state: State, args: argparse.Namespace) -> int:
 
     print(f"trained on {samples} samples in {elapsed:.2f} s ({samples / max(elapsed, 1e-9):,.0f} "
           "samples/s through the link)")
-    if p.val is not None:
+    if p.val is not None and rows:
         last = rows[-1]
         print(f"held out  {len(p.val)} samples: loss {last['val_loss']:.4f}, accuracy "
               f"{100 * last['val_accuracy']:.1f}%")
