@@ -570,6 +570,9 @@ def _holes(most=8, least=256):
         sizes.append(n)
     del held
     gc.collect()
+    # each is found to within the search's 16 bytes: two holes of nearly one size may come
+    # out in either order
+    sizes.sort(reverse=True)
     return sizes
 
 
