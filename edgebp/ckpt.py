@@ -36,6 +36,7 @@
 import os
 
 from edgebp import ebp
+from edgebp.ebp import u16, u32
 from edgebp.fixed import FV, SMALL_MAX, const
 from edgebp.wire import crc16
 
@@ -58,17 +59,6 @@ def paths(root=""):
     if root and root[-1] != "/":
         root += "/"
     return root + NAME, root + NEW_NAME
-
-
-def _u16(b, o):
-    return b[o] | (b[o + 1] << 8)
-
-
-def _u32(b, o):
-    # 30-bit values only; -1 for a larger one (it would not be a small int on a board)
-    if b[o + 3] >= 0x40:
-        return -1
-    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
 class _Out:
@@ -218,7 +208,7 @@ def _generation(path):
         head = bytearray(HEAD)
         if f.readinto(head) != HEAD or head[0:4] != MAGIC:
             return 0
-        return max(0, _u32(head, 8))
+        return max(0, u32(head, 8))
     finally:
         f.close()
 
@@ -295,7 +285,7 @@ def _check(path, buf):
         head = bytearray(HEAD)
         if f.readinto(head) != HEAD or head[0:4] != MAGIC or head[4] != VERSION:
             return None
-        total = _u32(head, 36)
+        total = u32(head, 36)
         if total < HEAD + 2:
             return None
         body = total - 2  # bytes under the CRC
@@ -334,7 +324,7 @@ def find(root=""):
     buf = bytearray(_CHUNK)
     a = _check(cur, buf)
     b = _check(new, buf)
-    if b is not None and (a is None or _u32(b, 8) > _u32(a, 8)):
+    if b is not None and (a is None or u32(b, 8) > u32(a, 8)):
         _replace(new, cur)
         a = b
     if a is None:
@@ -350,7 +340,7 @@ def load(path, head, kernels=None):
         buf = bytearray(_CHUNK)
         f.readinto(bytearray(HEAD))
         src = _In(f, buf)
-        ebp_len = _u32(head, 40)
+        ebp_len = u32(head, 40)
         ld = ebp.Loader(ebp_len, kernels)
         src.feed(ld, ebp_len)
         net = ld.finish()
@@ -366,25 +356,25 @@ def load(path, head, kernels=None):
                 src.int32s(net.GB[l])
     finally:
         f.close()
-    net.seen = _u32(head, 20)
-    net.correct = _u32(head, 24)
-    net.loss_sum = _u32(head, 28)
-    net.count = _u16(head, 32)
-    net.grad_count = _u16(head, 34)
+    net.seen = u32(head, 20)
+    net.correct = u32(head, 24)
+    net.loss_sum = u32(head, 28)
+    net.count = u16(head, 32)
+    net.grad_count = u16(head, 34)
     return net
 
 
 def generation(head):
-    return _u32(head, 8)
+    return u32(head, 8)
 
 
 def every(head):
-    return _u16(head, 6)
+    return u16(head, 6)
 
 
 def samples(head):
-    return _u32(head, 12)
+    return u32(head, 12)
 
 
 def updates(head):
-    return _u32(head, 16)
+    return u32(head, 16)

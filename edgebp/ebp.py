@@ -78,11 +78,11 @@ def apply_hyper(net, b, o):
     net.set_rounding(mode, seed)
 
 
-def _u16(b, o):
+def u16(b, o):
     return b[o] | (b[o + 1] << 8)
 
 
-def _u32(b, o):
+def u32(b, o):
     # 30-bit values only: a larger one would not be a small int on a board
     if b[o + 3] >= 0x40:
         return -1
@@ -157,18 +157,18 @@ class Loader:
         h = self.head
         L = h[5]
         n = FIXED + 6 * L
-        if crc16(h, 0, n) != _u16(h, n):
+        if crc16(h, 0, n) != u16(h, n):
             raise EbpError("header CRC mismatch")
         flags = h[7]
         if flags & ~(FLAG_MOMENTUM | FLAG_HYPER):
             raise EbpError("unknown flags 0x%02x" % flags)
-        batch_max = _u16(h, 8)
+        batch_max = u16(h, 8)
         if batch_max < 1 or batch_max > MAX_BATCH:
             raise EbpError("batch_max %d outside 1..%d" % (batch_max, MAX_BATCH))
-        alpha = _u16(h, 10)
+        alpha = u16(h, 10)
         if alpha >= 32768:
             alpha -= 65536
-        sizes = [_u16(h, 28)]
+        sizes = [u16(h, 28)]
         acts = []
         shift_a = [h[30]]
         shift_w = []
@@ -177,7 +177,7 @@ class Loader:
             raise EbpError("reserved header byte is %d, not 0" % h[31])
         for l in range(L):
             o = FIXED + 6 * l
-            sizes.append(_u16(h, o))
+            sizes.append(u16(h, o))
             acts.append(h[o + 2])
             shift_a.append(h[o + 3])
             shift_w.append(h[o + 4])
@@ -186,7 +186,7 @@ class Loader:
             if sizes[l] < 1 or sizes[l] > MAX_WIDTH:
                 what = "input" if l == 0 else "layer %d output" % l
                 raise EbpError("%s width %d out of range 1..%d" % (what, sizes[l], MAX_WIDTH))
-        n_bytes = _u32(h, 24)
+        n_bytes = u32(h, 24)
         expect = file_len(sizes)
         if n_bytes != expect:
             raise EbpError("header says %d bytes but the layer sizes need %d"

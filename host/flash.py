@@ -517,11 +517,11 @@ def do_flash(state: State, args: argparse.Namespace) -> int:
 
 
 def _deploy(port: str, args: argparse.Namespace) -> int:
+    from edgebp.host.cli import make_parser
     from edgebp.host.commands import State, do_deploy
 
     state = State()
     try:
-        return do_deploy(state, argparse.Namespace(port=port, dry_run=False, arch=None,
-                                                   source=False, force=False, net=None))
+        return do_deploy(state, make_parser().parse_args(["deploy", "--port", port]))
     finally:
         state.close()

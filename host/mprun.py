@@ -123,25 +123,12 @@ def install_wasm(dest: str | Path | None = None) -> Path:
 
 
 def core_files(include_firmware: bool = True) -> dict[str, str]:
-    """Device-relative path -> source of every .py of the installed core (and firmware)."""
-    import edgebp
+    """Device-relative path -> source of every file a board gets (host/board.py), without the
+    firmware if include_firmware is False."""
+    from edgebp.host.board import device_sources
 
-    core = Path(edgebp.__file__).parent
-    # In a plain install host/ and firmware/ sit inside the core package; editable, elsewhere.
-    files = _sources(core, "edgebp/", skip={core / "host", core / "firmware"})
-    if include_firmware:
-        import edgebp.firmware
-
-        files.update(_sources(Path(edgebp.firmware.__file__).parent, "edgebp/firmware/"))
-    return files
-
-
-def _sources(top: Path, prefix: str, skip: set[Path] | None = None) -> dict[str, str]:
-    return {
-        prefix + path.relative_to(top).as_posix(): path.read_text(encoding="utf-8")
-        for path in sorted(top.rglob("*.py"))
-        if not (skip or set()).intersection(path.parents)
-    }
+    return {rel: path.read_text(encoding="utf-8") for rel, path in device_sources().items()
+            if include_firmware or not rel.startswith("edgebp/firmware/")}
 
 
 def parse_heapsize(heapsize: str | int) -> int:
