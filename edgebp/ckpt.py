@@ -153,7 +153,7 @@ def _params(net):
 
 
 def _write_ebp(o, net, momentum):
-    # the net as an .ebp board part, byte for byte what host/ebpfile.py writes
+    # the net as an .ebp board part, byte for byte what host/nets/ebpfile.py writes
     L = net.L
     sizes = net.sizes
     hyper = net.lr_m != 0  # hyper-parameters were set (a learning rate is never 0)

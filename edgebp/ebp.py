@@ -19,7 +19,7 @@
 #   32+6L   2     CRC-16 of bytes 0..32+6L (checked before anything is allocated)
 #   34+6L   ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
 #   end-2   2     CRC-16 (wire.crc16) of everything before it
-# A host-only trailer may follow (see host/ebpfile.py); the board never reads past n_bytes.
+# A host-only trailer may follow (see host/nets/ebpfile.py); the board never reads past n_bytes.
 #
 # Loader parses the file as it arrives in pieces of any size (a file in memory, a stream,
 # or LOAD_CHUNK payloads): it checks the header, builds the Net, then writes each parameter

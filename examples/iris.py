@@ -19,9 +19,10 @@ import time
 
 from sklearn.datasets import load_iris
 
-from edgebp.host.quantize import formats_table, quantize
-from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import add_board_options, board_of, compare, stratified_split, table
+from edgebp.host.boards.trainer import add_board_options, board_of, compare
+from edgebp.host.nets.quantize import formats_table, quantize
+from edgebp.host.nets.spec import init_float_weights, make_spec
+from edgebp.host.nets.train import stratified_split, table
 
 
 def spec_for(args, seed, X):

@@ -29,10 +29,11 @@ import argparse
 import time
 from pathlib import Path
 
-from edgebp.host.data import read_csv
-from edgebp.host.quantize import formats_table, quantize
-from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import add_board_options, board_of, compare, table
+from edgebp.host.boards.trainer import add_board_options, board_of, compare
+from edgebp.host.cli.data import read_csv
+from edgebp.host.nets.quantize import formats_table, quantize
+from edgebp.host.nets.spec import init_float_weights, make_spec
+from edgebp.host.nets.train import table
 
 DATA = Path(__file__).resolve().parent / "data"
 # Fitting these signals, the float weights grow to several times their start (biases too): with

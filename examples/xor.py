@@ -17,9 +17,10 @@ import time
 
 import numpy as np
 
-from edgebp.host.quantize import formats_table, quantize
-from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import add_board_options, board_of, compare, table
+from edgebp.host.boards.trainer import add_board_options, board_of, compare
+from edgebp.host.nets.quantize import formats_table, quantize
+from edgebp.host.nets.spec import init_float_weights, make_spec
+from edgebp.host.nets.train import table
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
 T = np.array([[0], [1], [1], [0]], dtype=float)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet
 
 HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
 OUTPUTS = [  # (loss, output activation)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebp.host import mprun
+from edgebp.host.boards import mprun
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "tests" / "device"

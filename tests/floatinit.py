@@ -1,7 +1,7 @@
 """Test nets as a quantiser would make them: a float init, quantised with shifts calibrated on
 a batch (weights use most of int16; activations and deltas keep one bit of headroom).
 
-Kept apart from host/quantize.py so that the validation's measurements do not move with the
+Kept apart from host/nets/quantize.py so that the validation's measurements do not move with the
 quantiser's choices. A hidden delta format is sized from both the delta and the error W^T
 delta that the core's delta buffer holds before f' is applied."""
 
@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.qnet import QuantNet
-from edgebp.host.reference import FloatNet, act_derivative
+from edgebp.host.nets.qnet import QuantNet
+from edgebp.host.nets.reference import FloatNet, act_derivative
 
 SQUASH = (fixed.SIGMOID, fixed.TANH, fixed.SOFTMAX)
 A = {name: i for i, name in enumerate(fixed.ACT_NAMES)}

@@ -1,6 +1,7 @@
 """The bench runs end to end with tiny counts and prints its tables (no timing is asserted)."""
 
-from edgebp.host import bench, mprun
+from edgebp.host.bench import step as bench
+from edgebp.host.boards import mprun
 
 
 def test_bench_prints_its_tables():

@@ -8,10 +8,10 @@ import pytest
 
 from conftest import require_runtime, run_device_module
 from edgebp import ckpt, ebp
-from edgebp.host import ebpfile
-from edgebp.host.qnet import Hyper
-from edgebp.host.session import Session, SessionError
-from edgebp.host.sim import InProcessBoard, MicroPythonBoard
+from edgebp.host.boards.session import Session, SessionError
+from edgebp.host.boards.sim import InProcessBoard, MicroPythonBoard
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper
 from test_ebp import make_data, make_qnet, reference_train
 
 # everything that carries state from one update to the next: momentum, weight decay,

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 import edgebp
-from edgebp.host import cli
-from edgebp.host.session import SessionError
+from edgebp.host.boards.session import SessionError
+from edgebp.host.cli import parser as cli
 
 
 def test_version(capsys):

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 
 from conftest import REPO, require_runtime
-from edgebp.host import cli, ebpfile
-from edgebp.host.spec import load_spec
+from edgebp.host.cli import parser as cli
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.spec import load_spec
 
 IRIS = str(REPO / "examples" / "data" / "iris.csv")
 

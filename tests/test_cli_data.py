@@ -1,4 +1,4 @@
-"""Datasets and float weights as files (host/data.py), and how `edgebp` reports bad ones."""
+"""Datasets and float weights as files (host/cli/data.py), and how `edgebp` reports bad ones."""
 
 import subprocess
 import sys
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from edgebp import fixed
-from edgebp.host import cli, data, workload
-from edgebp.host.quantize import requantize
-from edgebp.host.spec import make_spec
+from edgebp.host.cli import data, parser as cli, workload
+from edgebp.host.nets.quantize import requantize
+from edgebp.host.nets.spec import make_spec
 
 SPEC = ('{"sizes": [3, 4, 2], "activations": ["relu", "softmax"], "loss": "softmax_ce", '
         '"input_range": {"min": 0, "max": 3}}')

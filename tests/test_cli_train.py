@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_runtime
-from edgebp.host import cli, data, ebpfile
-from edgebp.host.progress import Bar
-from edgebp.host.reference import epoch_order
-from edgebp.host.twin import TwinNet
+from edgebp.host.cli import data, parser as cli
+from edgebp.host.cli.progress import Bar
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.reference import epoch_order
+from edgebp.host.nets.twin import TwinNet
 
 IRIS = str(REPO / "examples" / "data" / "iris.csv")
 

@@ -12,8 +12,8 @@ import pytest
 from combos import all_cases, edge_cases
 from conftest import DEVICE
 from coredrive import parse_states, run_here, script, state_line
-from edgebp.host import mprun
-from edgebp.host.twin import TwinNet
+from edgebp.host.boards import mprun
+from edgebp.host.nets.twin import TwinNet
 
 CASES = all_cases() + edge_cases()
 

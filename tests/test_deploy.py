@@ -1,5 +1,5 @@
 """`edgebp deploy` and a day with a board: a unix MicroPython with a stock REPL and an empty
-filesystem (host/board_repl.py), on a pseudo-terminal, reached exactly as a real port is.
+filesystem (host/boards/board_repl.py), on a pseudo-terminal, reached exactly as a real port is.
 
 deploy, train with checkpoints, a reset mid-epoch, train --resume, pull, eval: the weights at
 the end are those of the integer twin trained without interruption, the pulled floats
@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_runtime
-from edgebp.host import board as mb, cli, data, ebpfile, flash
-from edgebp.host.reference import epoch_order
-from edgebp.host.session import Session
-from edgebp.host.sim import MicroPythonBoard
-from edgebp.host.train import core_correct
-from edgebp.host.twin import TwinNet
+from edgebp.host.boards import board as mb
+from edgebp.host.boards.session import Session
+from edgebp.host.boards.sim import MicroPythonBoard
+from edgebp.host.cli import board_commands, data, parser as cli
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.reference import epoch_order
+from edgebp.host.nets.train import core_correct
+from edgebp.host.nets.twin import TwinNet
 
 TRAIN = str(REPO / "examples" / "data" / "iris_train.csv")
 TEST = str(REPO / "examples" / "data" / "iris_test.csv")
@@ -109,7 +111,7 @@ def test_deploy_train_reset_resume_pull_eval(stock, tmp_path, capsys, monkeypatc
     run(capsys, "init", spec, "--data", TRAIN, "--hidden", "8")
     run(capsys, "quantize", spec, "-o", net, "--calib", TRAIN)
     # as `edgebp flash` deploys once the board is back with its new MicroPython
-    assert flash._deploy(stock.url, argparse.Namespace()) == 0
+    assert board_commands._deploy(stock.url, argparse.Namespace()) == 0
     assert f"deployed  {len(mb.device_sources())} files" in capsys.readouterr().out
 
     # the first run: the board resets in the middle of epoch 3 and the host is interrupted

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from edgebp import ebp, fixed
 from edgebp.ebp import EbpError
-from edgebp.host import ebpfile
-from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper, QuantNet
 from edgebp.wire import crc16
 
 

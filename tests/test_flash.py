@@ -13,8 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgebp.host import flash
-from edgebp.host.commands import State, UserError
+from edgebp.host.boards import flash
+from edgebp.host.cli import board_commands, parser
+from edgebp.host.cli.board_commands import do_flash
+from edgebp.host.cli.common import State
 
 # the UF2 specification's block layout
 MAGIC_START0, MAGIC_START1, MAGIC_END = 0x0A324655, 0x9E5D5157, 0x0AB16F30
@@ -87,7 +89,8 @@ def rig(tmp_path, monkeypatch):
     monkeypatch.setattr(flash, "_ports", ports)
     monkeypatch.setattr(flash, "_sleep", sleep)
     monkeypatch.setattr(flash, "_run", lambda cmd: rig.ran.append(cmd) or 0)
-    monkeypatch.setattr(flash, "_deploy", lambda port, args: rig.deployed.append(port) or 0)
+    monkeypatch.setattr(board_commands, "_deploy",
+                        lambda port, args: rig.deployed.append(port) or 0)
     return rig
 
 
@@ -105,13 +108,13 @@ def image(rig, data: bytes, name="RPI_PICO-v1.25.0.uf2"):
 
 
 def run(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="edgebp flash")
-    flash.argparse_flash(parser)
-    return flash.do_flash(State(), parser.parse_args([str(a) for a in argv]))
+    ap = argparse.ArgumentParser(prog="edgebp flash")
+    parser.argparse_flash(ap)
+    return do_flash(State(), ap.parse_args([str(a) for a in argv]))
 
 
 def fails(*argv) -> str:
-    with pytest.raises(UserError) as e:
+    with pytest.raises(flash.FlashError) as e:
         run(*argv)
     message = str(e.value)
     assert "\n" not in message

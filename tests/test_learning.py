@@ -3,7 +3,7 @@
 Fixed-point training runs on the integer twin, which test_twin proves bit-identical to the
 core; test_core_and_twin_train_alike ties these results to the core itself. Float and fixed
 point start from the same weights and see the same samples in the same order with the same
-hyper-parameters (edgebp.host.train), so their accuracies differ by the arithmetic alone.
+hyper-parameters (edgebp.host.nets.train), so their accuracies differ by the arithmetic alone.
 The hyper-parameters are those of the examples (examples/*.py), chosen as a user would.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from edgebp import kernels
-from edgebp.host.quantize import quantize
-from edgebp.host.reference import epoch_order, from_qnet
-from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import (
+from edgebp.host.nets.quantize import quantize
+from edgebp.host.nets.reference import epoch_order, from_qnet
+from edgebp.host.nets.spec import init_float_weights, make_spec
+from edgebp.host.nets.train import (
     accuracy,
     compare,
     prepare,

@@ -14,12 +14,19 @@ import pytest
 
 from conftest import require_runtime
 from edgebp import wire
-from edgebp.host import ebpfile
-from edgebp.host.link import DeviceError, Link, LinkError, find_port, list_boards, open_serial
-from edgebp.host.lossy import LossySerial
-from edgebp.host.qnet import Hyper
-from edgebp.host.session import Session, SessionError
-from edgebp.host.sim import InProcessBoard
+from edgebp.host.boards.link import (
+    DeviceError,
+    Link,
+    LinkError,
+    find_port,
+    list_boards,
+    open_serial,
+)
+from edgebp.host.boards.lossy import LossySerial
+from edgebp.host.boards.session import Session, SessionError
+from edgebp.host.boards.sim import InProcessBoard
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper
 from test_ebp import HYPER, make_data, make_qnet
 
 

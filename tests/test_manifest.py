@@ -15,7 +15,7 @@ import pytest
 
 import edgebp.firmware
 from conftest import REPO
-from edgebp.host.sim import device_files
+from edgebp.host.boards.sim import device_files
 
 MANIFEST = Path(edgebp.firmware.__file__).with_name("manifest.py")
 BOARD_MANIFEST = "$(BOARD_DIR)/manifest.py"

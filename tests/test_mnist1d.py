@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from edgebp.host import data
-from edgebp.host.quantize import quantize
-from edgebp.host.spec import init_float_weights, make_spec
-from edgebp.host.train import compare
+from edgebp.host.cli import data
+from edgebp.host.nets.quantize import quantize
+from edgebp.host.nets.spec import init_float_weights, make_spec
+from edgebp.host.nets.train import compare
 
 DATA = REPO / "examples" / "data"
 INPUT_RANGE = 6  # the example declares every input in [-6, 6]

@@ -4,10 +4,11 @@ with a fixed heap: what it refuses would not have fitted, what it accepts trains
 import pytest
 
 from conftest import require_runtime
-from edgebp.host import ebpfile, planner
-from edgebp.host.qnet import Hyper
-from edgebp.host.session import Session, SessionError
-from edgebp.host.sim import InProcessBoard, MicroPythonBoard
+from edgebp.host.boards import heap
+from edgebp.host.boards.session import Session, SessionError
+from edgebp.host.boards.sim import InProcessBoard, MicroPythonBoard
+from edgebp.host.nets import ebpfile, planner
+from edgebp.host.nets.qnet import Hyper
 from test_ebp import make_data, make_qnet
 
 # (kind, sizes, momentum): one layer to eight, narrow to wide, every loss
@@ -28,7 +29,7 @@ def test_plan_matches_gc_mem_alloc(runtime):
     for kind, sizes, momentum in NETS:
         q = make_qnet(kind, sizes, momentum=momentum)
         data = ebpfile.board_part(q, Hyper(lr=0.01, momentum=0.5 if momentum else 0.0))
-        measured, word = planner.measure(runtime, data)
+        measured, word = heap.measure(runtime, data)
         planned = planner.plan(sizes, momentum=momentum, loss=q.loss, word=word).net
         rows.append((sizes, momentum, measured, planned))
         assert abs(measured - planned) <= 0.05 * planned, rows
@@ -93,7 +94,7 @@ def test_a_board_without_a_micropython_heap_is_not_planned_against():
 
 
 def test_plan_command_prints_the_planners_figures(tmp_path, capsys):
-    from edgebp.host import cli
+    from edgebp.host.cli import parser as cli
 
     assert cli.main(["plan", "--sizes", "64,32,10", "--momentum"]) == 0
     out = capsys.readouterr().out
@@ -109,7 +110,7 @@ def test_plan_command_prints_the_planners_figures(tmp_path, capsys):
 
 
 def test_plan_command_says_when_a_net_does_not_fit(tmp_path, capsys):
-    from edgebp.host import cli
+    from edgebp.host.cli import parser as cli
 
     q = make_qnet("ce", (256, 256, 10), momentum=True)
     net = tmp_path / "big.ebp"

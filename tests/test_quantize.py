@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edgebp import kernels as K
-from edgebp.host import quantize as quantize_mod
-from edgebp.host.qnet import Hyper
-from edgebp.host.quantize import (
+from edgebp.host.nets import quantize as quantize_mod
+from edgebp.host.nets.qnet import Hyper
+from edgebp.host.nets.quantize import (
     RangeError,
     dequantize,
     input_normalisation,
@@ -21,8 +21,8 @@ from edgebp.host.quantize import (
     quantize,
     requantize,
 )
-from edgebp.host.reference import FloatNet
-from edgebp.host.spec import (
+from edgebp.host.nets.reference import FloatNet
+from edgebp.host.nets.spec import (
     SpecError,
     init_float_weights,
     load_spec,

@@ -1,4 +1,4 @@
-"""The static range analysis (edgebp.host.ranges), tested from both sides: nets it must refuse
+"""The static range analysis (edgebp.host.nets.ranges), tested from both sides: nets it must refuse
 (each refusal names the layer), and nets it accepts, driven with max-magnitude weights, inputs
 and targets through a re-implementation of the kernels that records every intermediate, which
 must stay inside the bounds the analysis reported (and reach them where the bound is exact).
@@ -16,10 +16,10 @@ import edgebp.net
 from combos import all_cases, edge_cases
 from edgebp import fixed
 from edgebp.fixed import SMALL_MAX, V_MAX, requant
-from edgebp.host.qnet import Hyper, QuantNet
-from edgebp.host.quantize import quantize
-from edgebp.host.ranges import RangeError, check_ranges, core_layout, max_lr
-from edgebp.host.spec import init_float_weights, make_spec
+from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.quantize import quantize
+from edgebp.host.nets.ranges import RangeError, check_ranges, core_layout, max_lr
+from edgebp.host.nets.spec import init_float_weights, make_spec
 from edgebp.luts import EXP2, LOG2, SIGMOID as SIG_LUT, TANH as TANH_LUT
 from edgebp.net import Net
 from specs import XOR, iris_like, regression

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edgebp import fixed
-from edgebp.host.qnet import Hyper
-from edgebp.host.reference import (
+from edgebp.host.nets.qnet import Hyper
+from edgebp.host.nets.reference import (
     FloatNet,
     act_forward,
     epoch_order,

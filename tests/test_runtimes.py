@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import DEVICE, require_runtime, run_device_module
-from edgebp.host import mprun
+from edgebp.host.boards import mprun
 
 MICROPYTHONS = ["wasm", "unix"]
 

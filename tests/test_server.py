@@ -9,8 +9,8 @@ import pytest
 
 from edgebp import fixed, wire
 from edgebp.firmware.server import Server
-from edgebp.host import ebpfile
-from edgebp.host.qnet import Hyper
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper
 from test_ebp import HYPER, make_data, make_qnet, reference_train
 
 

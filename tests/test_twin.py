@@ -35,9 +35,9 @@ from edgebp.fixed import (
     TANH,
     V_MAX,
 )
-from edgebp.host import twin
-from edgebp.host.qnet import Hyper, QuantNet
-from edgebp.host.twin import TwinNet, Xorshift30Jumps
+from edgebp.host.nets import twin
+from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.twin import TwinNet, Xorshift30Jumps
 
 CORE = Path(fixed.__file__).resolve().parent
 HIDDEN = [IDENTITY, RELU, LEAKY, SIGMOID, TANH]

@@ -1,7 +1,7 @@
 """Gradient validation: the core against the float64 reference, the bounds of the core's
 function tables, and the gradient script on every runtime.
 
-Run as a script to print the measured sweep behind the thresholds in edgebp.host.validate:
+Run as a script to print the measured sweep behind the thresholds in edgebp.host.nets.validate:
     python tests/test_validate.py [seeds]
 """
 
@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from edgebp import kernels as K
-from edgebp.host import mprun, validate as V
-from edgebp.host.quantize import quantize
-from edgebp.host.reference import from_qnet
-from edgebp.host.spec import init_float_weights, make_spec
+from edgebp.host.boards import mprun
+from edgebp.host.nets import validate as V
+from edgebp.host.nets.quantize import quantize
+from edgebp.host.nets.reference import from_qnet
+from edgebp.host.nets.spec import init_float_weights, make_spec
 from edgebp.luts import SIGMOID as SIG_LUT, TANH as TANH_LUT
 from edgebp.net import nlog_q14
 from floatinit import random_case, sample_batch

@@ -1,9 +1,9 @@
-"""Gradient validation on every runtime: the gradient script of edgebp.host.validate, for every
+"""Gradient validation on every runtime: the gradient script of edgebp.host.nets.validate, for every
 activation x loss pair, run under CPython, wasm-MicroPython (31-bit small ints, like a 32-bit
 MCU) and unix MicroPython (viper kernels), one process per runtime.
 
 Each runtime's integer gradient sums must be bit-identical to the core's under CPython in this
-process (edgebp.host.validate.core_gradients), and must pass compare_gradients' thresholds
+process (edgebp.host.nets.validate.core_gradients), and must pass compare_gradients' thresholds
 against the float64 reference.
 """
 
@@ -14,9 +14,10 @@ import itertools
 import numpy as np
 import pytest
 
-from edgebp.host import mprun, validate as V
-from edgebp.host.quantize import quantize
-from edgebp.host.spec import init_float_weights, make_spec
+from edgebp.host.boards import mprun
+from edgebp.host.nets import validate as V
+from edgebp.host.nets.quantize import quantize
+from edgebp.host.nets.spec import init_float_weights, make_spec
 from floatinit import random_case, sample_batch
 
 HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]

@@ -11,7 +11,7 @@ from combos import all_cases, edge_cases
 from conftest import DEVICE, require_runtime, run_device_module
 from coredrive import parse_states, run_here, script, state_line
 from edgebp import kern, kernels
-from edgebp.host import mprun
+from edgebp.host.boards import mprun
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "edgebp" / "kernels_viper.py"

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import run_device_module
 from edgebp import wire
-from edgebp.host import ebpfile
+from edgebp.host.nets import ebpfile
 from test_ebp import HYPER, make_data, make_qnet, reference_train
 
 

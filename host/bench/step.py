@@ -1,6 +1,6 @@
 """`edgebp bench`: training speed, allocation, RAM and link efficiency, per runtime.
 
-    python -m edgebp.host.bench [--port /dev/ttyACM0] [--steps 200] [--samples 300]
+    python -m edgebp.host.bench.step [--port /dev/ttyACM0] [--steps 200] [--samples 300]
 
 For the stated net, 64-32-10 (tanh hidden layer, softmax cross-entropy, batch 1), on every
 runtime it can reach (CPython running the core, the WebAssembly MicroPython, the unix
@@ -10,7 +10,7 @@ core deployed):
                        accumulates), the best of three timed loops of --steps steps
   B alloc/step         gc.mem_alloc() before and after a loop of steps, divided by the steps
                        (MicroPython only; it must be 0)
-  state RAM            the net's training state on that heap (host/planner.py), measured with
+  state RAM            the net's training state on that heap (host/nets/planner.py), measured with
                        gc.mem_alloc() where the runtime allows, and its ratio to the least any
                        trainer could hold (int16 weights and biases)
 Then the wire: payload efficiency of TRAIN frames (sample bytes / bytes on the wire), the
@@ -29,8 +29,9 @@ from collections.abc import Callable
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host import ebpfile, mprun, planner
-from edgebp.host.bench_kernels import MACS_PER_STEP, _table
+from edgebp.host.bench.kernels import MACS_PER_STEP, _table
+from edgebp.host.boards import heap, mprun
+from edgebp.host.nets import ebpfile, planner
 
 SIZES = [64, 32, 10]
 BAUD = 115200
@@ -117,7 +118,7 @@ def _parse_steps(stdout: str, steps: int) -> list[tuple[str, float, float]]:
 
 
 def _net_file() -> bytes:
-    from edgebp.host.qnet import QuantNet
+    from edgebp.host.nets.qnet import QuantNet
 
     L = len(SIZES) - 1
     W = [np.zeros((SIZES[l + 1], SIZES[l]), np.int16) for l in range(L)]
@@ -144,13 +145,13 @@ def _step_rows(label: str, stdout: str, steps: int, measured: int | None,
 
 
 def bench_runtime(runtime: str, steps: int) -> list[list[str]]:
-    """Rows of the step table for one runtime of host/mprun.py."""
+    """Rows of the step table for one runtime of host/boards/mprun.py."""
     r = mprun.run(runtime, steps_script(steps), mprun.core_files(False), timeout=600)
     if not r.ok:
         raise RuntimeError(f"{runtime}: {r.stdout}{r.stderr}")
     measured = word = None
     if runtime != "cpython":
-        measured, word = planner.measure(runtime, _net_file())
+        measured, word = heap.measure(runtime, _net_file())
     return _step_rows(runtime, r.stdout, steps, measured, word)
 
 
@@ -173,8 +174,8 @@ def bench_port(port: str, steps: int) -> list[list[str]]:
 def bench_wire(samples: int, frame_bytes: int = 512, port: str = "sim://") -> list[str]:
     """One row of the wire table: TRAIN frames of at most `frame_bytes` streamed through
     `port`."""
-    from edgebp.host.qnet import Hyper
-    from edgebp.host.session import Session
+    from edgebp.host.boards.session import Session
+    from edgebp.host.nets.qnet import Hyper
 
     qnet, _ = ebpfile.from_bytes(_net_file())
     rng = np.random.default_rng(0)
@@ -234,7 +235,7 @@ def run(runtimes: list[str] | None = None, port: str | None = None, steps: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgebp.host.bench",
+    ap = argparse.ArgumentParser(prog="python -m edgebp.host.bench.step",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--port", help="also bench the board on this port (core deployed)")
     ap.add_argument("--runtime", action="append", choices=mprun.RUNTIMES,

@@ -36,9 +36,8 @@ from typing import Any
 import numpy as np
 
 from edgebp import fixed
+from edgebp.host.nets.qnet import ACT_CODES, LOSS_CODES, Hyper, mantissa_exponent
 from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
-
-from .qnet import ACT_CODES, LOSS_CODES, Hyper, mantissa_exponent
 
 _TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "optimizer",
              "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")

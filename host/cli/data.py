@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgebp import fixed
-
-from .qnet import QuantNet
+from edgebp.host.nets.qnet import QuantNet
 
 
 class DataError(ValueError):
@@ -355,7 +354,7 @@ def infer_spec(ds: Dataset, hidden: list[int]) -> dict:
 
 def save_weights(path: str | Path, qnet: QuantNet) -> None:
     """qnet's weights as floats on raw inputs (the layout in this module's header)."""
-    from .quantize import dequantize
+    from edgebp.host.nets.quantize import dequantize
 
     Ws, Bs = dequantize(qnet, raw_inputs=True)
     arrays: dict[str, Any] = {

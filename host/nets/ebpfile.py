@@ -20,7 +20,7 @@ import numpy as np
 
 from edgebp import ebp, fixed
 from edgebp.ebp import EbpError
-from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet
 from edgebp.wire import crc16
 
 __all__ = ["EbpError", "to_bytes", "write", "read", "from_bytes", "board_part", "hyper_block"]

@@ -10,7 +10,7 @@ learning rate with an 8-bit mantissa, 0.05 -> 205 * 2**-12; momentum in Q8, 0.9 
 which is part of the arithmetic.
 
 The float net works on normalised inputs (the declared input range mapped to [-1, 1], see
-`edgebp.host.quantize`), the fixed-point net on the int16 inputs `qnet.quantize_inputs`
+`edgebp.host.nets.quantize`), the fixed-point net on the int16 inputs `qnet.quantize_inputs`
 makes of the same data: `prepare` gives both from raw data.
 
 Fixed-point training runs on the integer twin (numpy, bit-identical to the core) or, with
@@ -24,18 +24,23 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edgebp import fixed, kernels
+from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.reference import FloatNet, epoch_order, from_qnet, minibatches
+from edgebp.host.nets.twin import TwinNet
 from edgebp.net import Net
-
-from .qnet import Hyper, QuantNet
-from .reference import FloatNet, epoch_order, from_qnet, minibatches
-from .twin import TwinNet
 
 ENGINES = ("twin", "core")
 LOSS_SCALE = 2.0**-fixed.LOSS_SHIFT  # the core reports losses in Q12
+
+
+# A board's stand-in for train_fixed: (qnet, hyper, Xq, Tq, epochs, order_seed, (Xq_test,
+# Tq_test)) -> (the run, the held-out accuracy the board measured).
+BoardTrainer = Callable[[QuantNet, Hyper, Any, Any, int, int, tuple], "tuple[FixedRun, float | None]"]
 
 
 @dataclass
@@ -187,30 +192,6 @@ def train_fixed(qnet: QuantNet, hyper: Hyper, Xq, Tq, epochs: int, order_seed: i
     return FixedRun(net, trained, history)
 
 
-def train_board(port: str, qnet: QuantNet, hyper: Hyper, Xq, Tq, epochs: int,
-                order_seed: int = 1, test: tuple | None = None) -> tuple[FixedRun, float | None]:
-    """train_fixed on a board (a port, or "sim://", "sim://micropython"): the same order and
-    updates, streamed through a Session. The run's net is the twin holding the pulled
-    weights; with test=(Xq, Tq) the held-out accuracy the board itself measures comes too."""
-    from .session import Session
-
-    Xq = np.asarray(Xq)
-    Tq = np.asarray(Tq)
-    N = len(Xq)
-    history = History()
-    start = time.perf_counter()
-    with Session(port, start=not port.startswith("sim://")) as s:
-        s.load(qnet, hyper)
-        for epoch in range(epochs):
-            r = s.train(Xq, Tq, epoch_order(N, order_seed, epoch), update=True)
-            history.add(r.loss * N, round(r.accuracy * N), N)
-        history.seconds = time.perf_counter() - start
-        trained = s.pull()
-        held_out = s.evaluate(*test).accuracy if test is not None else None
-        s.bye()
-    return FixedRun(TwinNet.from_qnet(trained, hyper), trained, history), held_out
-
-
 def train_float(start: QuantNet | FloatNet, hyper: Hyper, X, T, epochs: int,
                 order_seed: int = 1, progress: Progress | None = None) -> FloatRun:
     """Mini-batch SGD in float64 from `start` (a FloatNet, copied, or a QuantNet, whose
@@ -254,39 +235,22 @@ class Comparison:
 
 
 def compare(qnet: QuantNet, hyper: Hyper, X_train, T_train, X_test, T_test, epochs: int,
-            order_seed: int = 1, engine: str = "twin", port: str | None = None) -> Comparison:
+            order_seed: int = 1, engine: str = "twin", board: BoardTrainer | None = None
+            ) -> Comparison:
     """Train the float reference and the fixed-point net from qnet's weights on the raw
-    training data; report both accuracies on the raw held-out data. With `port` the fixed-
-    point net trains on that board and the board measures its held-out accuracy."""
+    training data; report both accuracies on the raw held-out data. With `board` (see
+    edgebp.host.boards.trainer) the fixed-point net trains on a board, which measures its
+    held-out accuracy itself."""
     Xf, Tf, Xq, Tq = prepare(qnet, X_train, T_train)
     Xf_test, Tf_test, Xq_test, Tq_test = prepare(qnet, X_test, T_test)
     fl = train_float(qnet, hyper, Xf, Tf, epochs, order_seed)
-    if port is not None:
-        fx, held_out = train_board(port, qnet, hyper, Xq, Tq, epochs, order_seed,
-                                   (Xq_test, Tq_test))
+    if board is not None:
+        fx, held_out = board(qnet, hyper, Xq, Tq, epochs, order_seed, (Xq_test, Tq_test))
         assert held_out is not None
         return Comparison(fl, fx, accuracy(fl.net, Xf_test, Tf_test), held_out)
     fx = train_fixed(qnet, hyper, Xq, Tq, epochs, order_seed, engine)
     return Comparison(fl, fx, accuracy(fl.net, Xf_test, Tf_test),
                       accuracy(fx.net, Xq_test, Tq_test))
-
-
-def add_board_options(parser) -> None:
-    """--port / --sim for an example: train the fixed-point net on a board."""
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--port", help="train the fixed-point net on the board on this port "
-                   "(edgebp deployed)")
-    g.add_argument("--sim", nargs="?", const="inprocess", choices=("inprocess", "micropython"),
-                   help="train it on a simulated board (default kind: in this process)")
-
-
-def board_of(args) -> str | None:
-    """The port the example's options name, None for the twin."""
-    if args.port:
-        return args.port
-    if args.sim:
-        return "sim://micropython" if args.sim == "micropython" else "sim://"
-    return None
 
 
 def table(comparisons: list[Comparison], seeds: list[int]) -> str:

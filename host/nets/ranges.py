@@ -30,10 +30,9 @@ from edgebp.fixed import (
     requant,
     rshift_round,
 )
+from edgebp.host.nets.qnet import Hyper, QuantNet
 from edgebp.luts import EXP2, LOG2, SIGMOID as SIG_LUT, TANH as TANH_LUT
 from edgebp.net import MAX_BATCH, Net
-
-from .qnet import Hyper, QuantNet
 
 MSE_MIN_SHIFT = 6  # the core's minimum output format for mse
 SMALL_MIN = -(1 << 30)

@@ -16,7 +16,7 @@
 
 Commands come from one table, `COMMANDS = {"name": (do_name, argparse_name, help)}`:
 `argparse_name` (here) adds the command's arguments to its subparser, `do_name(state, args)`
-(host/commands.py) runs it. Handlers raise `UserError` for anything the user can fix; a
+(host/cli/*_commands.py) runs it. Handlers raise `UserError` for anything the user can fix; a
 failing board or link raises `SessionError`; only `main()` prints either, as one line.
 Exit codes: 0 done, 1 the board or link failed or a check found disagreeing gradients, 2 a
 problem the user can fix, 130 interrupted.
@@ -33,28 +33,16 @@ from typing import TYPE_CHECKING
 
 import edgebp
 from edgebp import fixed
+from edgebp.host.boards.board import MPY_ARCHS, BoardError
+from edgebp.host.boards.flash import BOARDS, DEFAULT_BAUD, ESP_CHIPS, INFO_FILE, FlashError
+from edgebp.host.boards.mprun import RUNTIMES
+from edgebp.host.boards.session import SessionError
+from edgebp.host.cli.board_commands import do_bench, do_deploy, do_flash, do_runtimes, do_sim
+from edgebp.host.cli.check_command import do_check
+from edgebp.host.cli.common import SIMS, State, UserError
+from edgebp.host.cli.net_commands import do_init, do_plan, do_quantize
+from edgebp.host.cli.train_commands import do_eval, do_pull, do_train
 from edgebp.net import MAX_BATCH
-
-from .board import MPY_ARCHS, BoardError
-from .commands import (
-    SIMS,
-    State,
-    UserError,
-    do_bench,
-    do_check,
-    do_deploy,
-    do_eval,
-    do_init,
-    do_plan,
-    do_pull,
-    do_quantize,
-    do_runtimes,
-    do_sim,
-    do_train,
-)
-from .flash import argparse_flash, do_flash
-from .mprun import RUNTIMES
-from .session import SessionError
 
 if TYPE_CHECKING:
     from argparse import _ArgumentGroup as ArgumentGroup
@@ -315,6 +303,36 @@ def argparse_bench(parser: argparse.ArgumentParser) -> None:
                         help="samples streamed over the simulated link (default 300)")
 
 
+def argparse_flash(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--firmware", metavar="IMAGE", required=True,
+                        help="a MicroPython image from micropython.org/download: .uf2 (rp2) "
+                        "or .bin (esp32, esp8266)")
+    parser.add_argument("--port", metavar="PORT", default="auto",
+                        help="the board's serial port, to flash (esp) and to deploy to "
+                        "afterwards (default: auto, the one USB board)")
+    parser.add_argument("--board", metavar="KIND",
+                        help=f"what the board is: {', '.join(BOARDS)} (default: from the image)")
+    parser.add_argument("--chip", choices=list(ESP_CHIPS),
+                        help="esp chip (default: read from the image)")
+    parser.add_argument("--drive", metavar="PATH",
+                        help="the UF2 bootloader drive (default: the one mounted drive holding "
+                        f"{INFO_FILE})")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                        help=f"esptool's baud rate (default {DEFAULT_BAUD})")
+    parser.add_argument("--erase", action="store_true",
+                        help="esp: erase the whole flash first, as for a board's first "
+                        "MicroPython (its filesystem goes too)")
+    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for the board's serial port after flashing "
+                        "(default 30)")
+    parser.add_argument("--no-deploy", action="store_true",
+                        help="flash only: do not deploy edgebp afterwards (a firmware with "
+                        "edgebp frozen in needs none)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the steps and the exact command; touch nothing")
+
+
+
 def argparse_runtimes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--install-wasm",
@@ -373,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     state = State()
     try:
         return handler(state, args)
-    except UserError as e:
+    except (UserError, FlashError) as e:
         print(f"edgebp: {e}", file=sys.stderr)
         return 2
     except (SessionError, BoardError) as e:

@@ -27,7 +27,6 @@ image lacks the bootloader and belongs at 0x10000, so it is refused.
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import importlib.util
 import os
@@ -42,10 +41,13 @@ from pathlib import Path
 
 from serial.tools import list_ports
 
-from edgebp.host.commands import State, UserError
-from edgebp.host.link import list_boards
+from edgebp.host.boards.link import list_boards
 
 Log = Callable[[str], object]
+
+
+class FlashError(ValueError):
+    """What stops a flash that the user can fix: a bad image, no bootloader drive, no port."""
 
 # -- UF2 --
 
@@ -129,12 +131,12 @@ def _bootrom_skips(flags: int, family: int | None, block_no: int, num_blocks: in
 
 
 def read_uf2(data: bytes, name: str) -> Uf2:
-    """Check `data` is a whole UF2 file; raise UserError saying what is wrong."""
+    """Check `data` is a whole UF2 file; raise FlashError saying what is wrong."""
     again = "download it again"
     if not data:
-        raise UserError(f"{name} is empty: {again}")
+        raise FlashError(f"{name} is empty: {again}")
     if len(data) % UF2_BLOCK:
-        raise UserError(f"{name} is {len(data):,} bytes, not a whole number of 512-byte UF2 "
+        raise FlashError(f"{name} is {len(data):,} bytes, not a whole number of 512-byte UF2 "
                         f"blocks: it is cut short or not a UF2 file; {again}")
     summary = Uf2()
     seen: dict[int | None, tuple[int, set[int]]] = {}  # family: (numBlocks, blockNos)
@@ -145,28 +147,28 @@ def read_uf2(data: bytes, name: str) -> Uf2:
         (end,) = struct.unpack_from("<I", block, UF2_BLOCK - 4)
         if (start0, start1, end) != (UF2_MAGIC_START0, UF2_MAGIC_START1, UF2_MAGIC_END):
             if k == 0:
-                raise UserError(f"{name} is not a UF2 file (its first block lacks the UF2 "
+                raise FlashError(f"{name} is not a UF2 file (its first block lacks the UF2 "
                                 f"magic numbers): {again}")
-            raise UserError(f"{name} is damaged: block {k} lacks the UF2 magic numbers; {again}")
+            raise FlashError(f"{name} is damaged: block {k} lacks the UF2 magic numbers; {again}")
         if size > UF2_DATA or block_no >= num_blocks:
-            raise UserError(f"{name} is damaged: block {k} has payload size {size} and number "
+            raise FlashError(f"{name} is damaged: block {k} has payload size {size} and number "
                             f"{block_no} of {num_blocks}; {again}")
         family = word7 if flags & UF2_FAMILY_PRESENT else None
         if _bootrom_skips(flags, family, block_no, num_blocks, block[32:32 + size]):
             continue
         total, numbers = seen.setdefault(family, (num_blocks, set()))
         if num_blocks != total:
-            raise UserError(f"{name} is damaged: block {k} says the file has {num_blocks} "
+            raise FlashError(f"{name} is damaged: block {k} says the file has {num_blocks} "
                             f"blocks, earlier ones {total}; {again}")
         numbers.add(block_no)
         summary.blocks += 1
         summary.nbytes += size
     for family, (total, numbers) in seen.items():
         if len(numbers) != total:
-            raise UserError(f"{name} is cut short: it holds {len(numbers)} of the {total} "
+            raise FlashError(f"{name} is cut short: it holds {len(numbers)} of the {total} "
                             f"blocks for {family_name(family)}; {again}")
     if not seen:
-        raise UserError(f"{name} has no block a bootloader would write")
+        raise FlashError(f"{name} has no block a bootloader would write")
     summary.families = set(seen)
     return summary
 
@@ -237,11 +239,11 @@ def choose_drive(drive: str | None) -> Path | None:
     if drive is not None:
         path = Path(drive)
         if info_file(path) is None:
-            raise UserError(f"{drive} holds no {INFO_FILE}: not a UF2 bootloader drive")
+            raise FlashError(f"{drive} holds no {INFO_FILE}: not a UF2 bootloader drive")
         return path
     drives = find_drives()
     if len(drives) > 1:
-        raise UserError(f"{len(drives)} UF2 bootloader drives are mounted "
+        raise FlashError(f"{len(drives)} UF2 bootloader drives are mounted "
                         f"({', '.join(map(str, drives))}): name one with --drive")
     return drives[0] if drives else None
 
@@ -253,7 +255,7 @@ def check_family(uf2: Uf2, image: str, drive: Path) -> str:
     accepted = board_families(info)
     families = {f for f in uf2.families if f is not None}
     if accepted is not None and families and not families & accepted:
-        raise UserError(f"{image} is for {', '.join(sorted(map(family_name, families)))}, but "
+        raise FlashError(f"{image} is for {', '.join(sorted(map(family_name, families)))}, but "
                         f"{drive} is {board} ({', '.join(sorted(map(family_name, accepted)))}): "
                         "it would ignore the image. Download the .uf2 for this board")
     return board
@@ -271,7 +273,7 @@ def copy_image(data: bytes, dest: Path) -> None:
         # with the drive gone (the system still writing metadata) means it took the image.
         if info_file(dest.parent) is None:
             return
-        raise UserError(f"could not write {dest}: {e.strerror or e}") from None
+        raise FlashError(f"could not write {dest}: {e.strerror or e}") from None
 
 
 # -- serial ports --
@@ -301,13 +303,13 @@ def wait_for_port(port: str, timeout: float, log: Log, before: set[str] | None =
                 return boards[0].device
             if len(boards) > 1:
                 names = ", ".join(b.device for b in boards)
-                raise UserError(f"{len(boards)} boards appeared ({names}): name the flashed "
+                raise FlashError(f"{len(boards)} boards appeared ({names}): name the flashed "
                                 "one with --port to deploy to it")
         elif port in {p.device for p in ports} or os.path.exists(port):
             return port
         if time.monotonic() >= deadline:
             what = "no board's serial port appeared" if port == "auto" else f"{port} did not appear"
-            raise UserError(f"flashed, but {what} within {timeout:g} s: unplug and replug the "
+            raise FlashError(f"flashed, but {what} within {timeout:g} s: unplug and replug the "
                             "board, then run `edgebp deploy`")
         _sleep(0.25)
 
@@ -335,11 +337,11 @@ def esp_image_chip(data: bytes, image: str) -> str:
     """The chip an ESP image is for, as esptool names it."""
     if not data or data[0] != ESP_IMAGE_MAGIC:
         first = f"{data[0]:#04x}" if data else "nothing"
-        raise UserError(f"{image} is not an ESP firmware image (it starts with {first}, not "
+        raise FlashError(f"{image} is not an ESP firmware image (it starts with {first}, not "
                         f"{ESP_IMAGE_MAGIC:#04x}): download the .bin for your board from "
                         "micropython.org/download")
     if len(data) >= 36 and struct.unpack_from("<I", data, 32)[0] == ESP_APP_DESC_MAGIC:
-        raise UserError(f"{image} is an application image without the bootloader (it belongs "
+        raise FlashError(f"{image} is an application image without the bootloader (it belongs "
                         "at 0x10000): use the firmware .bin from micropython.org/download, or "
                         "a build's firmware.bin, which hold bootloader, partitions and app")
     if len(data) >= 24 and data[23] in (0, 1):
@@ -372,8 +374,8 @@ SUPPORTED = ("edgebp flash writes .uf2 images (rp2 boards, through their bootloa
              "and .bin images (esp32 and esp8266, with esptool)")
 
 
-def _own_tool(what: str) -> UserError:
-    return UserError(f"{what}: {SUPPORTED}. Flash MicroPython with the board's own tool "
+def _own_tool(what: str) -> FlashError:
+    return FlashError(f"{what}: {SUPPORTED}. Flash MicroPython with the board's own tool "
                      "(micropython.org/download says which), then run `edgebp deploy`")
 
 
@@ -386,9 +388,9 @@ def _resolve_port(port: str, dry_run: bool) -> str:
     if dry_run:
         return "PORT"
     if not boards:
-        raise UserError("no board found on a USB serial port: plug it in (holding BOOT if it "
+        raise FlashError("no board found on a USB serial port: plug it in (holding BOOT if it "
                         "does not answer), or name its port with --port")
-    raise UserError(f"{len(boards)} boards found ({', '.join(b.device for b in boards)}): "
+    raise FlashError(f"{len(boards)} boards found ({', '.join(b.device for b in boards)}): "
                     "name the one to flash with --port")
 
 
@@ -403,13 +405,13 @@ def flash(port: str, image: str | os.PathLike, *, board: str | None = None,
     if board is not None and board not in BOARDS:
         raise _own_tool(f"edgebp flash does not know {board} boards")
     if not path.is_file():
-        raise UserError(f"no firmware image {path}" + (" (a folder)" if path.is_dir() else "")
+        raise FlashError(f"no firmware image {path}" + (" (a folder)" if path.is_dir() else "")
                         + ": download MicroPython for your board from micropython.org/download")
     suffix = path.suffix.lower()
     if suffix not in (".uf2", ".bin"):
         raise _own_tool(f"{path.name} is a {suffix or 'file without extension'}")
     if board is not None and BOARDS[board] != suffix:
-        raise UserError(f"{board} boards take a {BOARDS[board]} image, not {path.name}")
+        raise FlashError(f"{board} boards take a {BOARDS[board]} image, not {path.name}")
     data = path.read_bytes()
     if suffix == ".uf2":
         return _flash_uf2(port, path, data, drive, wait, dry_run, log)
@@ -424,7 +426,7 @@ def _flash_uf2(port: str, path: Path, data: bytes, drive: str | None, wait: floa
     target = choose_drive(drive)
     if target is None:
         if not dry_run:
-            raise UserError(f"no UF2 bootloader drive ({INFO_FILE}) is mounted: {HOLD_BOOTSEL}")
+            raise FlashError(f"no UF2 bootloader drive ({INFO_FILE}) is mounted: {HOLD_BOOTSEL}")
         log(f"would copy {path.name} ({uf2.describe()}) onto the board's bootloader drive, but "
             f"none is mounted now: {HOLD_BOOTSEL}")
         return port
@@ -449,10 +451,10 @@ def _flash_esp(port: str, path: Path, data: bytes, chip: str | None, baud: int, 
     if chip is None:
         chip = from_image
     elif chip not in ESP_CHIPS:
-        raise UserError(f"--chip {chip}: edgebp flash knows {', '.join(ESP_CHIPS)}")
+        raise FlashError(f"--chip {chip}: edgebp flash knows {', '.join(ESP_CHIPS)}")
     # an image without a chip id reads as esp8266: only a chip id can contradict --chip
     elif from_image != "esp8266" and chip != from_image:
-        raise UserError(f"{path.name} is an {from_image} image, not {chip}: download the "
+        raise FlashError(f"{path.name} is an {from_image} image, not {chip}: download the "
                         "image for your chip")
     port = _resolve_port(port, dry_run)
     cmd = esptool_command(port, path.resolve(), chip, baud, erase)
@@ -460,68 +462,13 @@ def _flash_esp(port: str, path: Path, data: bytes, chip: str | None, baud: int, 
         log(f"would run: {shlex.join(cmd)}")
         return port
     if importlib.util.find_spec("esptool") is None:
-        raise UserError("esptool is not installed: pip install esptool")
+        raise FlashError("esptool is not installed: pip install esptool")
     log(f"writing {path.name} ({chip}) at {cmd[-2]} with esptool")
     code = _run(cmd)
     if code != 0:
-        raise UserError(f"esptool failed (exit {code}) writing {path.name} to {port}, its "
+        raise FlashError(f"esptool failed (exit {code}) writing {path.name} to {port}, its "
                         "message is above: if it could not connect, hold BOOT while pressing "
                         "RESET and try again; if it stopped partway, try --baud 115200")
     found = wait_for_port(port, wait, log)
     log(f"flashed: MicroPython runs on {found}")
     return found
-
-
-# -- the command --
-
-
-def argparse_flash(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--firmware", metavar="IMAGE", required=True,
-                        help="a MicroPython image from micropython.org/download: .uf2 (rp2) "
-                        "or .bin (esp32, esp8266)")
-    parser.add_argument("--port", metavar="PORT", default="auto",
-                        help="the board's serial port, to flash (esp) and to deploy to "
-                        "afterwards (default: auto, the one USB board)")
-    parser.add_argument("--board", metavar="KIND",
-                        help=f"what the board is: {', '.join(BOARDS)} (default: from the image)")
-    parser.add_argument("--chip", choices=list(ESP_CHIPS),
-                        help="esp chip (default: read from the image)")
-    parser.add_argument("--drive", metavar="PATH",
-                        help="the UF2 bootloader drive (default: the one mounted drive holding "
-                        f"{INFO_FILE})")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                        help=f"esptool's baud rate (default {DEFAULT_BAUD})")
-    parser.add_argument("--erase", action="store_true",
-                        help="esp: erase the whole flash first, as for a board's first "
-                        "MicroPython (its filesystem goes too)")
-    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the board's serial port after flashing "
-                        "(default 30)")
-    parser.add_argument("--no-deploy", action="store_true",
-                        help="flash only: do not deploy edgebp afterwards (a firmware with "
-                        "edgebp frozen in needs none)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the steps and the exact command; touch nothing")
-
-
-def do_flash(state: State, args: argparse.Namespace) -> int:
-    port = flash(args.port, args.firmware, board=args.board, chip=args.chip, drive=args.drive,
-                 baud=args.baud, erase=args.erase, wait=args.wait, dry_run=args.dry_run)
-    if args.no_deploy:
-        return 0
-    if args.dry_run:
-        where = "the one USB board" if port == "auto" else port
-        print(f"then deploy edgebp to {where} (edgebp deploy)")
-        return 0
-    return _deploy(port, args)
-
-
-def _deploy(port: str, args: argparse.Namespace) -> int:
-    from edgebp.host.cli import make_parser
-    from edgebp.host.commands import State, do_deploy
-
-    state = State()
-    try:
-        return do_deploy(state, make_parser().parse_args(["deploy", "--port", port]))
-    finally:
-        state.close()

@@ -64,7 +64,7 @@ def _wasm_candidates() -> list[Path]:
     if os.environ.get("EDGEBP_WASM_DIR"):
         dirs.append(Path(os.environ["EDGEBP_WASM_DIR"]))
     # From a checkout (editable install), the test suite's pinned copy.
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file():
         dirs.append(repo / "tests" / "wasm")
     dirs.append(wasm_cache_dir())
@@ -123,9 +123,9 @@ def install_wasm(dest: str | Path | None = None) -> Path:
 
 
 def core_files(include_firmware: bool = True) -> dict[str, str]:
-    """Device-relative path -> source of every file a board gets (host/board.py), without the
+    """Device-relative path -> source of every file a board gets (host/boards/board.py), without the
     firmware if include_firmware is False."""
-    from edgebp.host.board import device_sources
+    from edgebp.host.boards.board import device_sources
 
     return {rel: path.read_text(encoding="utf-8") for rel, path in device_sources().items()
             if include_firmware or not rel.startswith("edgebp/firmware/")}

@@ -7,7 +7,7 @@
 
 Ports: a device path or pyserial URL; "auto" finds the one USB board; "sim://" (alias
 "sim://cpython") starts the firmware in this process behind a pseudo-terminal, "sim://socket"
-behind a TCP socket, "sim://micropython" in a unix MicroPython process (host/sim.py).
+behind a TCP socket, "sim://micropython" in a unix MicroPython process (host/boards/sim.py).
 
 Every method raises SessionError, one line for the user, with the link, protocol or device
 error as its cause.
@@ -26,8 +26,7 @@ import numpy as np
 
 from edgebp import fixed, wire
 from edgebp.ebp import EbpError
-from edgebp.host import ebpfile, planner
-from edgebp.host.link import (
+from edgebp.host.boards.link import (
     DeviceError,
     Link,
     LinkError,
@@ -38,7 +37,8 @@ from edgebp.host.link import (
     open_serial,
     start_server,
 )
-from edgebp.host.qnet import Hyper, QuantNet
+from edgebp.host.nets import ebpfile, planner
+from edgebp.host.nets.qnet import Hyper, QuantNet
 
 Progress = Callable[[int, int], None]
 
@@ -145,7 +145,7 @@ def _board_lost(e: SessionError) -> bool:
 
 
 def _open_sim(spec: str):
-    from edgebp.host import sim
+    from edgebp.host.boards import sim
 
     kind = spec[len("sim://"):] or "cpython"
     if kind == "cpython":
@@ -163,7 +163,7 @@ class Session:
                  retries: int = 10, frame_bytes: int = 512, wrap=None,
                  connect_timeout: float = 5.0, start: bool = False):
         """Open `port` and say HELLO. `wrap(serial) -> serial-like` interposes on the port
-        (host/lossy.py); `frame_bytes` bounds the frames sent (the board's limit also does).
+        (host/boards/lossy.py); `frame_bytes` bounds the frames sent (the board's limit also does).
         start=True starts the server from the board's REPL unless it already answers, and
         bye() then leaves the board at its REPL prompt."""
         self.board = None

@@ -1,4 +1,4 @@
-// Runs one program under the WebAssembly port of MicroPython, for edgebp.host.mprun.
+// Runs one program under the WebAssembly port of MicroPython, for edgebp.host.boards.mprun.
 //
 //   node mp_wasm_runner.mjs <dir holding node_modules> <job.json>
 //

@@ -19,13 +19,13 @@ import numpy as np
 
 from edgebp import fixed
 from edgebp.ebp import EbpError
-
-from . import data as datafile, ebpfile
-from .data import DataError, Dataset
-from .qnet import Hyper, QuantNet
-from .quantize import IN_SHIFT, quantize
-from .ranges import RangeError, check_ranges
-from .spec import Spec, SpecError, init_float_weights, load_spec, parse_spec
+from edgebp.host.cli import data as datafile
+from edgebp.host.cli.data import DataError, Dataset
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.quantize import IN_SHIFT, quantize
+from edgebp.host.nets.ranges import RangeError, check_ranges
+from edgebp.host.nets.spec import Spec, SpecError, init_float_weights, load_spec, parse_spec
 
 
 class UserError(Exception):

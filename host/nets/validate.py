@@ -69,8 +69,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgebp import fixed
-
-from .reference import from_qnet
+from edgebp.host.nets.reference import from_qnet
 
 # -- error bounds of the core's function tables, in LSB of their output format --
 #

@@ -33,7 +33,7 @@ then, lowering shifts only (so the search ends), until all hold:
         shift_w[l] + shift_d[l] - k_b[l] - shift_d[l-1] >= 0      (lower shift_d[l-1])
 A constraint that cannot be met (a squashing unit's z is fixed at Q12, an MSE output at >= 6)
 is refused with a RangeError naming the layer. Every net quantize returns has passed
-check_ranges (edgebp.host.ranges) for the declared input range.
+check_ranges (edgebp.host.nets.ranges) for the declared input range.
 """
 
 from __future__ import annotations
@@ -45,11 +45,10 @@ import numpy as np
 
 from edgebp import fixed
 from edgebp.fixed import A_SHIFT_SQUASH, Q_MAX, Z_SHIFT_SQUASH, ceil_log2
-
-from .qnet import Hyper, QuantNet, mantissa_exponent
-from .ranges import MSE_MIN_SHIFT, RangeError, check_ranges, core_layout, max_lr
-from .reference import FloatNet
-from .spec import Spec
+from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent
+from edgebp.host.nets.ranges import MSE_MIN_SHIFT, RangeError, check_ranges, core_layout, max_lr
+from edgebp.host.nets.reference import FloatNet
+from edgebp.host.nets.spec import Spec
 
 __all__ = [
     "RangeError", "check_ranges", "declared_input_range", "dequantize", "formats_table",

@@ -1,0 +1,9 @@
+"""Benchmarks: scripts that measure and print tables, never tests.
+
+`step` times a training step per runtime (speed, allocation, RAM, link efficiency; what
+`edgebp bench` prints), `kernels` each kernel, pure against viper, on the unix MicroPython
+(`python -m edgebp.host.bench.kernels`).
+
+May import: `edgebp.host.boards`, `edgebp.host.nets` and the portable core. Never
+`edgebp.host.cli`.
+"""

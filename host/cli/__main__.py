@@ -1,0 +1,5 @@
+import sys
+
+from edgebp.host.cli.parser import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""`edgebp init`, `quantize` and `plan`: a net from a spec, its formats, its RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgebp.host.cli import data as datafile
+from edgebp.host.cli.data import DataError
+from edgebp.host.cli.workload import (
+    UserError,
+    check_data,
+    check_suffix,
+    n_targets,
+    net_bytes,
+    quantize_spec,
+    read_data,
+    read_net,
+    read_spec,
+    write_net,
+)
+from edgebp.host.nets import planner
+from edgebp.host.nets.quantize import declared_input_range, formats_table, requantize
+from edgebp.host.nets.ranges import check_ranges
+from edgebp.host.nets.spec import SpecError, parse_spec, save_spec
+
+if TYPE_CHECKING:
+    pass
+
+
+
+from edgebp.host.cli.common import (
+    State,
+    describe_board,
+    describe_hyper,
+    describe_net,
+    end_session,
+    open_session,
+)
+
+# -- init --
+
+
+_OUTPUT_ACT = {"softmax_ce": "softmax", "bce": "sigmoid", "mse": "identity"}
+
+
+def do_init(state: State, args: argparse.Namespace) -> int:
+    path = Path(args.spec)
+    if path.exists() and not args.force:
+        raise UserError(f"{path} exists: --force overwrites it")
+    if args.data:
+        ds = read_data(args.data, args)
+        d = datafile.infer_spec(ds, args.hidden)
+        origin = f"from {args.data}"
+    elif args.sizes:
+        d = {"input_range": {"min": 0, "max": 1}, "optimizer": {"lr": 0.05}}
+        origin = "input range 0..1 unless given"
+    else:
+        d = json.loads(json.dumps(datafile.XOR_SPEC))
+        origin = "the built-in XOR example"
+    if args.sizes:
+        d["sizes"] = args.sizes
+    if args.loss or args.sizes:
+        d["loss"] = args.loss or ("softmax_ce" if d["sizes"][-1] > 1 else "bce")
+        d.pop("target_range", None)
+    if args.activations:
+        d["activations"] = args.activations
+    elif args.sizes or args.loss:
+        d["activations"] = ["relu"] * (len(d["sizes"]) - 2) + [_OUTPUT_ACT[d["loss"]]]
+    for end in ("min", "max"):
+        value = getattr(args, f"input_{end}")
+        if value is not None:
+            d["input_range"][end] = value[0] if len(value) == 1 else value
+    opt = d.setdefault("optimizer", {})
+    for key in ("lr", "batch", "momentum"):
+        if getattr(args, key) is not None:
+            opt[key] = getattr(args, key)
+    if "batch" in opt:
+        d["batch_max"] = max(d.get("batch_max", 1), opt["batch"])
+    if args.weight_growth is not None:
+        d["weight_growth"] = args.weight_growth
+    try:
+        spec = parse_spec(d)
+    except SpecError as e:
+        raise UserError(f"the spec would be wrong: {e}") from None
+    try:
+        save_spec(spec, path)
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None
+    acts = "/".join(spec.activations)
+    print(f"wrote {path}: {'-'.join(map(str, spec.sizes))} {acts}, {spec.loss} loss, "
+          f"{describe_hyper(spec.hyper())} ({origin})")
+    print(f"next: edgebp quantize {path} -o net.ebp" + (f" --calib {args.data}" if args.data
+                                                       else ""))
+    return 0
+
+
+# -- quantize --
+
+
+def range_summary(report) -> str:
+    return (f"range analysis: {len(report.bounds)} intermediates of the core bounded for any "
+            "int16 weights and inputs in the declared range; none leaves int16 or the 31-bit "
+            "small ints (--table lists them)")
+
+
+def do_quantize(state: State, args: argparse.Namespace) -> int:
+    check_suffix(args.output, (".ebp",), "the quantised net")
+    if args.spec.lower().endswith(".ebp"):
+        return quantize_into(args)
+    spec = read_spec(args.spec)
+    calib = None
+    if args.calib:
+        calib = read_data(args.calib, args, n_targets(spec.loss, spec.sizes[-1]), spec.classes)
+        check_data(calib, spec.sizes, spec.loss_code, None)
+    Ws = Bs = None
+    if args.weights:
+        try:
+            Ws, Bs = datafile.load_weights(args.weights, spec.sizes)
+        except DataError as e:
+            raise UserError(str(e)) from None
+    qnet = quantize_spec(spec, Ws, Bs, calib, context=f"{args.spec}: ")
+    report = check_ranges(qnet, spec.hyper(), x_range=declared_input_range(qnet, spec))
+    net_bytes(qnet, spec.hyper())  # refuse before printing what would not be written
+    print(formats_table(qnet))
+    print(report.table() if args.table else range_summary(report))
+    write_net(args.output, qnet, spec.hyper())
+    print(f"wrote {args.output}: {describe_net(qnet)}, {describe_hyper(spec.hyper())}")
+    return 0
+
+
+def quantize_into(args: argparse.Namespace) -> int:
+    """Float weights into the formats of a net file: what a board trained, pulled as floats,
+    comes back to the same int16 weights."""
+    if not args.weights:
+        raise UserError(f"quantize {args.spec} needs --weights FLOAT.npz: a net file gives "
+                        "the formats, the weights come from the .npz")
+    if args.calib:
+        raise UserError("--calib sets new formats: with a net file its own formats are kept")
+    like, hyper = read_net(args.spec)
+    try:
+        Ws, Bs = datafile.load_weights(args.weights, like.sizes)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    try:
+        qnet = requantize(like, Ws, Bs, raw_inputs=True)
+    except ValueError as e:
+        raise UserError(f"{args.weights}: {e} (the formats of {args.spec})") from None
+    net_bytes(qnet, hyper)
+    write_net(args.output, qnet, hyper)
+    print(f"wrote {args.output}: {describe_net(qnet)}, the formats of {args.spec}")
+    return 0
+
+
+
+
+def do_plan(state: State, args: argparse.Namespace) -> int:
+    qnet = read_net(args.net)[0] if args.net else None
+    if qnet is None and args.sizes is None:
+        raise UserError("give a net (--net NET.ebp or --spec SPEC.json) or --sizes 64,32,10")
+    if qnet is None and args.spec:
+        qnet = quantize_spec(read_spec(args.spec))
+    if args.port or args.sim:
+        if qnet is None:
+            raise UserError("a plan against a board needs the net: --net or --spec")
+        session = open_session(state, args)
+        p = planner.plan_for(qnet, session.info)
+        print(f"board     {describe_board(state)}")
+        end_session(state, args)
+    elif qnet is not None:
+        p = planner.plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=args.word)
+    else:
+        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word)
+    print(p.table())
+    if p.free is not None and not p.fits(p.free):
+        return 1
+    return 0
