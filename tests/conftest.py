@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebp.host.boards import mprun
+from edgebp.host.boards import mprun, qemu
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "tests" / "device"
@@ -31,9 +31,18 @@ def require_runtime(name: str) -> None:
 
 @pytest.fixture(params=mprun.RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
-    """Each test that takes `runtime` runs once per runtime: [cpython], [wasm], [unix]."""
+    """Each test that takes `runtime` runs once per runtime: [cpython], [wasm], [unix], and
+    the emulated boards [cortex-m3], [rv32] (started once per test module)."""
     require_runtime(request.param)
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_boards_after_module():
+    """An idle emulated board keeps a host core busy: the boards a module's tests started
+    are stopped when the module is done (its next module starts its own)."""
+    yield
+    qemu.stop_shared()
 
 
 def run_device_module(

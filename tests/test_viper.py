@@ -1,4 +1,5 @@
-"""The viper kernels: bit-identical to the pure kernels on a real viper (the unix port on x64),
+"""The viper kernels: bit-identical to the pure kernels on a real viper (the unix port on x64,
+the emulated Cortex-M3 and RISC-V boards),
 accepted by mpy-cross for every MCU architecture, and chosen only where the runtime has viper."""
 
 import subprocess
@@ -28,22 +29,28 @@ except ImportError:
 """
 
 
-# Of the runtimes only the unix port has viper (the wasm port has no native emitter).
-def test_viper_kernels_match_pure_kernels():
-    require_runtime("unix")
-    result = run_device_module("unix", "tests/device/test_viper_dev.py", timeout=300)
+# The runtimes with viper: the unix port (64-bit words) and the boards (32-bit words); the
+# wasm port has no native emitter.
+VIPERS = ["unix", *mprun.BOARDS]
+
+
+@pytest.mark.parametrize("name", VIPERS)
+def test_viper_kernels_match_pure_kernels(name):
+    require_runtime(name)
+    result = run_device_module(name, "tests/device/test_viper_dev.py", timeout=600)
     assert "SKIP" not in result.stdout, result.stdout
 
 
-def test_viper_core_matches_cpython_on_every_case():
+@pytest.mark.parametrize("name", VIPERS)
+def test_viper_core_matches_cpython_on_every_case(name):
     # the host's nets (every activation x loss x optimiser, and the edge-of-range nets)
     # trained with the viper kernels, each step under heap_lock, against the pure kernels
-    require_runtime("unix")
+    require_runtime(name)
     cases = all_cases() + edge_cases()
     expected = {c.name: state_line(c.name, run_here(c))[len("STATE "):] for c in cases}
     files = mprun.core_files()
     files["devtest.py"] = (DEVICE / "devtest.py").read_text()
-    result = mprun.run("unix", script(cases, "edgebp.kernels_viper"), files, timeout=300)
+    result = mprun.run(name, script(cases, "edgebp.kernels_viper"), files, timeout=900)
     assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     got = parse_states(result.stdout)
     assert set(got) == set(expected)
@@ -54,7 +61,7 @@ def test_viper_core_matches_cpython_on_every_case():
 def test_select_follows_the_runtime(runtime):
     result = mprun.run(runtime, SELECT_SCRIPT, mprun.core_files(), timeout=60)
     assert result.ok, result.stdout + result.stderr
-    has_viper = runtime == "unix"
+    has_viper = runtime == "unix" or runtime in mprun.BOARDS
     assert result.stdout.split("\n")[:3] == [
         "default " + ("edgebp.kernels_viper" if has_viper else "edgebp.kernels"),
         "python edgebp.kernels",

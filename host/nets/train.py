@@ -40,7 +40,8 @@ LOSS_SCALE = 2.0**-fixed.LOSS_SHIFT  # the core reports losses in Q12
 
 # A board's stand-in for train_fixed: (qnet, hyper, Xq, Tq, epochs, order_seed, (Xq_test,
 # Tq_test)) -> (the run, the held-out accuracy the board measured).
-BoardTrainer = Callable[[QuantNet, Hyper, Any, Any, int, int, tuple], "tuple[FixedRun, float | None]"]
+BoardTrainer = Callable[[QuantNet, Hyper, Any, Any, int, int, tuple],
+                        "tuple[FixedRun, float | None]"]
 
 
 @dataclass
