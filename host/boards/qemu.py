@@ -150,6 +150,7 @@ class QemuBoard:
         self.kill()
         if self._own_flash:
             self.flash.unlink(missing_ok=True)
+            _written.pop(str(self.flash), None)
 
 
 _shared: dict[str, QemuBoard] = {}
@@ -190,7 +191,7 @@ def forget(kind: str) -> None:
     flash = _flashes.pop(kind, None)
     if flash is not None:
         flash.unlink(missing_ok=True)
-    _written.pop(kind, None)
+        _written.pop(str(flash), None)
 
 
 def stop_shared() -> None:
@@ -249,13 +250,19 @@ def run_script(kind: str, script: str, files: dict[str, str], timeout: float,
     """Run `script` on the shared board of `kind` after a soft reset, with `files` on its
     filesystem (compiled to .mpy; unchanged ones are not sent again). Returns
     (returncode, stdout, timed_out)."""
+    return run_on(shared(kind), script, files, timeout, stream)
+
+
+def run_on(board: QemuBoard, script: str, files: dict[str, str], timeout: float,
+           stream=None):
+    """run_script on a board of the caller's (one started with icount=True, say)."""
     from mpremote.transport import TransportError
 
     from edgebp.host.boards.board import Board, BoardError
 
-    board = shared(kind)
+    kind = board.kind
     arch = MARCH[kind]
-    written = _written.setdefault(kind, {})
+    written = _written.setdefault(str(board.flash), {})
     out: list[str] = []
     pending = [""]
 
@@ -298,7 +305,11 @@ def run_script(kind: str, script: str, files: dict[str, str], timeout: float,
         board.kill()  # a board that overran may hold its heap locked: power it off
         return 1, "".join(out) + pending[0], True
     except (BoardError, TransportError, OSError) as e:
-        forget(kind)  # what it holds is unknown now
+        _written.pop(str(board.flash), None)  # what it holds is unknown now
+        if _shared.get(kind) is board:
+            forget(kind)
+        else:
+            board.kill()
         return 1, "".join(out) + pending[0] + f"\n{kind}: {e}\n", False
     text = "".join(out) + pending[0]
     code = 1
