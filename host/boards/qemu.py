@@ -105,8 +105,18 @@ class QemuBoard:
             raise QemuError(f"{self.kind} did not start (exit {done.returncode}): "
                             f"{(done.stderr or done.stdout).strip()}")
         self.port, self.pid = words[0], int(words[1])
+        self._watch()
         self._wait_for_prompt(timeout)
         return self
+
+    def _watch(self) -> None:
+        # qemu outlives the process that started it (the launcher detaches it): a watchdog
+        # stops it once this process is gone, however it ended
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 {self.pid} 2>/dev/null;"
+                  f" do sleep 1; done; kill -9 {self.pid} 2>/dev/null")
+        subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
 
     def _wait_for_prompt(self, timeout: float) -> None:
         # The board answers once it has mounted its flash: ask for the raw REPL (Ctrl-C,
