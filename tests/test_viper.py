@@ -18,15 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "edgebp" / "kernels_viper.py"
 ARCHS = ["armv6m", "armv7m", "armv7emsp", "xtensawin", "rv32imc"]
 
-SELECT_SCRIPT = """
-from edgebp import kern
-print("default", kern.select().__name__)
-print("python", kern.select("python").__name__)
-try:
-    print("viper", kern.select("viper").__name__)
-except ImportError:
-    print("viper ImportError")
-"""
 
 
 # The runtimes with viper: the unix port (64-bit words) and the boards (32-bit words); the
@@ -56,17 +47,6 @@ def test_viper_core_matches_cpython_on_every_case(name):
     assert set(got) == set(expected)
     bad = [name for name in expected if got[name] != expected[name]]
     assert not bad, f"{len(bad)} cases differ from the pure kernels: {bad[:5]}"
-
-
-def test_select_follows_the_runtime(runtime):
-    result = mprun.run(runtime, SELECT_SCRIPT, mprun.core_files(), timeout=60)
-    assert result.ok, result.stdout + result.stderr
-    has_viper = runtime == "unix" or runtime in mprun.BOARDS
-    assert result.stdout.split("\n")[:3] == [
-        "default " + ("edgebp.kernels_viper" if has_viper else "edgebp.kernels"),
-        "python edgebp.kernels",
-        "viper edgebp.kernels_viper" if has_viper else "viper ImportError",
-    ]
 
 
 def test_select_here_and_bad_choice():

@@ -158,7 +158,10 @@ def device_script() -> str:
 def measure(kind: str, timeout: float = 1800) -> dict:
     """{"sets": [...], "kernels": {i: [kilo-instructions per call per set]}, "steps":
     {(hidden, batch): [...]}} measured on a fresh `kind` board with icount."""
-    files = mprun.core_files(False)
+    files: dict[str, str | bytes] = {**mprun.core_files(False)}
+    native = mprun.native_module(kind)
+    if native is not None:
+        files[mprun.NATIVE_DEST] = native
     with qemu.QemuBoard(kind, icount=True) as board:
         code, out, timed_out = qemu.run_on(board, device_script(), files, timeout)
     if code != 0 or timed_out:

@@ -36,6 +36,12 @@ MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7e
 MPY_VERSION = (6, 3)
 # needs a native emitter: without one the pure-Python kernels run (edgebp/kern.py)
 NATIVE_ONLY = {"edgebp/kernels_viper.py"}
+# The build of the native kernels (edgebp/native/<build>/) a board of each .mpy architecture
+# loads: MicroPython takes any ARM Thumb build up to its own core's (armv7em boards: armv7m).
+# xtensawin (esp32) has no build, for want of a toolchain: the viper kernels run there.
+NATIVE_BUILD = {"x64": "x64", "armv6m": "armv6m", "armv7m": "armv7m", "armv7em": "armv7m",
+                "armv7emsp": "armv7emsp", "armv7emdp": "armv7emsp", "rv32imc": "rv32imc"}
+NATIVE_DEST = "edgebp/kernels_native.mpy"
 # on the board, beside the package: not for boards (a freeze manifest is for the build host)
 NOT_DEPLOYED = {"edgebp/firmware/manifest.py"}
 DIRS = ("edgebp", "edgebp/firmware")
@@ -192,6 +198,18 @@ class Plan:
     compiled: bool
     items: list[Item]
     skipped: list[str] = field(default_factory=list)  # sources left off, with why
+    kernels: str = "python"  # what edgebp.kern.select() will pick on the board, and why
+
+
+def native_build(arch: str | None) -> tuple[str, Path] | None:
+    """(build, path) of the native kernels a board of `arch` loads, None if there is none."""
+    import edgebp
+
+    build = NATIVE_BUILD.get(arch or "")
+    if build is None:
+        return None
+    path = Path(edgebp.__file__).parent / "native" / build / "kernels_native.mpy"
+    return (build, path) if path.is_file() else None
 
 
 def device_sources() -> dict[str, Path]:
@@ -244,6 +262,15 @@ def plan_deploy(arch: str | None, compiled: bool = True) -> Plan:
             plan.items.append(Item(rel[:-3] + ".mpy", compile_mpy(path, rel, arch), rel))
         else:
             plan.items.append(Item(rel, path.read_bytes(), rel))
+    native = native_build(arch)
+    if native is not None:
+        build, path = native
+        plan.items.append(Item(NATIVE_DEST, path.read_bytes(), f"edgebp/native/{build}"))
+        plan.kernels = f"native (the {build} build of edgebp/native/kernels.c)"
+    elif arch is not None:
+        plan.kernels = f"viper (no native build for {arch})"
+    else:
+        plan.kernels = "python (this firmware has no native code)"
     return plan
 
 

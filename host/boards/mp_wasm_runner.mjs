@@ -94,6 +94,11 @@ async function main() {
     mkdirs(mp.FS, path.slice(0, path.lastIndexOf("/")));
     mp.FS.writeFile(path, text);
   }
+  for (const [rel, b64] of Object.entries(job.binary || {})) {
+    const path = root + "/" + rel;
+    mkdirs(mp.FS, path.slice(0, path.lastIndexOf("/")));
+    mp.FS.writeFile(path, Buffer.from(b64, "base64"));
+  }
   mp.FS.writeFile(root + "/main.py", job.script);
 
   let code = 0;

@@ -13,11 +13,15 @@ Runtimes:
            Files are compiled to .mpy for the board and written to its flash.
 
 `files` are laid out as on a board's filesystem, in a fresh directory that is first on
-sys.path; `script` becomes that directory's main.py and runs as the main program.
+sys.path (a str is written as UTF-8 text, bytes as they are); `script` becomes that
+directory's main.py and runs as the main program. A run that gets the core (edgebp/kern.py)
+also gets the native kernels built for the runtime's architecture, where it has one, as
+`edgebp deploy` gives a board (edgebp/native/<arch>/kernels_native.mpy).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -133,6 +137,22 @@ def install_wasm(dest: str | Path | None = None) -> Path:
     return dest
 
 
+# the native-module architecture each runtime loads (CPython and the wasm port load none)
+NATIVE_ARCH = {"unix": "x64", "cortex-m3": "armv7m", "rv32": "rv32imc"}
+NATIVE_DEST = "edgebp/kernels_native.mpy"
+
+
+def native_module(runtime: str) -> bytes | None:
+    """The native kernels for `runtime`'s architecture, None where it loads none."""
+    import edgebp
+
+    arch = NATIVE_ARCH.get(runtime)
+    if arch is None:
+        return None
+    path = Path(edgebp.__file__).parent / "native" / arch / "kernels_native.mpy"
+    return path.read_bytes() if path.is_file() else None
+
+
 def core_files(include_firmware: bool = True) -> dict[str, str]:
     """Device-relative path -> source of every file a board gets (host/boards/board.py), without the
     firmware if include_firmware is False."""
@@ -152,7 +172,7 @@ def parse_heapsize(heapsize: str | int) -> int:
 def run(
     name: str,
     script: str,
-    files: dict[str, str] | None = None,
+    files: Mapping[str, str | bytes] | None = None,
     *,
     timeout: float = 120,
     heapsize: str | int | None = None,
@@ -169,6 +189,9 @@ def run(
     files = dict(files or {})
     if "main.py" in files:
         raise ValueError("files must not contain main.py: the script becomes main.py")
+    native = native_module(name)
+    if native is not None and "edgebp/kern.py" in files and NATIVE_DEST not in files:
+        files[NATIVE_DEST] = native
     if name in BOARDS:
         from edgebp.host.boards import qemu
 
@@ -177,10 +200,13 @@ def run(
     with tempfile.TemporaryDirectory(prefix="edgebp-run-") as tmp:
         work = Path(tmp)
         root = work / "device"
-        for rel, text in {**files, "main.py": script}.items():
+        for rel, content in {**files, "main.py": script}.items():
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content, encoding="utf-8")
         env = dict(os.environ)
         if name == "cpython":
             # -S: no site-packages, so the device copy of edgebp is the only one importable;
@@ -195,7 +221,9 @@ def run(
         else:
             job = {
                 "root": _WASM_ROOT,
-                "files": files,
+                "files": {k: v for k, v in files.items() if isinstance(v, str)},
+                "binary": {k: base64.b64encode(v).decode() for k, v in files.items()
+                           if isinstance(v, bytes)},
                 "script": script,
                 "heapsize": parse_heapsize(heapsize) if heapsize is not None else None,
             }

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 ENV = "EDGEBP_QEMU_BOARDS"
@@ -242,10 +243,10 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _compiled(rel: str, text: str, arch: str) -> tuple[str, bytes]:
+def _compiled(rel: str, content: str | bytes, arch: str) -> tuple[str, bytes]:
     """(path on the board, bytes): a .py compiled to .mpy for `arch`, anything else as is."""
-    data = text.encode("utf-8")
-    if not rel.endswith(".py"):
+    data = content if isinstance(content, bytes) else content.encode("utf-8")
+    if not rel.endswith(".py") or isinstance(content, bytes):
         return rel, data
     from edgebp.host.boards.board import compile_mpy
 
@@ -255,7 +256,7 @@ def _compiled(rel: str, text: str, arch: str) -> tuple[str, bytes]:
         return rel[:-3] + ".mpy", compile_mpy(src, rel, arch)
 
 
-def run_script(kind: str, script: str, files: dict[str, str], timeout: float,
+def run_script(kind: str, script: str, files: Mapping[str, str | bytes], timeout: float,
                stream=None):
     """Run `script` on the shared board of `kind` after a soft reset, with `files` on its
     filesystem (compiled to .mpy; unchanged ones are not sent again). Returns
@@ -263,7 +264,7 @@ def run_script(kind: str, script: str, files: dict[str, str], timeout: float,
     return run_on(shared(kind), script, files, timeout, stream)
 
 
-def run_on(board: QemuBoard, script: str, files: dict[str, str], timeout: float,
+def run_on(board: QemuBoard, script: str, files: Mapping[str, str | bytes], timeout: float,
            stream=None):
     """run_script on a board of the caller's (one started with icount=True, say)."""
     from mpremote.transport import TransportError
@@ -295,8 +296,8 @@ def run_on(board: QemuBoard, script: str, files: dict[str, str], timeout: float,
     try:
         with Board(board.port) as b:
             b.t.enter_raw_repl(soft_reset=True)  # a fresh heap, no module left imported
-            for rel, text in {**files, f"{_MAIN}.py": script}.items():
-                dest, data = _compiled(rel, text, arch)
+            for rel, content in {**files, f"{_MAIN}.py": script}.items():
+                dest, data = _compiled(rel, content, arch)
                 if written.get(dest) == _sha(data):
                     continue
                 parts = dest.split("/")[:-1]

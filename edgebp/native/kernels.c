@@ -1,0 +1,852 @@
+// edgebp's integer kernels as a MicroPython native module: edgebp/kernels.py in C, bit for bit.
+//
+// edgebp/kernels.py is the definition. Every function here has its name, its positional
+// signature and its results; each is a thin mp_obj_t wrapper (unpack the buffers, read the
+// small ints, check the sizes) around a plain C function on typed pointers that allocates
+// nothing. Formats as there: weights W, biases B, activations and deltas int16 (array 'h');
+// gradient sums G and momentum V int32 (array 'i'); rng an array 'i' holding the state.
+//
+// C integers against Python's (DESIGN.md section 2):
+// - Every intermediate of the definition stays inside [-2**30, 2**30) for the inputs the core
+//   admits, so int32_t holds each one; int64_t is needed nowhere. The module is compiled with
+//   -fwrapv: an input outside that contract wraps, as a store into a MicroPython array does,
+//   instead of being undefined behaviour.
+// - x >> s of a negative x is arithmetic on GCC, which is Python's floor shift (checked below).
+// - A shift by >= 32 is undefined in C. Python's x >> s for s >= 31 is 0 or -1 for any int32 x,
+//   and so is C's x >> 31, so counts are clamped to 31 (rshift_round: 0 beyond 31). That gives
+//   Python's result for every int32 value, not only for those of the contract.
+// - x << s of a negative x is undefined in C99: written as x * (1 << s).
+// - Sizes and buffer lengths are checked before anything is written (IndexError), where Python
+//   raises at the first access out of range; a buffer of the wrong type is a TypeError.
+//
+// Speed (instructions on an emulated Cortex-M3, per term of a sum or per parameter): the inner
+// loops are unrolled by hand; on Thumb-2 they come in copies with the guard shift as a constant
+// (see dot_k), update has a copy per setting (see update_k), and its most common copy is
+// Thumb-2 assembly (see nearest_pairs_thumb2). Everything else is plain C, the same on every
+// architecture, and edgebp.kernels is the reference each copy is tested against.
+#include "py/dynruntime.h"
+
+#include "luts.h"
+
+_Static_assert((-7 >> 1) == -4, "kernels.c needs >> of negative values to be arithmetic");
+_Static_assert((int32_t)0xFFFFFFFFu == -1, "kernels.c needs two's complement narrowing");
+
+// edgebp/fixed.py's constants
+#define Q_MAX 32767
+#define V_MAX 0x3FFFFF
+#define M30 0x3FFFFFFF
+#define LOG2E_Q12 5909 // round(log2(e) * 4096)
+enum { IDENTITY = 0, RELU = 1, LEAKY = 2, SIGMOID = 3, TANH = 4, SOFTMAX = 5 };
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+// ---------------------------------------------------------------------------------------------
+// edgebp/fixed.py
+
+ALWAYS_INLINE int32_t sat16(int32_t x) {
+    // one unsigned compare for the common case: x + Q_MAX in [0, 2 Q_MAX]
+    if (__builtin_expect((uint32_t)x + Q_MAX > 2 * Q_MAX, 0)) {
+        return x > 0 ? Q_MAX : -Q_MAX;
+    }
+    return x;
+}
+
+// (x >> s) + ((x >> (s - 1)) & 1): round half up. For s >= 32 Python gives 0 for every int32 x
+// (x >> s is -1 exactly when bit s - 1 is 1), and s = 31 is a valid C shift.
+ALWAYS_INLINE int32_t rshift_round(int32_t x, int32_t s) {
+    if (s <= 0) {
+        return x;
+    }
+    if (s > 31) {
+        return 0;
+    }
+    return (x >> s) + ((x >> (s - 1)) & 1);
+}
+
+// rshift_round for a count known to lie in 1..31: no tests in a loop
+ALWAYS_INLINE int32_t rshift_round_1_31(int32_t x, int32_t s) {
+    return (x >> s) + ((x >> (s - 1)) & 1);
+}
+
+// acc scaled down by 2**s, rounded half up, saturated to int16; s < 0 scales up, saturating
+// before the shift so that the shift cannot leave the range.
+ALWAYS_INLINE int32_t requant(int32_t acc, int32_t s) {
+    if (s > 0) {
+        return sat16(rshift_round(acc, s));
+    }
+    if (s == 0) {
+        return sat16(acc);
+    }
+    // for s <= -15 every non-zero acc saturates; keep lim >= 1 so that zero stays zero
+    int32_t lim = s > -15 ? 32768 >> -s : 1;
+    if (acc >= lim) {
+        return Q_MAX;
+    }
+    if (acc <= -lim) {
+        return -Q_MAX;
+    }
+    return s > -15 ? sat16(acc * (1 << -s)) : 0; // acc is 0 here when s <= -15
+}
+
+// 30-bit xorshift (9, 11, 12); the left shifts are masked first so no value reaches 2**30.
+// Exact for every int32 state, as Python's on the same value.
+// (s & (M30 >> n)) << n is written ((uint32_t)s << (n + 2)) >> 2: the same bits without a mask
+// constant, which would cost the update loop a register.
+ALWAYS_INLINE int32_t xorshift30(int32_t s) {
+    s ^= ((uint32_t)s << 11) >> 2; // (s & (M30 >> 9)) << 9
+    s ^= s >> 11;
+    s ^= ((uint32_t)s << 14) >> 2; // (s & (M30 >> 12)) << 12
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels, as edgebp/kernels.py. Shift counts arrive clamped by the wrappers: k, kg, u in
+// 0..31 (a product of two int16 is at most 2**30 in magnitude, an int32 x >> 31 is Python's
+// x >> s for every s >= 31), s and c_s as given (requant and rshift_round take any count).
+
+// The inner loops of matvec and outer_acc, unrolled by hand (GCC unrolls them worse), with the
+// shift as a constant in copies for the counts the engine makes: on ARM the shift then folds
+// into the add (add r, r, p, asr #k), one instruction per term fewer than a shift by a
+// register. A kernel picks the copy for its count from a table once per call; other counts
+// take the copy with the count in a register. k of matvec is ceil_log2(n_in + 1), 1..13 for
+// widths up to 4096; kg of outer_acc is ceil_log2(batch_max), 0..7 for batches up to 128.
+
+// sum_i (w[i] x[i]) >> k: a row of matvec, 8 terms at a time
+ALWAYS_INLINE int32_t dot_k(const int16_t *w, const int16_t *x, size_t n, int32_t k) {
+    int32_t acc = 0;
+    const int16_t *end8 = x + (n & ~(size_t)7);
+    const int16_t *end = x + n;
+    while (x != end8) {
+        acc += (w[0] * x[0]) >> k;
+        acc += (w[1] * x[1]) >> k;
+        acc += (w[2] * x[2]) >> k;
+        acc += (w[3] * x[3]) >> k;
+        acc += (w[4] * x[4]) >> k;
+        acc += (w[5] * x[5]) >> k;
+        acc += (w[6] * x[6]) >> k;
+        acc += (w[7] * x[7]) >> k;
+        w += 8;
+        x += 8;
+    }
+    while (x != end) {
+        acc += (*w++ * *x++) >> k;
+    }
+    return acc;
+}
+
+// g[i] += (dj x[i]) >> kg: a row of outer_acc, 4 terms at a time
+ALWAYS_INLINE void axpy_k(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
+    const int16_t *end4 = x + (n & ~(size_t)3);
+    const int16_t *end = x + n;
+    while (x != end4) {
+        g[0] += (dj * x[0]) >> kg;
+        g[1] += (dj * x[1]) >> kg;
+        g[2] += (dj * x[2]) >> kg;
+        g[3] += (dj * x[3]) >> kg;
+        g += 4;
+        x += 4;
+    }
+    while (x != end) {
+        *g++ += (dj * *x++) >> kg;
+    }
+}
+
+typedef int32_t (*dot_fn)(const int16_t *w, const int16_t *x, size_t n, int32_t k);
+typedef void (*axpy_fn)(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg);
+
+static int32_t dot_any(const int16_t *w, const int16_t *x, size_t n, int32_t k) {
+    return dot_k(w, x, n, k);
+}
+
+static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
+    axpy_k(g, x, n, dj, kg);
+}
+
+#define DOT_COPY(K) \
+    static int32_t dot_##K(const int16_t *w, const int16_t *x, size_t n, int32_t k) { \
+        return dot_k(w, x, n, K); \
+    }
+#define AXPY_COPY(K) \
+    static void axpy_##K(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) { \
+        axpy_k(g, x, n, dj, K); \
+    }
+#define ENTRY(F, K) F##_##K,
+#define DOT_SHIFTS(X, F) X(F, 1) X(F, 2) X(F, 3) X(F, 4) X(F, 5) X(F, 6) X(F, 7) X(F, 8) \
+    X(F, 9) X(F, 10) X(F, 11) X(F, 12) X(F, 13)
+#define AXPY_SHIFTS(X, F) X(F, 0) X(F, 1) X(F, 2) X(F, 3) X(F, 4) X(F, 5) X(F, 6) X(F, 7)
+#define COPY(F, K) F##_COPY(K)
+#if defined(__thumb2__) // elsewhere (Thumb-1, RISC-V, x64) a constant shift saves nothing
+DOT_SHIFTS(COPY, DOT)
+AXPY_SHIFTS(COPY, AXPY)
+static const dot_fn DOT[14] = { dot_any, DOT_SHIFTS(ENTRY, dot) }; // [0]: k = 0 is rare
+static const axpy_fn AXPY[8] = { AXPY_SHIFTS(ENTRY, axpy) };
+#define PICK(TABLE, N, ANY, K) ((K) < (N) ? TABLE[K] : ANY)
+#else
+#define PICK(TABLE, N, ANY, K) ANY
+#endif
+
+static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_t n_in,
+    size_t n_out, int32_t one, int32_t k, int32_t s, int16_t *z) {
+    // z[j] = requant(sum_i (W[j,i] x[i]) >> k + (B[j] one) >> k, s)
+    dot_fn dot = PICK(DOT, 14, dot_any, k);
+    const int16_t *row = W;
+    for (size_t j = 0; j < n_out; j++) {
+        int32_t acc = (B[j] * one) >> k;
+        acc += dot(row, x, n_in, k);
+        z[j] = requant(acc, s);
+        row += n_in;
+    }
+}
+
+static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in, size_t n_out,
+    int32_t k, int32_t s, int16_t *e, int blocks) {
+    // e[i] = requant(sum_j (W[j,i] d[j]) >> k, s): the error sent back through W^T.
+    // Four columns at a time share each load of d[j] (blocks = 0 when e overlaps W or d:
+    // then each e[i] must be written before e[i + 1] is computed, as in Python).
+    size_t i = 0;
+    if (blocks) {
+        for (; i + 4 <= n_in; i += 4) {
+            int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+            const int16_t *p = W + i;
+            for (size_t j = 0; j < n_out; j++) {
+                int32_t dj = d[j];
+                acc0 += (p[0] * dj) >> k;
+                acc1 += (p[1] * dj) >> k;
+                acc2 += (p[2] * dj) >> k;
+                acc3 += (p[3] * dj) >> k;
+                p += n_in;
+            }
+            int32_t acc[4] = { acc0, acc1, acc2, acc3 };
+            #pragma GCC unroll 1
+            for (size_t q = 0; q < 4; q++) { // one copy of requant: code size
+                e[i + q] = requant(acc[q], s);
+            }
+        }
+    }
+    for (; i < n_in; i++) {
+        int32_t acc = 0;
+        const int16_t *p = W + i;
+        for (size_t j = 0; j < n_out; j++) {
+            acc += (*p * d[j]) >> k;
+            p += n_in;
+        }
+        e[i] = requant(acc, s);
+    }
+}
+
+static void outer_acc_c(int32_t *G, int32_t *GB, const int16_t *d, const int16_t *x,
+    size_t n_in, size_t n_out, int32_t one, int32_t kg) {
+    // G[j,i] += (d[j] x[i]) >> kg; GB[j] += (d[j] one) >> kg. At most 2**kg samples per sum.
+    axpy_fn axpy = PICK(AXPY, 8, axpy_any, kg);
+    int32_t *row = G;
+    for (size_t j = 0; j < n_out; j++) {
+        int32_t dj = d[j];
+        if (dj != 0) {
+            GB[j] += (dj * one) >> kg;
+            axpy(row, x, n_in, dj, kg);
+        }
+        row += n_in;
+    }
+}
+
+// linear interpolation on a 129-point table over z in [-8, 8], z in Q12
+ALWAYS_INLINE int32_t lut(const int16_t *T, int32_t zq) {
+    int32_t u = zq + 32768;
+    int32_t i = u >> 9;
+    int32_t lo = T[i];
+    int32_t p = (T[i + 1] - lo) * (u & 511);
+    return lo + rshift_round(p, 9);
+}
+
+// exp(-x) in Q14 for 0 <= x < 2**18 in Q12 (the wrapper clamps: beyond, the result is 0), via
+// 2**-(x log2 e): integer part as a shift, fractional part from a 65-point table.
+static int32_t exp_neg_c(int32_t x) {
+    int32_t p = x * LOG2E_Q12;
+    int32_t y = rshift_round(p, 12);
+    int32_t ip = y >> 12;
+    if (ip >= 15) {
+        return 0;
+    }
+    int32_t fp = y & 4095;
+    int32_t i = fp >> 6;
+    int32_t lo = EXP2_LUT[i];
+    p = (EXP2_LUT[i + 1] - lo) * (fp & 63);
+    int32_t v = lo + rshift_round(p, 6);
+    return rshift_round(v, ip); // v when ip == 0
+}
+
+// n // d for n >= 0, d > 0. armv6m has no divide instruction, and a natmod has no libgcc.
+ALWAYS_INLINE int32_t floordiv(int32_t n, int32_t d) {
+    #if defined(__ARM_ARCH_6M__)
+    uint32_t q = 0, r = 0;
+    for (int b = 31; b >= 0; b--) {
+        r = (r << 1) | (((uint32_t)n >> b) & 1); // r < d < 2**31: no overflow
+        if (r >= (uint32_t)d) {
+            r -= d;
+            q |= 1u << b;
+        }
+    }
+    return q;
+    #else
+    return n / d;
+    #endif
+}
+
+static void softmax_c(const int16_t *z, int16_t *a, size_t n) {
+    // z in Q12, a in Q14; sum of exps <= n * 16384 < 2**30 for n < 65536
+    int32_t mx = z[0];
+    for (size_t j = 1; j < n; j++) {
+        if (z[j] > mx) {
+            mx = z[j];
+        }
+    }
+    int32_t tot = 0;
+    for (size_t j = 0; j < n; j++) {
+        int32_t e = exp_neg_c(mx - z[j]);
+        a[j] = e;
+        tot += e;
+    }
+    int32_t half = tot >> 1;
+    for (size_t j = 0; j < n; j++) {
+        a[j] = floordiv(a[j] * 16384 + half, tot); // tot >= 16384: the maximum's exp is 1
+    }
+}
+
+static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_t n, int32_t alpha) {
+    if (kind == IDENTITY) {
+        for (size_t i = 0; i < n; i++) {
+            a[i] = z[i];
+        }
+    } else if (kind == RELU) {
+        for (size_t i = 0; i < n; i++) {
+            int32_t v = z[i];
+            a[i] = v > 0 ? v : 0;
+        }
+    } else if (kind == LEAKY) {
+        for (size_t i = 0; i < n; i++) {
+            int32_t v = z[i];
+            if (v > 0) {
+                a[i] = v;
+            } else {
+                a[i] = rshift_round(v * alpha, 12);
+            }
+        }
+    } else if (kind == SIGMOID) {
+        for (size_t i = 0; i < n; i++) {
+            a[i] = lut(SIGMOID_LUT, z[i]);
+        }
+    } else if (kind == TANH) {
+        for (size_t i = 0; i < n; i++) {
+            a[i] = lut(TANH_LUT, z[i]);
+        }
+    } else if (kind == SOFTMAX) {
+        softmax_c(z, a, n);
+    }
+}
+
+static void act_bwd_c(int32_t kind, const int16_t *e, const int16_t *z, const int16_t *a,
+    int16_t *d, size_t n, int32_t alpha) {
+    // d[i] = f'(z[i]) * e[i]; e and d may be the same buffer (each e[i] is read before d[i] is
+    // written). Sigmoid and tanh derivatives come from the cached output a (Q14).
+    if (kind == IDENTITY) {
+        for (size_t i = 0; i < n; i++) {
+            d[i] = e[i];
+        }
+    } else if (kind == RELU) {
+        for (size_t i = 0; i < n; i++) {
+            d[i] = z[i] > 0 ? e[i] : 0;
+        }
+    } else if (kind == LEAKY) {
+        for (size_t i = 0; i < n; i++) {
+            if (z[i] > 0) {
+                d[i] = e[i];
+            } else {
+                d[i] = rshift_round(e[i] * alpha, 12);
+            }
+        }
+    } else if (kind == SIGMOID) {
+        for (size_t i = 0; i < n; i++) {
+            int32_t v = a[i];
+            int32_t g = rshift_round(v * (16384 - v), 14);
+            d[i] = rshift_round(e[i] * g, 14);
+        }
+    } else if (kind == TANH) {
+        for (size_t i = 0; i < n; i++) {
+            int32_t v = a[i];
+            int32_t g = 16384 - rshift_round(v * v, 14);
+            d[i] = rshift_round(e[i] * g, 14);
+        }
+    } else {
+        // softmax is only used with cross-entropy, whose delta is formed directly
+        for (size_t i = 0; i < n; i++) {
+            d[i] = e[i];
+        }
+    }
+}
+
+ALWAYS_INLINE int32_t clamp_v(int32_t v) {
+    // as sat16, to +-V_MAX
+    if (__builtin_expect((uint32_t)v + V_MAX > 2 * V_MAX, 0)) {
+        return v > 0 ? V_MAX : -V_MAX;
+    }
+    return v;
+}
+
+// *p = sat16(w), written so that GCC keeps the common case to one compare and a store: store,
+// and store again if w was out of range
+ALWAYS_INLINE void store_sat16(int16_t *p, int32_t w) {
+    *p = w;
+    if (__builtin_expect((uint32_t)w + Q_MAX > 2 * Q_MAX, 0)) {
+        *p = w > 0 ? Q_MAX : -Q_MAX;
+    }
+}
+
+// The step of edgebp.kernels.update with the settings that stay fixed during a call as
+// constants where they are (decay: c_m != 0, momentum: mu != 0, stochastic: mode != 0), so that
+// each copy carries only its own work. t_small: |(g >> 8) * m >> u| <= 2**31 >> 10 < V_MAX for
+// every int32 g (u >= 10, |m| <= 256), so clamping that term changes nothing and is left out.
+ALWAYS_INLINE int32_t update_k(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
+    int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s,
+    const int decay, const int momentum, const int stochastic, const int t_small) {
+    int16_t *end = W + n;
+    while (W != end) {
+        int32_t g = *G;
+        *G++ = 0;
+        int32_t w = *W;
+        int32_t v = ((g >> 8) * m) >> u;
+        if (!t_small) {
+            v = clamp_v(v);
+        }
+        if (decay) {
+            v += rshift_round_1_31(w * c_m, c_s); // see update_c for c_s
+        }
+        if (momentum) {
+            v += rshift_round(*V * mu, 8);
+        }
+        if (decay || momentum) { // else v is in range already
+            v = clamp_v(v);
+        }
+        if (momentum) {
+            *V++ = v;
+        }
+        if (stochastic) {
+            s = xorshift30(s);
+            w -= (v + (s >> 22)) >> 8;
+        } else {
+            w -= (v + 128) >> 8;
+        }
+        store_sat16(W++, w);
+    }
+    return s;
+}
+
+// Copies: plain SGD and SGD with momentum (the common cases), each with and without t_small,
+// and weight decay with and without momentum; each for nearest and stochastic rounding. Each is
+// a function of its own, so that each loop gets the registers to itself.
+typedef int32_t (*update_fn)(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
+    int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s);
+#define UPDATE_COPY(NAME, D, M, S, T) \
+    static int32_t NAME(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m, int32_t u, \
+        int32_t mu, int32_t c_m, int32_t c_s, int32_t s) { \
+        return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, D, M, S, T); \
+    }
+UPDATE_COPY(update_plain, 0, 0, 0, 0)
+#if defined(__thumb2__)
+// Plain SGD with round-to-nearest and t_small, two parameters per turn, in Thumb-2 by hand:
+// exactly update_k's steps for W[p], G[p] (a shift by a register is ARM's, which for counts
+// below 32 is C's), 12 instructions per parameter where GCC's loop takes 14. G word-aligned
+// (ldrd, strd); end - W even and > 0.
+static void nearest_pairs_thumb2(int16_t *W, int32_t *G, const int16_t *end, int32_t m,
+    int32_t u) {
+    int32_t g0, g1, w, t;
+    __asm__ volatile (
+        "1:\n\t"
+        "ldrd   %[g0], %[g1], [%[G]]\n\t"           // g = G[p]; G[p] = 0 (two of each)
+        "strd   %[zero], %[zero], [%[G]], #8\n\t"
+        "asr    %[g0], %[g0], #8\n\t"               // v = ((g >> 8) * m) >> u
+        "mul    %[g0], %[g0], %[m]\n\t"
+        "asr    %[g0], %[g0], %[u]\n\t"
+        "add    %[g0], %[g0], #128\n\t"             // w -= (v + 128) >> 8
+        "ldrsh  %[w], [%[W]]\n\t"
+        "sub    %[w], %[w], %[g0], asr #8\n\t"
+        "add    %[t], %[w], %[q]\n\t"               // sat16: w + Q_MAX in [0, 2 Q_MAX]?
+        "cmp    %[t], %[q2]\n\t"
+        "bhi    3f\n"
+        "2:\n\t"
+        "strh   %[w], [%[W]], #2\n\t"
+        "asr    %[g1], %[g1], #8\n\t"               // the same for W[p + 1], G[p + 1]
+        "mul    %[g1], %[g1], %[m]\n\t"
+        "asr    %[g1], %[g1], %[u]\n\t"
+        "add    %[g1], %[g1], #128\n\t"
+        "ldrsh  %[w], [%[W]]\n\t"
+        "sub    %[w], %[w], %[g1], asr #8\n\t"
+        "add    %[t], %[w], %[q]\n\t"
+        "cmp    %[t], %[q2]\n\t"
+        "bhi    5f\n"
+        "4:\n\t"
+        "strh   %[w], [%[W]], #2\n\t"
+        "cmp    %[W], %[end]\n\t"
+        "bne    1b\n\t"
+        "b      9f\n"
+        "3:\n\t"                                    // out of range: +-Q_MAX
+        "cmp    %[w], #0\n\t"
+        "ite    gt\n\t"
+        "movgt  %[w], %[q]\n\t"
+        "rsble  %[w], %[q], #0\n\t"
+        "b      2b\n"
+        "5:\n\t"
+        "cmp    %[w], #0\n\t"
+        "ite    gt\n\t"
+        "movgt  %[w], %[q]\n\t"
+        "rsble  %[w], %[q], #0\n\t"
+        "b      4b\n"
+        "9:\n"
+        : [W] "+r" (W), [G] "+r" (G), [g0] "=&r" (g0), [g1] "=&r" (g1), [w] "=&r" (w),
+        [t] "=&r" (t)
+        : [end] "r" (end), [m] "r" (m), [u] "r" (u), [zero] "r" (0), [q] "r" (Q_MAX),
+        [q2] "r" (2 * Q_MAX)
+        : "cc", "memory");
+}
+
+static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
+    int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s) {
+    size_t pairs = n & ~(size_t)1;
+    if (pairs && ((uintptr_t)G & 3) == 0) {
+        nearest_pairs_thumb2(W, G, W + pairs, m, u);
+        W += pairs;
+        G += pairs;
+        n -= pairs;
+    }
+    return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
+}
+#else
+UPDATE_COPY(update_plain_small, 0, 0, 0, 1)
+#endif
+UPDATE_COPY(update_plain_stochastic, 0, 0, 1, 0)
+UPDATE_COPY(update_plain_small_stochastic, 0, 0, 1, 1)
+UPDATE_COPY(update_momentum, 0, 1, 0, 0)
+UPDATE_COPY(update_momentum_small, 0, 1, 0, 1)
+UPDATE_COPY(update_momentum_stochastic, 0, 1, 1, 0)
+UPDATE_COPY(update_momentum_small_stochastic, 0, 1, 1, 1)
+UPDATE_COPY(update_decay, 1, 0, 0, 0)
+UPDATE_COPY(update_decay_stochastic, 1, 0, 1, 0)
+UPDATE_COPY(update_decay_momentum, 1, 1, 0, 0)
+UPDATE_COPY(update_decay_momentum_stochastic, 1, 1, 1, 0)
+
+static int32_t update_c(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m, int32_t u,
+    int32_t mu, int32_t c_m, int32_t c_s, int32_t mode, int32_t s) {
+    // One SGD step per parameter, in units of 2**-8 weight LSB (v):
+    //   v = clamp((G >> 8) * m >> u) + round(W * c_m >> c_s) [+ round(V * mu >> 8)]
+    //   W -= (v + r) >> 8, r = 128 (nearest) or 8 random bits (stochastic); G = 0.
+    // Returns the generator state. rshift_round(q, c_s) is q itself for c_s <= 0, as in Python.
+    // t_small (see update_k). For u = 9, |t| <= 2**22 and only t = -2**22 (g = -2**31, m = 256)
+    // would be clamped, to -V_MAX, whose nearest step (v + 128) >> 8 is the same -16384; a
+    // stochastic step, a momentum or a decay sum can differ there.
+    int plain_nearest = !mode && !mu && !c_m;
+    int t_small = (u >= 10 || (u == 9 && plain_nearest)) && m >= -256 && m <= 256;
+    // The loop takes the decay term rshift_round(w * c_m, c_s) with c_s in 1..31: for c_s >= 32
+    // it is 0 for every int16 w (no decay), for c_s = 0 it is w * c_m = rshift_round(w * 2 c_m, 1)
+    // (exact while |c_m| < 2**15; the core's c_m is 0..255).
+    if (c_s >= 32) {
+        c_m = 0;
+    } else if (c_s <= 0) {
+        c_m *= 2;
+        c_s = 1;
+    }
+    update_fn f;
+    if (c_m && mu) {
+        f = mode ? update_decay_momentum_stochastic : update_decay_momentum;
+    } else if (c_m) {
+        f = mode ? update_decay_stochastic : update_decay;
+    } else if (mu && t_small) {
+        f = mode ? update_momentum_small_stochastic : update_momentum_small;
+    } else if (mu) {
+        f = mode ? update_momentum_stochastic : update_momentum;
+    } else if (t_small) {
+        f = mode ? update_plain_small_stochastic : update_plain_small;
+    } else {
+        f = mode ? update_plain_stochastic : update_plain;
+    }
+    return f(W, G, V, n, m, u, mu, c_m, c_s, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wrappers: arguments in, checks, the plain function, None out.
+
+static void *buffer(mp_obj_t o, char typecode, size_t *len, mp_uint_t flags) {
+    mp_buffer_info_t bi;
+    mp_get_buffer_raise(o, &bi, flags);
+    if (bi.typecode != typecode) {
+        if (typecode == 'h') {
+            mp_raise_TypeError(MP_ERROR_TEXT("kernels_native: expected array('h')"));
+        }
+        mp_raise_TypeError(MP_ERROR_TEXT("kernels_native: expected array('i')"));
+    }
+    *len = bi.len >> (typecode == 'h' ? 1 : 2); // no division: armv6m has none
+    return bi.buf;
+}
+
+static const int16_t *in16(mp_obj_t o, size_t *len) {
+    return buffer(o, 'h', len, MP_BUFFER_READ);
+}
+
+static int16_t *out16(mp_obj_t o, size_t *len) {
+    return buffer(o, 'h', len, MP_BUFFER_RW);
+}
+
+static int32_t *out32(mp_obj_t o, size_t *len) {
+    return buffer(o, 'i', len, MP_BUFFER_RW);
+}
+
+// an int argument: a small int or a bool. dynruntime.h's mp_obj_get_int would silently cut a
+// long int to a word (and returns it unsigned); Python would compute with it, the core never
+// passes one: ValueError.
+static mp_int_t arg_int(mp_obj_t o) {
+    if (mp_obj_is_small_int(o)) {
+        return MP_OBJ_SMALL_INT_VALUE(o);
+    }
+    if (o == mp_const_false || o == mp_const_true) {
+        return o == mp_const_true;
+    }
+    (void)mp_obj_get_int(o); // TypeError if o is no int at all
+    mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: int argument beyond the small-int range"));
+}
+
+// a value used in the arithmetic (one, alpha, m, mu, c_m, kind): int32, or ValueError (only
+// a 64-bit port has other small ints)
+static int32_t arg_i32(mp_obj_t o) {
+    mp_int_t v = arg_int(o);
+    if (v != (int32_t)v) {
+        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: argument outside int32"));
+    }
+    return v;
+}
+
+// a size: range(n) of a negative n is empty
+static size_t arg_size(mp_obj_t o) {
+    mp_int_t n = arg_int(o);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+// a shift count clamped to lo..hi, where every count beyond gives the same result
+static int32_t arg_shift(mp_obj_t o, int32_t lo, int32_t hi) {
+    mp_int_t v = arg_int(o);
+    return v < lo ? lo : v > hi ? hi : (int32_t)v;
+}
+
+// a guard shift: Python raises ValueError for a negative count, when the shift runs
+static int32_t arg_guard(mp_obj_t o, int runs) {
+    mp_int_t v = arg_int(o);
+    if (v < 0 && runs) {
+        mp_raise_ValueError(MP_ERROR_TEXT("negative shift count"));
+    }
+    return v < 0 ? 0 : v > 31 ? 31 : (int32_t)v;
+}
+
+static void need(size_t len, size_t n) {
+    if (len < n) {
+        mp_raise_msg(&mp_type_IndexError, MP_ERROR_TEXT("kernels_native: array too short"));
+    }
+}
+
+// rows * cols <= len, without a product that could overflow and without a division
+static void need2(size_t len, size_t rows, size_t cols) {
+    if (rows <= 0xFFFF && cols <= 0xFFFF) {
+        need(len, rows * cols);
+        return;
+    }
+    for (size_t j = 0; j < rows; j++) {
+        need(len, cols);
+        len -= cols;
+    }
+}
+
+// a and b (n and m int16) share memory
+static int overlaps(const int16_t *a, size_t n, const int16_t *b, size_t m) {
+    return a < b + m && b < a + n;
+}
+
+// the requant shift: s > 31 acts as 31 and s < -16 as -16 (see requant)
+#define arg_requant_shift(o) arg_shift((o), -16, 32)
+
+static mp_obj_t matvec(size_t n_args, const mp_obj_t *args) {
+    // matvec(W, B, x, n_in, n_out, one, k, s, z)
+    size_t len_w, len_b, len_x, len_z;
+    const int16_t *W = in16(args[0], &len_w);
+    const int16_t *B = in16(args[1], &len_b);
+    const int16_t *x = in16(args[2], &len_x);
+    size_t n_in = arg_size(args[3]);
+    size_t n_out = arg_size(args[4]);
+    int32_t one = arg_i32(args[5]);
+    int32_t k = arg_guard(args[6], n_out > 0);
+    int32_t s = arg_requant_shift(args[7]);
+    int16_t *z = out16(args[8], &len_z);
+    if (n_out > 0) {
+        need(len_x, n_in);
+    }
+    need(len_b, n_out);
+    need(len_z, n_out);
+    need2(len_w, n_out, n_in);
+    matvec_c(W, B, x, n_in, n_out, one, k, s, z);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(matvec_obj, 9, 9, matvec);
+
+static mp_obj_t matvec_t(size_t n_args, const mp_obj_t *args) {
+    // matvec_t(W, d, n_in, n_out, k, s, e)
+    size_t len_w, len_d, len_e;
+    const int16_t *W = in16(args[0], &len_w);
+    const int16_t *d = in16(args[1], &len_d);
+    size_t n_in = arg_size(args[2]);
+    size_t n_out = arg_size(args[3]);
+    int32_t k = arg_guard(args[4], n_in > 0 && n_out > 0);
+    int32_t s = arg_requant_shift(args[5]);
+    int16_t *e = out16(args[6], &len_e);
+    if (n_in > 0) {
+        need(len_d, n_out);
+    }
+    need(len_e, n_in);
+    need2(len_w, n_out, n_in);
+    // four columns at a time only when no e[i] is read after it is written
+    int blocks = !overlaps(e, n_in, d, n_out) && !overlaps(e, n_in, W, n_in * n_out);
+    matvec_t_c(W, d, n_in, n_out, k, s, e, blocks);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(matvec_t_obj, 7, 7, matvec_t);
+
+// 1 + the last j with d[j] != 0, or 0: outer_acc touches G, GB and x for such rows only
+static size_t rows_used(const int16_t *d, size_t n) {
+    while (n > 0 && d[n - 1] == 0) {
+        n--;
+    }
+    return n;
+}
+
+static mp_obj_t outer_acc(size_t n_args, const mp_obj_t *args) {
+    // outer_acc(G, GB, d, x, n_in, n_out, one, kg)
+    size_t len_g, len_gb, len_d, len_x;
+    int32_t *G = out32(args[0], &len_g);
+    int32_t *GB = out32(args[1], &len_gb);
+    const int16_t *d = in16(args[2], &len_d);
+    const int16_t *x = in16(args[3], &len_x);
+    size_t n_in = arg_size(args[4]);
+    size_t n_out = arg_size(args[5]);
+    int32_t one = arg_i32(args[6]);
+    need(len_d, n_out);
+    // as in Python, a row whose delta is zero reads and shifts nothing
+    size_t rows = rows_used(d, n_out);
+    int32_t kg = arg_guard(args[7], rows > 0);
+    if (rows > 0) {
+        need(len_gb, rows);
+        need(len_x, n_in);
+        need2(len_g, rows, n_in);
+    }
+    outer_acc_c(G, GB, d, x, n_in, rows, one, kg);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(outer_acc_obj, 8, 8, outer_acc);
+
+static mp_obj_t exp_neg(mp_obj_t x_obj) {
+    // exp_neg(x) -> int; x < 0 makes Python shift by a negative count
+    mp_int_t x = arg_int(x_obj);
+    if (x < 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("negative shift count"));
+    }
+    // from x = 2**18 on, ip >= 15 and the result is 0; below, x * LOG2E_Q12 < 2**31
+    return mp_obj_new_int(exp_neg_c(x < (1 << 18) ? (int32_t)x : (1 << 18)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(exp_neg_obj, exp_neg);
+
+static mp_obj_t softmax(mp_obj_t z_obj, mp_obj_t a_obj, mp_obj_t n_obj) {
+    // softmax(z, a, n); Python reads z[0] even when n is 0
+    size_t len_z, len_a;
+    const int16_t *z = in16(z_obj, &len_z);
+    int16_t *a = out16(a_obj, &len_a);
+    size_t n = arg_size(n_obj);
+    need(len_z, n > 0 ? n : 1);
+    need(len_a, n);
+    softmax_c(z, a, n);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(softmax_obj, softmax);
+
+static mp_obj_t act_fwd(size_t n_args, const mp_obj_t *args) {
+    // act_fwd(kind, z, a, n, alpha)
+    size_t len_z, len_a;
+    int32_t kind = arg_i32(args[0]);
+    const int16_t *z = in16(args[1], &len_z);
+    int16_t *a = out16(args[2], &len_a);
+    size_t n = arg_size(args[3]);
+    int32_t alpha = arg_i32(args[4]);
+    if (kind >= IDENTITY && kind <= SOFTMAX) { // another kind does nothing
+        need(len_z, kind == SOFTMAX && n == 0 ? 1 : n);
+        need(len_a, n);
+    }
+    act_fwd_c(kind, z, a, n, alpha);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(act_fwd_obj, 5, 5, act_fwd);
+
+static mp_obj_t act_bwd(size_t n_args, const mp_obj_t *args) {
+    // act_bwd(kind, e, z, a, d, n, alpha)
+    size_t len_e, len_z, len_a, len_d;
+    int32_t kind = arg_i32(args[0]);
+    const int16_t *e = in16(args[1], &len_e);
+    const int16_t *z = in16(args[2], &len_z);
+    const int16_t *a = in16(args[3], &len_a);
+    int16_t *d = out16(args[4], &len_d);
+    size_t n = arg_size(args[5]);
+    int32_t alpha = arg_i32(args[6]);
+    need(len_e, n);
+    need(len_d, n);
+    if (kind == RELU || kind == LEAKY) {
+        need(len_z, n);
+    }
+    if (kind == SIGMOID || kind == TANH) {
+        need(len_a, n);
+    }
+    act_bwd_c(kind, e, z, a, d, n, alpha);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(act_bwd_obj, 7, 7, act_bwd);
+
+static mp_obj_t update(size_t n_args, const mp_obj_t *args) {
+    // update(W, G, V, n, m, u, mu, c_m, c_s, mode, rng); V is read only when mu is not 0
+    size_t len_w, len_g, len_v = 0, len_rng;
+    int16_t *W = out16(args[0], &len_w);
+    int32_t *G = out32(args[1], &len_g);
+    size_t n = arg_size(args[3]);
+    int32_t m = arg_i32(args[4]);
+    int32_t u = arg_guard(args[5], n > 0);
+    int32_t mu = arg_i32(args[6]);
+    int32_t c_m = arg_i32(args[7]);
+    int32_t c_s = arg_shift(args[8], 0, 32); // c_s <= 0 adds w * c_m unshifted
+    int32_t mode = arg_int(args[9]) != 0;
+    int32_t *rng = out32(args[10], &len_rng);
+    int32_t *V = NULL;
+    if (mu && n > 0) {
+        V = out32(args[2], &len_v);
+    }
+    need(len_rng, 1);
+    need(len_w, n);
+    need(len_g, n);
+    if (mu) {
+        need(len_v, n);
+    }
+    rng[0] = update_c(W, G, V, n, m, u, mu, c_m, c_s, mode, rng[0]);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(update_obj, 11, 11, update);
+
+mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
+    MP_DYNRUNTIME_INIT_ENTRY
+    mp_store_global(MP_QSTR_matvec, MP_OBJ_FROM_PTR(&matvec_obj));
+    mp_store_global(MP_QSTR_matvec_t, MP_OBJ_FROM_PTR(&matvec_t_obj));
+    mp_store_global(MP_QSTR_outer_acc, MP_OBJ_FROM_PTR(&outer_acc_obj));
+    mp_store_global(MP_QSTR_exp_neg, MP_OBJ_FROM_PTR(&exp_neg_obj));
+    mp_store_global(MP_QSTR_softmax, MP_OBJ_FROM_PTR(&softmax_obj));
+    mp_store_global(MP_QSTR_act_fwd, MP_OBJ_FROM_PTR(&act_fwd_obj));
+    mp_store_global(MP_QSTR_act_bwd, MP_OBJ_FROM_PTR(&act_bwd_obj));
+    mp_store_global(MP_QSTR_update, MP_OBJ_FROM_PTR(&update_obj));
+    MP_DYNRUNTIME_INIT_EXIT
+}
