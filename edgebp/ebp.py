@@ -105,7 +105,7 @@ class Loader:
         self.got = 0  # bytes consumed
         self.net = None
         self.n_bytes = 0
-        self.hyper = None  # the hyper block, if the file has one
+        self.has_hyper = False  # the file has a hyper block (self.hyper)
         self.crc = 0xFFFF
         self.phase = 0  # 0 header, 1 parameters, 2 final CRC, 3 done
         self.l = 0  # layer, part (0 W, 1 B), index in the part
@@ -139,7 +139,8 @@ class Loader:
             self.got += 1
             i += 1
         g = self.got
-        if g >= 4 and bytes(h[0:4]) != MAGIC:
+        if g >= 4 and (h[0] != MAGIC[0] or h[1] != MAGIC[1] or h[2] != MAGIC[2]
+                       or h[3] != MAGIC[3]):
             raise EbpError("bad magic %r: not an edgebp net file" % bytes(h[0:4]))
         if g >= 5 and h[4] != VERSION:
             raise EbpError("unsupported format version %d (this firmware reads %d)"
@@ -209,10 +210,16 @@ class Loader:
                 apply_hyper(net, h, HYPER_AT)
             except ValueError as e:
                 raise EbpError("hyper-parameters: %s" % e) from None
-            self.hyper = bytes(h[HYPER_AT:HYPER_AT + HYPER_LEN])
+            self.has_hyper = True
         self.net = net
         self.crc = crc16(h, 0, n + 2)
         self.phase = 1
+
+    @property
+    def hyper(self):
+        # the hyper block as bytes, None if the file has none (made when asked for: the
+        # board never asks)
+        return bytes(self.head[HYPER_AT:HYPER_AT + HYPER_LEN]) if self.has_hyper else None
 
     def _check_memory(self, sizes, momentum):
         if self.mem_free is None:

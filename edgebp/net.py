@@ -9,8 +9,10 @@
 # update() applies the batch mean with SGD, momentum and weight decay.
 # Squashing units (sigmoid, tanh, softmax) have Z in Q12 and A in Q14; the delta of a
 # cross-entropy output is p - t in Q14; the delta of an MSE output has the output's format.
-# All buffers are made here; forward, backward, learn and update allocate nothing.
+# All buffers are made here, each allocated once at its final size (zeros()); forward,
+# backward, learn and update allocate nothing.
 
+import sys
 from array import array
 
 from edgebp import fixed
@@ -56,6 +58,41 @@ def nlog_q14(p):
     return rshift_round((((14 - e) << 12) - l2) * 2839, 12)  # 2839 = round(ln 2 * 4096)
 
 
+_MICROPYTHON = sys.implementation.name == "micropython"
+
+
+def zeros(typecode, n):
+    # An array of n zeros ('h' or 'i'), allocated once at its final size. array(tc, bytes(k*n))
+    # would first make a bytes object as big as the array, so the board briefly holds every
+    # buffer twice (and the garbage fragments the heap). On MicroPython array(tc, range(n))
+    # sizes the array from len(range) and iterating a range allocates nothing per item; the
+    # items (int16 ones wrap) are then cleared. CPython repeats a one-item array.
+    if not _MICROPYTHON:
+        return array(typecode, [0]) * n
+    a = array(typecode, range(n))
+    for i in range(n):
+        a[i] = 0
+    return a
+
+
+def _tensors(typecode, sizes, count, first, square):
+    # one array of zeros per layer l < count: of sizes[l + first] items, times sizes[l] if
+    # square (a weight matrix); None for each with no typecode. A loop, not a comprehension
+    # or [None] * count, which would leave garbage (a function object, a list) between the
+    # tensors.
+    out = []
+    for l in range(count):
+        n = sizes[l + first]
+        out.append(None if typecode is None else zeros(typecode, sizes[l] * n if square else n))
+    return out
+
+
+def _bad(l, what):
+    # the error of layer l (0-based), made only when there is one: a load allocates nothing
+    # it does not keep
+    return ValueError("layer %d: %s" % (l + 1, what))
+
+
 def _squash(kind):
     return kind == SIGMOID or kind == TANH or kind == SOFTMAX
 
@@ -99,22 +136,21 @@ class Net:
             act = acts[l]
             n_in = sizes[l]
             n_out = sizes[l + 1]
-            where = "layer %d: " % (l + 1)
             if act < IDENTITY or act > SOFTMAX:
-                raise ValueError(where + "unknown activation %d" % act)
+                raise _bad(l, "unknown activation %d" % act)
             if act == SOFTMAX and l != L - 1:
-                raise ValueError(where + "softmax is for the output layer only")
+                raise _bad(l, "softmax is for the output layer only")
             if _squash(act):
                 if shift_a[l + 1] != A_SHIFT_SQUASH:
-                    raise ValueError(where + "%s output must be Q14" % fixed.ACT_NAMES[act])
+                    raise _bad(l, "%s output must be Q14" % fixed.ACT_NAMES[act])
                 sz = Z_SHIFT_SQUASH
             else:
                 sz = shift_a[l + 1]
             sa = shift_a[l]
             if sa < 0 or sa > 14:
-                raise ValueError(where + "input shift %d outside 0..14" % sa)
+                raise _bad(l, "input shift %d outside 0..14" % sa)
             if shift_w[l] < 0 or shift_w[l] > 24 or shift_d[l] < 0 or shift_d[l] > 24:
-                raise ValueError(where + "weight or delta shift outside 0..24")
+                raise _bad(l, "weight or delta shift outside 0..24")
             self.shift_z.append(sz)
             k = ceil_log2(n_in + 1)
             self.k_f.append(k)
@@ -148,19 +184,20 @@ class Net:
         else:
             raise ValueError("unknown loss %d" % loss)
 
-        self.W = [array("h", bytes(2 * sizes[l] * sizes[l + 1])) for l in range(L)]
-        self.B = [array("h", bytes(2 * sizes[l + 1])) for l in range(L)]
-        self.GW = [array("i", bytes(4 * sizes[l] * sizes[l + 1])) for l in range(L)]
-        self.GB = [array("i", bytes(4 * sizes[l + 1])) for l in range(L)]
+        self.W = _tensors("h", sizes, L, 1, True)
+        self.B = _tensors("h", sizes, L, 1, False)
+        self.GW = _tensors("i", sizes, L, 1, True)
+        self.GB = _tensors("i", sizes, L, 1, False)
         if momentum:
-            self.VW = [array("i", bytes(4 * sizes[l] * sizes[l + 1])) for l in range(L)]
-            self.VB = [array("i", bytes(4 * sizes[l + 1])) for l in range(L)]
+            self.VW = _tensors("i", sizes, L, 1, True)
+            self.VB = _tensors("i", sizes, L, 1, False)
         else:
-            self.VW = self.VB = [None] * L  # type: ignore[list-item]
-        self.Z = [array("h", bytes(2 * sizes[l + 1])) for l in range(L)]
-        self.A = [array("h", bytes(2 * sizes[l])) for l in range(L + 1)]
-        self.D = [array("h", bytes(2 * sizes[l + 1])) for l in range(L)]
-        self.rng = array("i", [seed30(1)])
+            self.VW = self.VB = _tensors(None, sizes, L, 1, False)
+        self.Z = _tensors("h", sizes, L, 1, False)
+        self.A = _tensors("h", sizes, L + 1, 0, False)
+        self.D = _tensors("h", sizes, L, 1, False)
+        self.rng = zeros("i", 1)
+        self.rng[0] = seed30(1)
         self.count = 0  # samples in the pending gradient sum
         self.grad_count = 0  # samples behind the gradients last applied or pending
         self.batch = 1
@@ -172,6 +209,7 @@ class Net:
         self.mode = NEAREST
         self.good = 0
         self.reset_stats()
+        self._fuse()
 
     # -- settings (not on the hot path: these may raise) --
 
@@ -216,7 +254,27 @@ class Net:
 
     # -- the training step --
 
+    def _fuse(self):
+        # Kernels with whole-step functions (the native ones: forward_net, score_net,
+        # backward_net, update_net) run forward, score, backward and update below in one call
+        # each, with the same arithmetic, reading the net's own lists of buffers and P, its
+        # small tables (layout in edgebp/native/kernels.c); the counters stay here. Without
+        # them _fused is None and the loops below, the definition, run.
+        self._fused = None
+        if not hasattr(self.k, "backward_net"):
+            return
+        P = [self.L, self.loss_kind, self.alpha, self.kg, self.shift_a[self.L]]
+        for l in range(self.L):
+            u0 = self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
+            P += [self.sizes[l], self.sizes[l + 1], self.one[l], self.k_f[l], self.s_f[l],
+                  self.acts[l], self.k_b[l], self.s_b[l], u0]
+        self._fused = (self.A, self.Z, self.W, self.B, self.D, self.GW, self.GB, self.VW,
+                       self.VB, array("i", P))
+
     def forward(self, x):
+        if self._fused is not None:
+            self.k.forward_net(self, x)
+            return
         k = self.k
         sizes = self.sizes
         a0 = self.A[0]
@@ -232,6 +290,8 @@ class Net:
         # Output delta of the last forward pass against target t into D[L-1] (for MSE before
         # f'), the sample's loss in Q12 (returned) and self.good = 1 if the answer is right.
         # Gradient sums and counters are left alone: evaluation uses this alone.
+        if self._fused is not None:
+            return self.k.score_net(self, t)
         L = self.L
         n = self.sizes[L]
         a = self.A[L]
@@ -297,21 +357,26 @@ class Net:
         # The caller checks targets: a class index must lie in 0..n_out-1.
         if self.count >= self.batch_max:
             self.update()
-        L = self.L
-        k = self.k
-        sizes = self.sizes
-        loss = self.score(t)
-        if self.loss_kind == MSE:
-            d = self.D[L - 1]
-            k.act_bwd(self.acts[L - 1], d, self.Z[L - 1], self.A[L], d, sizes[L], self.alpha)
-        for l in range(L - 1, 0, -1):
-            e = self.D[l - 1]
-            k.matvec_t(self.W[l], self.D[l], sizes[l], sizes[l + 1], self.k_b[l], self.s_b[l], e)
-            k.act_bwd(self.acts[l - 1], e, self.Z[l - 1], self.A[l], e, sizes[l], self.alpha)
-        kg = self.kg
-        for l in range(L):
-            k.outer_acc(self.GW[l], self.GB[l], self.D[l], self.A[l], sizes[l], sizes[l + 1],
-                        self.one[l], kg)
+        if self._fused is not None:
+            loss = self.k.backward_net(self, t)
+        else:
+            L = self.L
+            k = self.k
+            sizes = self.sizes
+            loss = self.score(t)
+            if self.loss_kind == MSE:
+                d = self.D[L - 1]
+                k.act_bwd(self.acts[L - 1], d, self.Z[L - 1], self.A[L], d, sizes[L], self.alpha)
+            for l in range(L - 1, 0, -1):
+                e = self.D[l - 1]
+                k.matvec_t(self.W[l], self.D[l], sizes[l], sizes[l + 1], self.k_b[l],
+                           self.s_b[l], e)
+                k.act_bwd(self.acts[l - 1], e, self.Z[l - 1], self.A[l], e, sizes[l],
+                          self.alpha)
+            kg = self.kg
+            for l in range(L):
+                k.outer_acc(self.GW[l], self.GB[l], self.D[l], self.A[l], sizes[l],
+                            sizes[l + 1], self.one[l], kg)
         self.count += 1
         self.grad_count = self.count
         # counters saturate instead of leaving the small-int range
@@ -334,6 +399,10 @@ class Net:
         # apply the mean gradient of the pending samples
         count = self.count
         if count == 0:
+            return
+        if self._fused is not None:
+            self.k.update_net(self)
+            self.count = 0
             return
         q = (self.lr_m << 22) // count
         t = mean_lr_shift(q)

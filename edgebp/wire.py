@@ -42,7 +42,9 @@
 #           then three strings, each [len u8][ascii]: firmware version, runtime, board
 #           then [word u8]: bytes per machine word of the board's heap (4 on a 32-bit MCU;
 #           0 off MicroPython), [n u8][hole u32 * n]: the n largest free blocks of the heap,
-#           largest first, for the host's memory planner
+#           [kernels u8]: the kernel set its nets run (0 pure Python, 1 viper, 2 native),
+#           [by_address u8]: 1 if the blocks are listed lowest address first, 0 if largest
+#           first; for the host's memory planner
 #   DATA    [layer u8][part u8][offset u32][count u16][values]
 #   COUNTS  [seen u32][correct u32][loss u32][e_seen u32][e_correct u32][e_loss u32]
 #           [pending u16]                           (losses are sums of Q12 values)

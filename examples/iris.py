@@ -15,9 +15,13 @@ held-out accuracy.
 """
 
 import argparse
+import sys
 import time
 
-from sklearn.datasets import load_iris
+try:
+    from sklearn.datasets import load_iris
+except ImportError:
+    sys.exit(f'{sys.argv[0]}: needs scikit-learn: pip install "edgebp[examples]"')
 
 from edgebp.host.boards.trainer import add_board_options, board_of, compare
 from edgebp.host.nets.quantize import formats_table, quantize

@@ -42,12 +42,14 @@ PROFILES = {
     "stm32": Profile("stm32", 2048, 4, 1, 115200, None, None, "read_buf_len", probe=True,
                      led="LED_RED"),
     "unix": Profile("unix", 4096, 8, probe=True),
+    # MicroPython's qemu port (emulated Cortex-M3 and rv32 boards): a fixed heap, a UART
+    "qemu": Profile("qemu", 512, 2, probe=True),
     "generic": Profile("generic", 512, 2),
 }
 
 # sys.platform -> profile
 PLATFORMS = {"rp2": "rp2", "esp32": "esp32", "pyboard": "stm32", "linux": "unix",
-             "darwin": "unix", "win32": "unix"}
+             "darwin": "unix", "win32": "unix", "qemu": "qemu"}
 
 
 def detect():

@@ -23,6 +23,7 @@ import sys
 import edgebp
 from edgebp import ckpt, ebp, wire
 from edgebp.fixed import SMALL_MAX, SOFTMAX_CE, const
+from edgebp.net import zeros
 from edgebp.wire import (
     ACK,
     CK_EVERY,
@@ -73,6 +74,16 @@ class Server:
         self.wr = (tx if tx is not None else rx).write
         self.max_payload = max_payload
         self.credits = credits
+        if kernels is None:
+            # chosen now, not at the first load: importing the native or viper kernels puts
+            # their machine code on the heap, which the free RAM reported at HELLO must
+            # already show (where compiling them does not fit, each load tries again)
+            from edgebp.kern import select
+
+            try:
+                kernels = select()
+            except MemoryError:
+                pass
         self.kernels = kernels
         size = HEADER + max_payload + 2
         self.dec = wire.Decoder(size)
@@ -223,7 +234,7 @@ class Server:
         out[p] = wire.PROTOCOL
         out[p + 1] = self.credits
         _put16(out, p + 2, self.max_payload)
-        holes = _holes() if self.probe else ()
+        holes, by_address = _holes() if self.probe else ((), False)
         free = 0
         if hasattr(gc, "mem_free"):
             gc.collect()  # garbage is free RAM too
@@ -253,12 +264,22 @@ class Server:
         for h in holes:
             _put32(out, p, h)
             p += 4
-        self.send(seq, INFO, p - HEADER)
+        out[p] = _KERNELS.get(getattr(self.kernels, "__name__", ""), 0)
+        out[p + 1] = 1 if by_address else 0
+        self.send(seq, INFO, p + 2 - HEADER)
 
     def drop_net(self):
         self.net = None
         self.loader = None
         gc.collect()
+
+    def close(self):
+        # Let go of the net and the buffers once the server is done: a stale word on the
+        # stack (the gc is conservative) may keep the Server itself from being collected,
+        # and then it must hold nothing big.
+        self.net = self.loader = None
+        self.dec = self.out = self.tx = self.lout = self.ltx = None  # type: ignore[assignment]
+        self.x = self.t = None
 
     def load_begin(self, seq, n):
         f = self.dec.frame
@@ -534,52 +555,81 @@ class Server:
         self.send(seq, COUNTS, 26)
 
 
+# the kernel set a net runs, for the host's memory planner (the native one holds tables)
+_KERNELS = {"edgebp.kernels": 0, "edgebp.kernels_viper": 1, "edgebp.kernels_native": 2}
 # bytes per machine word of this heap, for the host's memory planner (0: not MicroPython)
 _WORD = (8 if sys.maxsize > 0x7FFFFFFF else 4) if sys.implementation.name == "micropython" else 0
 
 
+def _fits(n):
+    # whether a block of n bytes can be had now (a failure collects first); the block is
+    # garbage at once, its one reference overwritten
+    try:
+        b = bytearray(n)
+    except MemoryError:
+        return False
+    b = None  # type: ignore[assignment]  # noqa: F841
+    return True
+
+
 def _largest(hi):
-    # the largest bytearray the heap can make now, to within a block (failures collect)
+    # the largest bytearray the heap can make now, to within a block
     lo = 0
     while hi - lo > 16:
         m = (lo + hi) >> 1
-        try:
-            bytearray(m)
+        if _fits(m):
             lo = m
-        except MemoryError:
+        else:
             hi = m
     return lo
 
 
 def _holes(most=8, least=256):
-    # The largest free blocks of the heap, largest first (each held while the next is
-    # sought): a net's big tensors need contiguous blocks, and a heap fragmented by imported
-    # modules may hold far less in one piece than gc.mem_free() says. Only for a heap of fixed
-    # size: where a failed allocation grows the heap instead (esp32, webassembly), probing
-    # would grow it.
+    # The largest free blocks of the heap (each held while the next is sought): a net's big
+    # tensors need contiguous blocks, and a heap fragmented by imported modules may hold far
+    # less in one piece than gc.mem_free() says. Only for a heap of fixed size: where a
+    # failed allocation grows the heap instead (esp32, webassembly), probing would grow it.
+    # Returns (sizes, by_address): lowest address first where uctypes tells the addresses
+    # (the gc takes the lowest free blocks that fit, so the order decides where a net's
+    # tensors go), else largest first.
     sizes = []  # type: list[int]
     if not hasattr(gc, "mem_free"):
-        return sizes  # not MicroPython: the host's memory is not a board's
+        return sizes, False  # not MicroPython: the host's memory is not a board's
     gc.collect()
     held = []
-    for _ in range(most):
-        n = _largest(gc.mem_free())
+    hi = gc.mem_free()
+    while len(sizes) < most:
+        n = _largest(hi)
         if n < least:
             break
-        held.append(bytearray(n))
+        try:
+            held.append(bytearray(n))
+        except MemoryError:
+            # a stale reference (a conservative gc) kept the search's last block: search
+            # again below this size
+            gc.collect()
+            hi = n
+            continue
         sizes.append(n)
-    del held
+        hi = gc.mem_free()
+    by_address = False
+    try:
+        from uctypes import addressof
+
+        where = [addressof(b) for b in held]
+        sizes = [sizes[i] for i in sorted(range(len(sizes)), key=lambda i: where[i])]
+        by_address = True
+    except ImportError:
+        # each is found to within the search's 16 bytes: two holes of nearly one size may
+        # come out in either order
+        sizes.sort(reverse=True)
+    held = where = None  # type: ignore[assignment]
     gc.collect()
-    # each is found to within the search's 16 bytes: two holes of nearly one size may come
-    # out in either order
-    sizes.sort(reverse=True)
-    return sizes
+    return sizes, by_address
 
 
 def _int16s(n):
-    from array import array
-
-    return array("h", bytes(2 * n))
+    return zeros("h", n)
 
 
 def _put16(b, o, v):

@@ -45,6 +45,46 @@ def _stop_boards_after_module():
     qemu.stop_shared()
 
 
+def _board_of(item: pytest.Item) -> str | None:
+    """The emulated board a test is parametrised with (as `runtime`, `name`, ...), if any."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    return next((v for v in callspec.params.values()
+                 if isinstance(v, str) and v in mprun.BOARDS), None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within each module, the tests on a board run after the others, grouped by board, in
+    their order otherwise: a board then boots once per module, and the one before it can be
+    stopped when the next starts (_one_board_at_a_time) instead of idling beside it."""
+    first: dict[str, int] = {}  # module file -> where its first test is
+    for i, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], i)
+    rank = {kind: n + 1 for n, kind in enumerate(mprun.BOARDS)}
+
+    def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        i, item = pair
+        return first[item.nodeid.split("::")[0]], rank.get(_board_of(item) or "", 0), i
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+_board_in_use: list[str | None] = [None]
+
+
+@pytest.fixture(autouse=True)
+def _one_board_at_a_time(request: pytest.FixtureRequest):
+    """A test on one board stops the shared board of the other (an idle board keeps a host
+    core busy, and this machine has two)."""
+    kind = _board_of(request.node)
+    if kind is not None and _board_in_use[0] not in (None, kind):
+        qemu.stop_shared()
+    if kind is not None:
+        _board_in_use[0] = kind
+    yield
+
+
 def run_device_module(
     runtime: str,
     module: str,

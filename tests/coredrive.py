@@ -1,18 +1,27 @@
-"""Drive the core over a list of cases: in this process, or as a script for any runtime.
+"""Drive the core over a list of cases: in this process, or on any runtime.
 
-The script trains each case sample by sample (learn, then update() for a partial last batch),
-every step under heap_lock on MicroPython, and prints one line of state per case, so that
-runs on different runtimes can be compared line for line.
+On a runtime, a small driver (DRIVER) reads the cases from a binary file beside it
+(pack(): each net's layer tables, hyper-parameters, weights, samples and targets), trains
+each case sample by sample (learn, then update() for a partial last batch), every step
+under heap_lock on MicroPython, and prints one line of state per case, so that runs on
+different runtimes can be compared line for line. The data stays out of the source: a
+source with every case inline is half a megabyte, more than a 192 KiB board can import.
 """
 
 from __future__ import annotations
 
+import base64
+import zlib
+from pathlib import Path
+
 import numpy as np
 
 from combos import Case
+from edgebp.host.boards import mprun
 from edgebp.net import Net
 
 STATE_PREFIX = "STATE "
+CASES_FILE = "cases.z"
 
 
 def state_line(name: str, net) -> str:
@@ -37,7 +46,198 @@ def run_here(case: Case, kernels=None) -> Net:
     return net
 
 
-_DRIVER = '''
+_expected: dict[str, str] = {}
+
+
+def expected_states(cases: list[Case]) -> dict[str, str]:
+    """Case name -> its state after run_here with the pure kernels under CPython, the
+    reference every runtime and kernel set is compared with (computed once per process:
+    names are unique and a case is made from its name's seed)."""
+    from edgebp import kernels
+
+    for c in cases:
+        if c.name not in _expected:
+            _expected[c.name] = state_line(c.name, run_here(c, kernels))[len(STATE_PREFIX):]
+    return {c.name: _expected[c.name] for c in cases}
+
+
+# -- the cases as a file, and the driver that reads it --
+
+def _record(c: Case) -> bytes:
+    """One case: its header length, the header (layer tables, hyper-parameters, counts),
+    the name, then W[l] and B[l] per layer, the samples and the targets; int16 little-endian
+    (both boards and x64 are)."""
+    q, h = c.qnet, c.hyper.fixed()
+    X = np.ascontiguousarray(c.Xq, "<i2")
+    T = np.ascontiguousarray(c.Tq, "<i2")
+    name = c.name.encode()
+    head = [q.L, *q.sizes, *q.acts, *q.shift_a, *q.shift_w, *q.shift_d, q.loss, q.batch_max,
+            int(q.momentum), q.alpha_q, h["lr_m"], h["lr_e"], h["batch"], h["mu"], h["c_m"],
+            h["c_e"], h["mode"], h["seed"], X.shape[0], T.shape[1], len(name)]
+    if not all(-32768 <= v < 32768 for v in head):
+        raise ValueError(f"{c.name}: a header value does not fit in int16: {head}")
+    out = [np.array([len(head), *head], "<i2").tobytes(), name]
+    for l in range(q.L):
+        out.append(np.asarray(q.W[l], "<i2").tobytes())
+        out.append(np.asarray(q.B[l], "<i2").tobytes())
+    out += [X.tobytes(), T.tobytes()]
+    return b"".join(out)
+
+
+# zlib with a 4 KiB window: what the board allocates to inflate it
+WBITS = 12
+
+
+def pack(cases: list[Case]) -> bytes:
+    """The cases file: every record, zlib-compressed. A board's flash is written at a few KB/s
+    (mpremote sends 256-byte chunks as Python literals to a Python block device), so its size
+    is most of what a first run on a board costs: 130 KB raw, 34 KB compressed (the
+    edge-of-range values are all +-32767)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, WBITS)
+    return z.compress(b"".join(_record(c) for c in cases)) + z.flush()
+
+
+DRIVER = '''
+import gc
+import devtest
+from array import array
+import binascii
+from edgebp.net import Net
+%(kernels)s
+
+def put(typecode, buf):
+    # an array as its type code and its bytes in base64 or hex, at C speed: the states are
+    # most of the output, and a board's output comes over a pty a byte at a time
+    print("|" + typecode, end="")
+    print(%(encode)s, end="")
+
+def put_state(name, net):
+    print("%(prefix)s" + name, end="")
+    for l in range(net.L):
+        put("h", net.W[l])
+        put("h", net.B[l])
+        if net.VW[l] is not None:
+            put("i", net.VW[l])
+            put("i", net.VB[l])
+    print("|%%d %%d %%d %%d" %% (net.rng[0], net.loss_sum, net.correct, net.seen))
+
+def fill(f, buf):
+    # int16 arrays only; a stream's readinto reads until the buffer is full or the data ends
+    if f.readinto(buf) != 2 * len(buf):
+        raise ValueError("%(file)s ends inside a case")
+
+def int16s(n):
+    return array("h", bytes(2 * n))
+
+def case(f, n_head):
+    h = int16s(n_head)
+    fill(f, h)
+    L = h[0]
+    p = 1
+    sizes = [h[p + i] for i in range(L + 1)]
+    p += L + 1
+    acts = [h[p + i] for i in range(L)]
+    p += L
+    shift_a = [h[p + i] for i in range(L + 1)]
+    p += L + 1
+    shift_w = [h[p + i] for i in range(L)]
+    p += L
+    shift_d = [h[p + i] for i in range(L)]
+    p += L
+    loss, batch_max, momentum, alpha_q = h[p], h[p + 1], h[p + 2], h[p + 3]
+    lr_m, lr_e, batch, mu, c_m, c_e, mode, seed = [h[p + 4 + i] for i in range(8)]
+    n, n_t, n_name = h[p + 12], h[p + 13], h[p + 14]
+    name = f.read(n_name).decode()
+    net = Net(sizes, acts, shift_a, shift_w, shift_d, loss, batch_max, momentum > 0, alpha_q,
+              KERNELS)
+    for l in range(L):
+        fill(f, net.W[l])
+        fill(f, net.B[l])
+    net.set_lr(lr_m, lr_e)
+    net.set_batch(batch)
+    net.set_momentum(mu)
+    net.set_decay(c_m, c_e)
+    net.set_rounding(mode, seed)
+    n_in = sizes[0]
+    X = int16s(n * n_in)
+    T = int16s(n * n_t)
+    fill(f, X)
+    fill(f, T)
+    x = int16s(n_in)
+    t = int16s(n_t)
+    for s in range(n):
+        for i in range(n_in):
+            x[i] = X[s * n_in + i]
+        for i in range(n_t):
+            t[i] = T[s * n_t + i]
+        devtest.no_alloc(net.learn, x, t)
+    devtest.no_alloc(net.update)
+    put_state(name, net)
+
+def cases():
+    # the file beside this script: in the first directory on sys.path that holds it (the
+    # working directory is not that directory on every runtime)
+    import sys
+    for d in sys.path:
+        try:
+            raw = open(d + "/%(file)s" if d else "%(file)s", "rb")
+            break
+        except OSError:
+            pass
+    else:
+        raise OSError("%(file)s is not on sys.path")
+    try:
+        import deflate  # MicroPython: inflated as it is read
+        return deflate.DeflateIO(raw, deflate.ZLIB, %(wbits)d)
+    except ImportError:  # CPython
+        import io
+        import zlib
+        with raw:
+            return io.BytesIO(zlib.decompress(raw.read()))
+
+def main():
+    f = cases()
+    n_head = int16s(1)
+    while f.readinto(n_head) == 2:
+        case(f, n_head[0])
+        gc.collect()  # each net's buffers go before the next is made: no fragments
+    f.close()
+    print("DONE")
+
+main()
+'''
+
+
+# how the driver writes an array's bytes: base64 (the least output), or hex on the wasm port,
+# whose base64 is slow (30 ms for 2 KB) and, on an array, encodes len(buf) bytes only
+ENCODINGS = {
+    "base64": ("STATE64 ", "binascii.b2a_base64(bytes(buf)).decode().strip()"),
+    "hex": ("STATEHEX ", "binascii.hexlify(buf).decode()"),
+}
+
+
+def driver(kernels: str | None = None, encoding: str = "base64") -> str:
+    """The driver's source; `kernels` names the kernel module every net trains with (None:
+    Net's default, kern.select())."""
+    imp = f"import {kernels} as KERNELS" if kernels else "KERNELS = None"
+    prefix, encode = ENCODINGS[encoding]
+    return DRIVER % dict(kernels=imp, file=CASES_FILE, wbits=WBITS, prefix=prefix,
+                         encode=encode)
+
+
+def run_cases(runtime: str, cases: list[Case], kernels: str | None = None,
+              timeout: float = 600) -> tuple[mprun.RunResult, dict[str, str]]:
+    """Train `cases` on `runtime` with the kernel module named `kernels`: (the run, case
+    name -> state as state_line gives it without its prefix)."""
+    files: dict[str, str | bytes] = dict(mprun.core_files())
+    files["devtest.py"] = (Path(__file__).with_name("device") / "devtest.py").read_text()
+    files[CASES_FILE] = pack(cases)
+    encoding = "hex" if runtime == "wasm" else "base64"
+    result = mprun.run(runtime, driver(kernels, encoding), files, timeout=timeout)
+    return result, parse_states(result.stdout)
+
+
+_SCRIPT_DRIVER = '''
 import devtest
 from array import array
 
@@ -68,8 +268,10 @@ def drive(name, make, X, T, n_in, n_t, n):
 
 
 def script(cases: list[Case], kernels: str | None = None) -> str:
-    """Source that runs every case on a runtime (needs devtest.py and the core files)."""
-    out = [_DRIVER]
+    """Source that runs every case on a runtime with the case data inline (needs devtest.py
+    and the core files). Too big for a 192 KiB board beyond a few dozen cases: run_cases
+    ships the data as a file instead."""
+    out = [_SCRIPT_DRIVER]
     for i, c in enumerate(cases):
         src = c.qnet.device_source(c.hyper, kernels).replace("def make():", f"def make_{i}():")
         out.append(src)
@@ -83,10 +285,32 @@ def script(cases: list[Case], kernels: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+def _decoded(part: str, decode) -> str:
+    # "h<bytes>" or "i<bytes>": a little-endian int16 or int32 array, as state_line writes it
+    dtype = {"h": "<i2", "i": "<i4"}[part[0]]
+    return " ".join(str(int(v)) for v in np.frombuffer(decode(part[1:]), dtype))
+
+
+_DECODE = {"STATE64 ": base64.b64decode, "STATEHEX ": bytes.fromhex}
+
+
 def parse_states(stdout: str) -> dict[str, str]:
+    """Case name -> state, as state_line gives it without its prefix, from the STATE lines
+    of script() or the STATE64 / STATEHEX lines of DRIVER (arrays in base64 or hex)."""
     states = {}
     for line in stdout.splitlines():
         if line.startswith(STATE_PREFIX):
             body = line[len(STATE_PREFIX):]
             states[body.split("|", 1)[0]] = body
+            continue
+        prefix = next((p for p in _DECODE if line.startswith(p)), None)
+        if prefix is None:
+            continue
+        name, *parts = line[len(prefix):].split("|")
+        try:
+            arrays = [_decoded(a, _DECODE[prefix]) for a in parts[:-1]]
+        except (KeyError, IndexError, ValueError):  # cut short: kept as it came
+            states[name] = line
+        else:
+            states[name] = "|".join([name, *arrays, *parts[-1:]])
     return states

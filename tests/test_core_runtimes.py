@@ -1,7 +1,9 @@
 """The core, run on every runtime, against itself under CPython (and the numpy twin).
 
 One process per runtime trains every activation x loss x optimiser case and the edge-of-range
-cases; each learn() and update() runs under heap_lock, which on wasm-MicroPython (31-bit small
+cases with the pure kernels (edgebp.kernels, named: kern.select() would pick viper or native
+where they load; tests/test_viper.py and tests/test_native.py test those); each learn() and
+update() runs under heap_lock, which on wasm-MicroPython and the emulated boards (31-bit small
 ints, like a 32-bit MCU) also proves that no intermediate leaves the small-int range.
 """
 
@@ -10,9 +12,7 @@ from __future__ import annotations
 import pytest
 
 from combos import all_cases, edge_cases
-from conftest import DEVICE
-from coredrive import parse_states, run_here, script, state_line
-from edgebp.host.boards import mprun
+from coredrive import expected_states, run_cases, state_line
 from edgebp.host.nets.twin import TwinNet
 
 CASES = all_cases() + edge_cases()
@@ -20,10 +20,7 @@ CASES = all_cases() + edge_cases()
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, str]:
-    out = {}
-    for c in CASES:
-        out[c.name] = state_line(c.name, run_here(c))[len("STATE "):]
-    return out
+    return expected_states(CASES)
 
 
 def test_cases_cover_every_combination():
@@ -42,11 +39,8 @@ def test_twin_equals_core_on_every_case(expected):
 
 
 def test_core_bit_exact_and_allocation_free(runtime, expected):
-    files = mprun.core_files()
-    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
-    result = mprun.run(runtime, script(CASES), files, timeout=600)
+    result, got = run_cases(runtime, CASES, "edgebp.kernels", timeout=600)
     assert result.ok, f"{runtime} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    got = parse_states(result.stdout)
     assert set(got) == set(expected)
     bad = [name for name in expected if got[name] != expected[name]]
     assert not bad, f"{runtime}: {len(bad)} cases differ from the core on CPython: {bad[:5]}"

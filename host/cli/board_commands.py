@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 from edgebp.host.cli.common import (
     State,
     end_session,
+    need_micropython,
 )
 
 # -- deploy, plan, bench --
@@ -47,6 +48,7 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
         for note in plan.skipped:
             print(f"  left off: {note}")
         print(f"{len(plan.items)} files, {sum(len(i.data) for i in plan.items):,} bytes")
+        print(f"kernels   {plan.kernels}")
         return 0
     with mb.Board(args.port or "auto") as board:
         before = board.facts()
@@ -61,6 +63,7 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
         report = mb.deploy(board, plan, dry_run=args.dry_run, force=args.force)
         for note in plan.skipped:
             print(f"  left off: {note}")
+        print(f"kernels   {plan.kernels}")
         after = board.facts()
     counts = (f"{len(report.written)} {'to write' if args.dry_run else 'written'}, "
               f"{len(report.unchanged)} unchanged"
@@ -106,6 +109,8 @@ def do_sim(state: State, args: argparse.Namespace) -> int:
     from edgebp.host.boards import sim
 
     board: InProcessBoard | MicroPythonBoard
+    if args.kind in ("micropython", "stock"):
+        need_micropython(f"edgebp sim {args.kind}")
     try:
         if args.kind == "micropython":
             board = sim.MicroPythonBoard()

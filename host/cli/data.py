@@ -9,8 +9,12 @@ Datasets
   NPZ  arrays X (N, n_in) and y (N,) or (N, n_targets).
 
 Float weights (NPZ): W0, B0, W1, B1, ... in float64 acting on raw inputs (the data's own
-units, before the net's input normalisation), W<l> of shape (n_out, n_in), with the net's
-sizes, activations and loss alongside for whoever reads them.
+units, before the net's input normalisation) and, for a net with a target normalisation,
+giving outputs in the targets' own units (folded into the last layer), W<l> of shape
+(n_out, n_in), with the net's sizes, activations and loss alongside for whoever reads them.
+
+Targets: class labels (softmax_ce, bce) or a continuous quantity (mse, a regression);
+infer_task tells one from the other for `edgebp init --data` when the user does not.
 
 Every problem is a DataError whose message names the file and, for one value, its line and
 column (CSV, both counted from 1 as an editor shows them) or its array index (NPZ).
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import csv
 import math
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,15 +183,32 @@ def read_csv(path: str | Path, label_column: str | None = None, n_targets: int =
     return ds
 
 
-def read_npz(path: str | Path, n_targets: int = 1) -> Dataset:
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, or DataError in one line. A damaged zip reaches numpy
+    and zipfile as any of a dozen exceptions (a bad header, a compression method they lack
+    (NotImplementedError), a flag saying encrypted (RuntimeError), a corrupt deflate stream
+    (zlib.error), a truncated member (EOFError), ...): each is a file that cannot be read."""
     name = str(path)
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except OSError as e:
+            return {k: f[k] for k in f.files}
+    except IsADirectoryError:
+        raise DataError(f"{name}: is a directory, not an .npz file") from None
+    except FileNotFoundError as e:
         raise DataError(f"{name}: {e.strerror or e}") from None
-    except (ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{name}: not a readable .npz file ({e})") from None
+    except MemoryError:
+        raise DataError(f"{name}: not a readable .npz file (its arrays claim more memory "
+                        "than there is)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError, zlib.error, KeyError, struct.error, UnicodeDecodeError,
+            OverflowError, TypeError) as e:
+        why = str(e) or type(e).__name__
+        raise DataError(f"{name}: not a readable .npz file ({why})") from None
+
+
+def read_npz(path: str | Path, n_targets: int = 1) -> Dataset:
+    name = str(path)
+    arrays = load_npz(path)
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
         raise DataError(f"{name}: no array {' or '.join(missing)} (it holds "
@@ -239,9 +262,11 @@ def check_width(ds: Dataset, n_in: int) -> None:
         raise DataError(f"{ds.name}: {ds.n_in} {what}, the net takes {n_in} inputs")
 
 
-def check_targets(ds: Dataset, loss: int, n_out: int, out_shift: int | None = None) -> None:
+def check_targets(ds: Dataset, loss: int, n_out: int, out_shift: int | None = None,
+                  out_norm: tuple | None = None) -> None:
     """Class indices in 0..n_out-1 (softmax_ce), targets in [0, 1] (bce), or targets that fit
-    the output format Q<out_shift> (mse)."""
+    the output format Q<out_shift> (mse; after the net's target normalisation
+    out_norm = (out_offset, out_scale), if it has one)."""
     y = ds.y
     if loss == fixed.SOFTMAX_CE:
         col = y[:, 0]
@@ -261,12 +286,19 @@ def check_targets(ds: Dataset, loss: int, n_out: int, out_shift: int | None = No
                             "(a bce target is a probability)")
     elif out_shift is not None:
         lim = fixed.Q_MAX * 2.0**-out_shift
-        bad = np.abs(y) > lim
+        if out_norm is None:
+            bad = np.abs(y) > lim
+            held = f"|t| <= {lim:.4g}"
+        else:  # the net learns (t - offset) * scale
+            offset, scale = np.broadcast_to(out_norm[0], (y.shape[1],)), out_norm[1]
+            bad = np.abs((y - offset) * scale) > lim
+            held = "t from " + ", ".join(f"{o - lim / scale:.4g} to {o + lim / scale:.4g}"
+                                         for o in sorted(set(offset.tolist())))
         if bad.any():
             i, j = np.argwhere(bad)[0]
             raise DataError(f"{ds.where(i, j, True)}: target {y[i, j]:g} does not fit the "
-                            f"output format Q{out_shift} (|t| <= {lim:.4g}): scale the "
-                            "targets or declare target_range in the spec")
+                            f"output format Q{out_shift} ({held}): scale the targets or "
+                            "declare a wider target_range in the spec")
 
 
 def check_inputs(ds: Dataset, lo: np.ndarray, hi: np.ndarray, mode: str,
@@ -321,31 +353,72 @@ def xor() -> Dataset:
     return Dataset(X, y, "built-in XOR", ["x1", "x2", "xor"], [0, 1, 2])
 
 
-def infer_spec(ds: Dataset, hidden: list[int]) -> dict:
-    """A spec (JSON layout) for a dataset with one target column: a classifier (relu hidden
-    layers, softmax, softmax_ce) when the targets are class indices, else a regressor (tanh,
-    identity output, mse); inputs declared over the data's range per input."""
+MAX_INFERRED_CLASSES = 32  # whole-number targets beyond 0..31 are taken for a quantity
+
+TASKS = ("classification", "regression")
+
+
+def infer_task(ds: Dataset) -> tuple[str, str]:
+    """(task, why) for a dataset with one target column: "classification" when the targets
+    are class names, or whole numbers 0..K-1 with K <= MAX_INFERRED_CLASSES that use at
+    least half of those classes; otherwise "regression" (fractions, negative values, or
+    whole numbers too many or too sparse to be class indices)."""
+    if ds.classes:
+        return "classification", f"class names ({', '.join(ds.classes)})"
     y = ds.y[:, 0]
-    # whole numbers from 0 up, at least two of them (or names): class indices
-    classify = bool(np.all(y == np.floor(y)) and y.min() >= 0 and (ds.classes or y.max() >= 1))
+    distinct = len(np.unique(y))
+    lo, hi = float(y.min()), float(y.max())
+    values = f"{distinct} distinct values from {lo:g} to {hi:g}"
+    if not np.all(y == np.floor(y)):
+        return "regression", f"{values}, not all whole numbers"
+    if lo < 0:
+        return "regression", f"{values}, some negative"
+    k = int(hi) + 1
+    if k < 2:
+        return "regression", f"{values}: a single value"
+    if k > MAX_INFERRED_CLASSES:
+        return "regression", (f"{distinct} distinct whole numbers from {lo:g} to {hi:g}: too "
+                              f"many for class indices (at most {MAX_INFERRED_CLASSES} "
+                              "inferred)")
+    if 2 * distinct < k:
+        return "regression", (f"{distinct} distinct whole numbers from {lo:g} to {hi:g}: too "
+                              f"sparse for class indices 0..{k - 1}")
+    return "classification", f"class indices: whole numbers 0..{k - 1}"
+
+
+def infer_spec(ds: Dataset, hidden: list[int], task: str | None = None) -> dict:
+    """A spec (JSON layout) for a dataset with one target column: a classifier (relu hidden
+    layers, softmax, softmax_ce) for class labels, else a regressor (tanh, identity output,
+    mse, its target range the data's, normalised inside the net as the inputs are); the task
+    as given, or as infer_task says. Inputs declared over the data's range per input."""
+    y = ds.y[:, 0]
+    if task is None:
+        task = infer_task(ds)[0]
     lo, hi = ds.X.min(axis=0), ds.X.max(axis=0)
     flat = hi <= lo  # a constant input: any range holding it will do
     lo, hi = np.where(flat, lo - 1, lo), np.where(flat, hi + 1, hi)
     d: dict = {"input_range": {"min": lo.tolist(), "max": hi.tolist()},
                "optimizer": {"lr": 0.05, "batch": 8, "seed": 1}, "batch_max": 8}
-    if classify:
-        n_out = max(len(ds.classes), int(y.max()) + 1)
+    if task == "classification":
+        if not ds.classes and not (np.all(y == np.floor(y)) and y.min() >= 0):
+            bad = int(np.argmax((y != np.floor(y)) | (y < 0)))
+            raise DataError(f"{ds.where(bad, 0, True)}: {y[bad]:g} is not a class index (a "
+                            "whole number from 0): the targets are no class labels")
+        n_out = max(len(ds.classes), int(y.max()) + 1, 2)
         d.update(sizes=[ds.n_in, *hidden, n_out], loss="softmax_ce",
                  activations=["relu"] * len(hidden) + ["softmax"])
         if ds.classes:
             d["classes"] = list(ds.classes)
     else:
+        if ds.classes:
+            raise DataError(f"{ds.name}: the targets are class names ({', '.join(ds.classes)})"
+                            ": a regression needs numbers")
         t_lo, t_hi = float(y.min()), float(y.max())
         if t_hi <= t_lo:
             t_lo, t_hi = t_lo - 1, t_hi + 1
         d.update(sizes=[ds.n_in, *hidden, 1], loss="mse",
                  activations=["tanh"] * len(hidden) + ["identity"],
-                 target_range={"min": t_lo, "max": t_hi})
+                 target_range={"min": t_lo, "max": t_hi}, normalise_targets=True)
     return d
 
 
@@ -375,13 +448,7 @@ def save_weights(path: str | Path, qnet: QuantNet) -> None:
 def load_weights(path: str | Path, sizes: list[int]) -> tuple[list[np.ndarray],
                                                               list[np.ndarray]]:
     """Float weights (W<l>, B<l> on raw inputs) for a net of these sizes."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except OSError as e:
-        raise DataError(f"{path}: {e.strerror or e}") from None
-    except (ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    arrays = load_npz(path)
     Ws: list[np.ndarray] = []
     Bs: list[np.ndarray] = []
     for l in range(len(sizes) - 1):
@@ -395,6 +462,8 @@ def load_weights(path: str | Path, sizes: list[int]) -> tuple[list[np.ndarray],
                                                                           (shape[0], 1))):
                 raise DataError(f"{path}: {key} has shape {a.shape}, layer {l + 1} needs "
                                 f"{shape}")
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                raise DataError(f"{path}: {key} holds {a.dtype} values, not numbers")
             a = a.astype(np.float64).reshape(shape)
             if not np.all(np.isfinite(a)):
                 raise DataError(f"{path}: {key} holds values that are not finite")

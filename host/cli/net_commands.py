@@ -13,6 +13,7 @@ from edgebp.host.cli.data import DataError
 from edgebp.host.cli.workload import (
     UserError,
     check_data,
+    check_output,
     check_suffix,
     n_targets,
     net_bytes,
@@ -20,6 +21,7 @@ from edgebp.host.cli.workload import (
     read_data,
     read_net,
     read_spec,
+    warn,
     write_net,
 )
 from edgebp.host.nets import planner
@@ -47,29 +49,66 @@ from edgebp.host.cli.common import (
 _OUTPUT_ACT = {"softmax_ce": "softmax", "bce": "sigmoid", "mse": "identity"}
 
 
+def _init_task(args: argparse.Namespace, ds) -> tuple[str, str]:
+    """(task, how it was decided) for init --data: --task, else what --loss implies, else
+    inferred from the targets."""
+    implied = None if args.loss is None else ("regression" if args.loss == "mse"
+                                              else "classification")
+    if args.task and implied and args.task != implied:
+        raise UserError(f"--task {args.task} and --loss {args.loss} disagree: a regression "
+                        "trains with mse, a classification with softmax_ce or bce")
+    if args.task:
+        return args.task, "as --task says"
+    if implied:
+        return implied, f"as --loss {args.loss} says"
+    task, why = datafile.infer_task(ds)
+    other = "classification" if task == "regression" else "regression"
+    return task, f"inferred from the targets: {why}; --task {other} says otherwise"
+
+
 def do_init(state: State, args: argparse.Namespace) -> int:
     path = Path(args.spec)
     if path.exists() and not args.force:
         raise UserError(f"{path} exists: --force overwrites it")
+    check_output(str(path))
+    ds = task = None
     if args.data:
         ds = read_data(args.data, args)
-        d = datafile.infer_spec(ds, args.hidden)
+        task, how = _init_task(args, ds)
+        try:
+            d = datafile.infer_spec(ds, args.hidden, task)
+        except DataError as e:
+            raise UserError(str(e)) from None
         origin = f"from {args.data}"
     elif args.sizes:
+        if args.task:
+            raise UserError("--task is for --data (the targets it describes)")
         d = {"input_range": {"min": 0, "max": 1}, "optimizer": {"lr": 0.05}}
         origin = "input range 0..1 unless given"
     else:
+        if args.task:
+            raise UserError("--task is for --data (the targets it describes)")
         d = json.loads(json.dumps(datafile.XOR_SPEC))
         origin = "the built-in XOR example"
+    regression = task == "regression"
     if args.sizes:
+        if regression and args.sizes[-1] != 1:
+            raise UserError(f"a regression on the one target column of {args.data} needs 1 "
+                            f"output, not {args.sizes[-1]} (--sizes)")
         d["sizes"] = args.sizes
     if args.loss or args.sizes:
-        d["loss"] = args.loss or ("softmax_ce" if d["sizes"][-1] > 1 else "bce")
-        d.pop("target_range", None)
+        d["loss"] = args.loss or ("mse" if regression else
+                                  "softmax_ce" if d["sizes"][-1] > 1 else "bce")
+        if d["loss"] != "mse":
+            d.pop("target_range", None)
+            d.pop("normalise_targets", None)
     if args.activations:
         d["activations"] = args.activations
     elif args.sizes or args.loss:
-        d["activations"] = ["relu"] * (len(d["sizes"]) - 2) + [_OUTPUT_ACT[d["loss"]]]
+        hidden = "tanh" if regression else "relu"
+        d["activations"] = [hidden] * (len(d["sizes"]) - 2) + [_OUTPUT_ACT[d["loss"]]]
+    if d.get("normalise_targets") and d["activations"][-1:] != ["identity"]:
+        d.pop("normalise_targets")  # mapped back linearly: only for an identity output
     for end in ("min", "max"):
         value = getattr(args, f"input_{end}")
         if value is not None:
@@ -86,6 +125,20 @@ def do_init(state: State, args: argparse.Namespace) -> int:
         spec = parse_spec(d)
     except SpecError as e:
         raise UserError(f"the spec would be wrong: {e}") from None
+    if ds is not None:
+        check_data(ds, spec.sizes, spec.loss_code, None)
+    try:  # what quantising it would warn of (a learning rate too large), said now
+        quantize_spec(spec, calib=ds, context=f"{path}: ")
+    except UserError as e:
+        warn(f"as it stands the net cannot be quantised: {e}")
+    if ds is not None:
+        print(f"task      {task}, {how}")
+        if spec.target_min is not None and spec.target_max is not None:
+            span = ", ".join(f"{a:g} to {b:g}" for a, b in
+                             sorted(set(zip(spec.target_min, spec.target_max, strict=True))))
+            inside = (", mapped to [-1, 1] inside the net; outputs, RMSE and R^2 in the "
+                      "targets' units" if spec.normalise_targets else "")
+            print(f"targets   {span}{inside}")
     try:
         save_spec(spec, path)
     except OSError as e:

@@ -3,7 +3,7 @@
     edgebp init SPEC.json [--data D | --sizes 4,16,3 ...]   write a net spec
     edgebp quantize SPEC.json -o NET.ebp [--calib D]         float init or weights -> .ebp
     edgebp train [BOARD] [--net NET.ebp | --spec SPEC.json] [--data D] [--val D] ...
-    edgebp eval [BOARD] --net NET.ebp --data D               loss and accuracy on the board
+    edgebp eval [BOARD] --net NET.ebp --data D               loss and accuracy (or RMSE, R^2)
     edgebp check [BOARD] [--net | --spec] [--data D]         board gradients vs float64
     edgebp pull [BOARD] --net NET.ebp -o W.npz               the board's weights, as floats
     edgebp deploy [--port PORT] [--dry-run] [--net NET.ebp]   edgebp onto a board, verified
@@ -40,6 +40,7 @@ from edgebp.host.boards.session import SessionError
 from edgebp.host.cli.board_commands import do_bench, do_deploy, do_flash, do_runtimes, do_sim
 from edgebp.host.cli.check_command import do_check
 from edgebp.host.cli.common import SIMS, State, UserError
+from edgebp.host.cli.data import MAX_INFERRED_CLASSES, TASKS
 from edgebp.host.cli.net_commands import do_init, do_plan, do_quantize
 from edgebp.host.cli.train_commands import do_eval, do_pull, do_train
 from edgebp.net import MAX_BATCH
@@ -127,9 +128,10 @@ def add_net(parser: argparse.ArgumentParser, required: bool = False) -> Argument
     return g
 
 
-def add_data(parser: argparse.ArgumentParser, what: str) -> ArgumentGroup:
+def add_data(parser: argparse.ArgumentParser, what: str, required: bool = False
+             ) -> ArgumentGroup:
     g = parser.add_argument_group("data")
-    g.add_argument("--data", metavar="DATA", help=what)
+    g.add_argument("--data", metavar="DATA", help=what, required=required)
     g.add_argument("--label-column", metavar="COL",
                    help="the (first) target column of a CSV: a header name, a column number "
                    "from 1, or negative from the end (default: the last column(s))")
@@ -137,6 +139,15 @@ def add_data(parser: argparse.ArgumentParser, what: str) -> ArgumentGroup:
                    help="inputs outside the net's declared input range: keep them with a "
                    "warning (default), clip them to the range, or refuse the data")
     return g
+
+
+def add_task(parser) -> None:
+    parser.add_argument("--task", choices=TASKS,
+                        help="what the target is: class labels (classification) or a "
+                        "continuous quantity (regression: an mse net whose output is mapped "
+                        "to the targets' range); default: inferred from the targets, and "
+                        "said (names or whole numbers 0..K-1, K <= "
+                        f"{MAX_INFERRED_CLASSES}: classification; else regression)")
 
 
 def add_hyper(parser: argparse.ArgumentParser) -> ArgumentGroup:
@@ -156,8 +167,10 @@ def add_hyper(parser: argparse.ArgumentParser) -> ArgumentGroup:
 def argparse_init(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC.json", help="the file to write")
     parser.add_argument("--data", metavar="DATA", help="take the input width, input range and "
-                        "classes from a dataset (.csv or .npz)")
-    parser.add_argument("--label-column", metavar="COL", help="the label column of --data")
+                        "targets (class labels, or a continuous target and its range) from a "
+                        "dataset (.csv or .npz)")
+    parser.add_argument("--label-column", metavar="COL", help="the target column of --data")
+    add_task(parser)
     parser.add_argument("--sizes", type=_ints, help="layer widths, input first: 4,16,3")
     parser.add_argument("--hidden", type=_ints, default=[16],
                         help="hidden widths with --data (default 16)")
@@ -165,12 +178,18 @@ def argparse_init(parser: argparse.ArgumentParser) -> None:
                         help="one per layer: identity, relu, leaky_relu, sigmoid, tanh, softmax "
                         "(default: relu, then what the loss needs)")
     parser.add_argument("--loss", choices=fixed.LOSS_NAMES,
-                        help="default: softmax_ce with more than one output, else bce")
+                        help="default: mse for a regression; for a classification softmax_ce "
+                        "with more than one output, else bce")
     parser.add_argument("--input-min", type=_numbers, help="one number or one per input")
     parser.add_argument("--input-max", type=_numbers, help="one number or one per input")
-    parser.add_argument("--lr", type=_positive)
-    parser.add_argument("--batch", type=_count(1, MAX_BATCH))
-    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--lr", type=_positive,
+                        help="learning rate of SGD (default 0.05; 0.5 for the built-in XOR)")
+    parser.add_argument("--batch", type=_count(1, MAX_BATCH),
+                        help="samples per weight update (default 8 with --data, else 1); "
+                        f"the net is built for batches up to it, 1..{MAX_BATCH}")
+    parser.add_argument("--momentum", type=float,
+                        help="SGD momentum, 0 to 0.996 in steps of 1/256 (default 0: plain "
+                        "SGD)")
     parser.add_argument("--weight-growth", type=float, metavar="G",
                         help="room in the weight formats for weights G times the largest "
                         "initial one (default 4; more for long training whose weights grow, "
@@ -197,13 +216,15 @@ def argparse_train(parser: argparse.ArgumentParser) -> None:
     net = add_net(parser)
     net.add_argument("--hidden", type=_ints, help="with neither --net nor --spec: the hidden "
                      "widths of the net inferred from --data (default 16)")
+    add_task(net)
     data = add_data(parser, "training samples, .csv or .npz (default with no net: the "
                     "built-in XOR)")
     data.add_argument("--val", metavar="DATA", help="held-out samples, evaluated after each "
                       "epoch")
     g = add_hyper(parser)
     g.add_argument("--epochs", type=_count(1, 10**6),
-                   help="passes over the data (default 20; 200 for the built-in XOR)")
+                   help="passes over the data (default 20; 200 for the built-in XOR); Ctrl-C "
+                   "stops early and, with --out, writes the net as trained so far")
     g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
                    help="visit the samples in a fresh seeded order each epoch (default) or "
                    "in file order")
@@ -219,8 +240,9 @@ def argparse_train(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--out", "-o", metavar="FILE", action="append", default=[],
                    help="write the trained net: .ebp (quantised) or .npz (float weights on "
                    "raw inputs); may be given twice")
-    o.add_argument("--curves", metavar="FILE", help="per-epoch loss and accuracy: .csv, or "
-                   ".png (a plot, needs matplotlib)")
+    o.add_argument("--curves", metavar="FILE", help="per-epoch loss and accuracy (for a "
+                   "regression: RMSE and R^2): .csv, or .png (a plot, needs matplotlib: the "
+                   "plot extra)")
     o.add_argument("--plot", action="store_true", help="with --curves FILE.csv, also write "
                    "FILE.png")
 
@@ -228,7 +250,7 @@ def argparse_train(parser: argparse.ArgumentParser) -> None:
 def argparse_eval(parser: argparse.ArgumentParser) -> None:
     add_board(parser)
     add_net(parser, required=True)
-    add_data(parser, "samples to evaluate, .csv or .npz")
+    add_data(parser, "samples to evaluate, .csv or .npz", required=True)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -351,7 +373,8 @@ COMMANDS: dict[str, tuple[Handler, Configure, str]] = {
                  "quantise a spec's float weights into a net file (.ebp), proving its ranges"),
     "train": (do_train, argparse_train,
               "train on a board (default: the simulated one; no arguments: XOR)"),
-    "eval": (do_eval, argparse_eval, "loss and accuracy of a net on a board"),
+    "eval": (do_eval, argparse_eval,
+             "loss and accuracy (for a regression: RMSE and R^2) of a net on a board"),
     "check": (do_check, argparse_check,
               "validate a board's integer gradients against the float64 reference"),
     "pull": (do_pull, argparse_pull, "read the weights of the net a board holds"),

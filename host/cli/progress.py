@@ -41,7 +41,7 @@ class Bar:
             self._drawn = now
             self.draw(total)
 
-    def end_epoch(self, samples: int, loss: float, accuracy: float) -> None:
+    def end_epoch(self, samples: int, loss: float, accuracy: float | None) -> None:
         self.samples += samples
         self.done = 0
         self.loss, self.accuracy = loss, accuracy
@@ -54,8 +54,10 @@ class Bar:
         filled = self.width * self.done // total if total else self.width
         bar = "#" * filled + "." * (self.width - filled)
         text = (f"epoch {self.epoch + 1}/{self.epochs} [{bar}] {self.done}/{total}")
-        if self.loss is not None and self.accuracy is not None:
-            text += f"  loss {self.loss:.4f}  acc {100 * self.accuracy:5.1f}%"
+        if self.loss is not None:
+            text += f"  loss {self.loss:.4f}"
+        if self.accuracy is not None:
+            text += f"  acc {100 * self.accuracy:5.1f}%"
         return text + f"  {self.rate():,.0f} samples/s"
 
     def draw(self, total: int) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+import threading
 import time
 from array import array
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from edgebp.host.cli.data import Dataset
 from edgebp.host.cli.progress import Bar
 from edgebp.host.cli.workload import (
     UserError,
+    check_output,
     check_suffix,
     prepare,
     read_net,
@@ -27,10 +31,10 @@ from edgebp.host.cli.workload import (
 )
 from edgebp.host.nets.qnet import QuantNet
 from edgebp.host.nets.reference import epoch_order
+from edgebp.host.nets.train import Fit, fit_from_loss
 
 if TYPE_CHECKING:
-    pass
-
+    from edgebp.host.boards.session import Result
 
 
 from edgebp.host.cli.common import (
@@ -60,16 +64,21 @@ def _curve_files(args: argparse.Namespace) -> tuple[str | None, str | None]:
     png_path = args.curves if suffix == ".png" else None
     if args.plot and csv_path:
         png_path = str(Path(csv_path).with_suffix(".png"))
+    for path in (csv_path, png_path):
+        if path:
+            check_output(path, "--curves" if path == args.curves else "--plot")
     if png_path:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UserError(f"{png_path}: a plot needs matplotlib (pip install matplotlib)"
+            raise UserError(f'{png_path}: a plot needs matplotlib: pip install "edgebp[plot]"'
                             ) from None
     return csv_path, png_path
 
 
 def write_curves(rows: list[dict], csv_path: str | None, png_path: str | None) -> None:
+    """Per-epoch rows as CSV and/or a plot: loss and accuracy, or for a regression loss,
+    RMSE and R^2 (in the targets' units)."""
     keys = list(rows[0])
     try:
         if csv_path:
@@ -83,20 +92,99 @@ def write_curves(rows: list[dict], csv_path: str | None, png_path: str | None) -
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+            panels: list[tuple[str, str, tuple[float, float] | None]] = [
+                ("loss", "loss (mean per sample)", None)]
+            if "rmse" in keys:
+                panels += [("rmse", "RMSE (the targets' units)", None), ("r2", "R$^2$", None)]
+            else:
+                panels += [("accuracy", "accuracy", (0, 1.02))]
+            fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5))
             epochs = [r["epoch"] for r in rows]
-            for prefix, label in (("", "training"), ("val_", "held-out")):
-                if f"{prefix}loss" in keys:
-                    ax_loss.plot(epochs, [r[f"{prefix}loss"] for r in rows], label=label)
-                    ax_acc.plot(epochs, [r[f"{prefix}accuracy"] for r in rows], label=label)
-            ax_loss.set(xlabel="epoch", ylabel="loss (mean per sample)")
-            ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-            ax_acc.legend(loc="lower right")
+            for ax, (key, ylabel, ylim) in zip(axes, panels, strict=True):
+                for prefix, label in (("", "training"), ("val_", "held-out")):
+                    if f"{prefix}{key}" in keys:
+                        ax.plot(epochs, [r[f"{prefix}{key}"] for r in rows], label=label)
+                ax.set(xlabel="epoch", ylabel=ylabel)
+                if ylim:
+                    ax.set_ylim(*ylim)
+            axes[-1].legend(loc="best")
             fig.tight_layout()
             fig.savefig(png_path, dpi=100)
             plt.close(fig)
     except OSError as e:
         raise UserError(f"{e.filename}: {e.strerror or e}") from None
+
+
+class Measure:
+    """What a training run reports per epoch: loss and accuracy for a classifier; loss,
+    RMSE and R^2 in the targets' units for a regression (mse), from the board's loss."""
+
+    def __init__(self, qnet: QuantNet):
+        self.qnet = qnet
+        self.regression = qnet.loss == fixed.MSE
+
+    def heads(self, prefix: str = "") -> list[tuple[str, str]]:
+        if self.regression:
+            return [(f"{prefix}loss", "loss"), (f"{prefix}rmse", "RMSE"), (f"{prefix}r2", "R^2")]
+        return [(f"{prefix}loss", "loss"), (f"{prefix}accuracy", "accuracy")]
+
+    def head(self, val: bool) -> str:
+        text = f"{'epoch':>6}  {'loss':>8}  "
+        text += f"{'RMSE':>9}  {'R^2':>7}" if self.regression else f"{'accuracy':>8}"
+        if val:
+            text += f"  {'val loss':>8}  "
+            text += f"{'val RMSE':>9}  {'val R^2':>7}" if self.regression else f"{'val acc':>8}"
+        return text
+
+    def fit(self, r: Result, T) -> Fit:
+        return fit_from_loss(r.loss, self.qnet, T)
+
+    def values(self, r: Result, T, prefix: str = "") -> dict:
+        if self.regression:
+            f = self.fit(r, T)
+            return {f"{prefix}loss": round(r.loss, 6), f"{prefix}rmse": round(f.rmse, 6),
+                    f"{prefix}r2": round(f.r2, 6)}
+        return {f"{prefix}loss": round(r.loss, 6), f"{prefix}accuracy": round(r.accuracy, 6)}
+
+    def cells(self, r: Result, T) -> str:
+        if self.regression:
+            f = self.fit(r, T)
+            return f"{r.loss:8.4f}  {f.rmse:#9.4g}  {f.r2:7.4f}"
+        return f"{r.loss:8.4f}  {100 * r.accuracy:7.1f}%"
+
+    def summary(self, r: Result, T) -> str:
+        if self.regression:
+            f = self.fit(r, T)
+            return f"loss {r.loss:.4f}, RMSE {f.rmse:#.4g}, R^2 {f.r2:.4f}"
+        return f"loss {r.loss:.4f}, accuracy {100 * r.accuracy:.1f}%"
+
+
+class SoftInterrupt:
+    """The first Ctrl-C of a training run stops it at the next acknowledged frame, where
+    the link is in step with the board, so the net trained so far can still be read back
+    and written; a second Ctrl-C interrupts at once, as usual."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+
+    def __enter__(self) -> SoftInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.hit = True
+        signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def xor_table(qnet: QuantNet, ds: Dataset) -> list[str]:
@@ -114,6 +202,7 @@ def xor_table(qnet: QuantNet, ds: Dataset) -> list[str]:
 def do_train(state: State, args: argparse.Namespace) -> int:
     for path in args.out:
         check_suffix(path, (".ebp", ".npz"), "--out")
+        check_output(path, "--out")
     csv_path, png_path = _curve_files(args)
     overrides = {k: getattr(args, k) for k in ("lr", "batch", "seed")
                  if getattr(args, k) is not None}
@@ -122,6 +211,7 @@ def do_train(state: State, args: argparse.Namespace) -> int:
     epochs = args.epochs or (200 if p.demo else 20)
     seed = hyper.seed
     Xq, Tq = qnet.quantize_inputs(ds.X), targets(qnet, ds)
+    measure = Measure(qnet)
 
     session = open_session(state, args)
     print(f"board     {describe_board(state)}")
@@ -141,42 +231,53 @@ def do_train(state: State, args: argparse.Namespace) -> int:
         session.checkpoint(every=args.checkpoint_every, now=False)
         print(f"checkpoints every {args.checkpoint_every} weight update"
               f"{'s' if args.checkpoint_every != 1 else ''} on the board's filesystem")
-    head = f"{'epoch':>6}  {'loss':>8}  {'accuracy':>8}"
     if p.val is not None:
-        head += f"  {'val loss':>8}  {'val acc':>8}"
         Xv, Tv = qnet.quantize_inputs(p.val.X), targets(qnet, p.val)
-    print(head, flush=True)
+    print(measure.head(p.val is not None), flush=True)
 
     bar = Bar(epochs)
-    rows = []
+    rows: list[dict] = []
     elapsed = 0.0  # training only, evaluation aside
     samples = 0
-    for epoch in range(first, epochs):
-        bar.begin_epoch(epoch)
-        order = epoch_order(len(ds), seed, epoch) if args.shuffle else np.arange(len(ds))
-        if epoch == first and skip:
-            order = order[skip:]  # learned before the board's reset
-        start = time.monotonic()
+    epoch = first
+    with SoftInterrupt() as stop:
+
+        def tick(done: int, total: int) -> None:
+            stop.check()
+            bar.update(done, total)
+
         try:
-            r = session.train(Xq, Tq, order, update=True, progress=bar.update,
-                              resume=checkpoints)
-        except SessionError as e:
-            if not checkpoints:
-                raise
-            raise SessionError(f"{e}; the board keeps its last checkpoint: run the same "
-                               "command with --resume to go on from it") from e
-        elapsed += time.monotonic() - start
-        samples += len(order)
-        bar.end_epoch(r.samples, r.loss, r.accuracy)
-        row = {"epoch": epoch + 1, "loss": round(r.loss, 6), "accuracy": round(r.accuracy, 6)}
-        line = f"{epoch + 1:6}  {r.loss:8.4f}  {100 * r.accuracy:7.1f}%"
-        if p.val is not None:
-            v = session.evaluate(Xv, Tv)
-            row.update(val_loss=round(v.loss, 6), val_accuracy=round(v.accuracy, 6))
-            line += f"  {v.loss:8.4f}  {100 * v.accuracy:7.1f}%"
-        rows.append(row)
-        if _shown(epoch, epochs):
-            bar.message(line)
+            for epoch in range(first, epochs):
+                stop.check()
+                bar.begin_epoch(epoch)
+                order = epoch_order(len(ds), seed, epoch) if args.shuffle else np.arange(len(ds))
+                if epoch == first and skip:
+                    order = order[skip:]  # learned before the board's reset
+                start = time.monotonic()
+                try:
+                    r = session.train(Xq, Tq, order, update=True, progress=tick,
+                                      resume=checkpoints)
+                except SessionError as e:
+                    if not checkpoints:
+                        raise
+                    raise SessionError(f"{e}; the board keeps its last checkpoint: run the "
+                                       "same command with --resume to go on from it") from e
+                elapsed += time.monotonic() - start
+                samples += len(order)
+                bar.end_epoch(r.samples, r.loss, None if measure.regression else r.accuracy)
+                row = {"epoch": epoch + 1, **measure.values(r, ds.y[order])}
+                line = f"{epoch + 1:6}  {measure.cells(r, ds.y[order])}"
+                if p.val is not None:
+                    v = session.evaluate(Xv, Tv, progress=lambda d, t: stop.check())
+                    row.update(measure.values(v, p.val.y, "val_"))
+                    line += f"  {measure.cells(v, p.val.y)}"
+                    row["_held"] = measure.summary(v, p.val.y)
+                rows.append(row)
+                if _shown(epoch, epochs):
+                    bar.message(line)
+        except KeyboardInterrupt:
+            bar.clear()
+            return _interrupted(state, args, session, epoch, hyper, rows, csv_path, png_path)
     bar.clear()
     trained = session.pull()
     end_session(state, args)
@@ -184,20 +285,49 @@ def do_train(state: State, args: argparse.Namespace) -> int:
     print(f"trained on {samples} samples in {elapsed:.2f} s ({samples / max(elapsed, 1e-9):,.0f} "
           "samples/s through the link)")
     if p.val is not None and rows:
-        last = rows[-1]
-        print(f"held out  {len(p.val)} samples: loss {last['val_loss']:.4f}, accuracy "
-              f"{100 * last['val_accuracy']:.1f}%")
+        print(f"held out  {len(p.val)} samples: {rows[-1]['_held']}")
     if p.demo:
         print("the board's trained net on XOR:")
         print("\n".join(xor_table(trained, ds)))
-    for path in args.out:
-        write_net(path, trained, hyper)
-        kind = "float weights" if path.lower().endswith(".npz") else "quantised net"
-        print(f"wrote {path} ({kind})")
-    if csv_path or png_path:
+    _write_outputs(args, trained, hyper, rows, csv_path, png_path)
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, trained: QuantNet | None, hyper, rows: list[dict],
+                   csv_path: str | None, png_path: str | None, note: str = "") -> None:
+    if trained is not None:
+        for path in args.out:
+            write_net(path, trained, hyper)
+            kind = "float weights" if path.lower().endswith(".npz") else "quantised net"
+            print(f"wrote {path} ({kind}{note})")
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    if (csv_path or png_path) and rows:
         write_curves(rows, csv_path, png_path)
         print(f"wrote {', '.join(f for f in (csv_path, png_path) if f)} (training curves)")
-    return 0
+
+
+def _interrupted(state: State, args: argparse.Namespace, session: Session, epoch: int,
+                 hyper, rows: list[dict], csv_path: str | None, png_path: str | None) -> int:
+    """Ctrl-C during training: with -o, the net as trained so far is read back from the
+    board and written (and the curves of the finished epochs); without, nothing is."""
+    where = f"during epoch {epoch + 1} ({epoch} finished)"
+    if not args.out:
+        if rows and (csv_path or png_path):
+            _write_outputs(args, session.qnet, hyper, rows, csv_path, png_path)
+        print(f"edgebp: interrupted {where}; no net written (with -o FILE, Ctrl-C writes "
+              "the net as trained so far)", file=sys.stderr)
+        return 130
+    try:
+        trained = session.pull()
+        end_session(state, args)
+    except SessionError as e:
+        print(f"edgebp: interrupted {where}; could not read the net back from the board "
+              f"({e}): nothing written", file=sys.stderr)
+        return 130
+    print(f"interrupted {where}: writing the net as trained so far")
+    _write_outputs(args, trained, hyper, rows, csv_path, png_path, ", as trained so far")
+    print(f"edgebp: interrupted {where}; kept the net trained so far", file=sys.stderr)
+    return 130
 
 
 # -- eval --
@@ -233,19 +363,24 @@ def do_eval(state: State, args: argparse.Namespace) -> int:
     session.load(qnet, p.hyper)
     r = session.evaluate(qnet.quantize_inputs(ds.X), targets(qnet, ds))
     end_session(state, args)
-    correct = round(r.accuracy * r.samples)
+    measure = Measure(qnet)
+    if measure.regression:
+        fit = measure.fit(r, ds.y)
+        result = {"rmse": fit.rmse, "r2": fit.r2}
+        text = f"{measure.summary(r, ds.y)} ({r.samples} samples; RMSE in the targets' units)"
+    else:
+        correct = round(r.accuracy * r.samples)
+        result = {"accuracy": r.accuracy, "correct": correct}
+        text = f"{measure.summary(r, ds.y)} ({correct} of {r.samples})"
     if args.json:
         print(json.dumps({"board": board, "net": p.net_from, "data": ds.name,
-                          "samples": r.samples, "loss": r.loss, "accuracy": r.accuracy,
-                          "correct": correct}))
+                          "samples": r.samples, "loss": r.loss, **result}))
         return 0
     print(f"board     {board}")
     print(f"net       {describe_net(qnet)} ({p.net_from})")
     print(f"data      {len(ds)} samples ({ds.name})")
-    print(f"loss {r.loss:.4f}, accuracy {100 * r.accuracy:.1f}% ({correct} of {r.samples})")
+    print(text)
     return 0
-
-
 
 
 # -- pull --
@@ -253,6 +388,7 @@ def do_eval(state: State, args: argparse.Namespace) -> int:
 
 def do_pull(state: State, args: argparse.Namespace) -> int:
     check_suffix(args.output, (".npz", ".ebp"), "the output")
+    check_output(args.output, "-o")
     qnet, hyper = read_net(args.net)
     if not args.port and not args.sim:
         args.port = "auto"

@@ -11,6 +11,8 @@ proves the core's ranges for the inputs and settings at hand. Every problem beco
 from __future__ import annotations
 
 import argparse
+import os
+import struct
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,8 +25,8 @@ from edgebp.host.cli import data as datafile
 from edgebp.host.cli.data import DataError, Dataset
 from edgebp.host.nets import ebpfile
 from edgebp.host.nets.qnet import Hyper, QuantNet
-from edgebp.host.nets.quantize import IN_SHIFT, quantize
-from edgebp.host.nets.ranges import RangeError, check_ranges
+from edgebp.host.nets.quantize import IN_SHIFT, needed_formats, quantize
+from edgebp.host.nets.ranges import RangeError, check_ranges, lr_fits, max_lr
 from edgebp.host.nets.spec import Spec, SpecError, init_float_weights, load_spec, parse_spec
 
 
@@ -41,6 +43,23 @@ def check_suffix(path: str, allowed: tuple[str, ...], what: str) -> str:
     if suffix not in allowed:
         raise UserError(f"{path}: {what} must end in {' or '.join(allowed)}")
     return suffix
+
+
+def check_output(path: str, what: str = "") -> None:
+    """Refuse now an output file that could not be written later (a missing or read-only
+    directory, a directory in its place): a typo must not cost a training run."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    label = f"{path}{f' ({what})' if what else ''}"
+    if p.is_dir():
+        raise UserError(f"{label}: is a directory, not a file to write")
+    if not parent.is_dir():
+        missing = parent
+        while not missing.parent.is_dir() and missing.parent != missing:
+            missing = missing.parent
+        raise UserError(f"{label}: no directory {missing} to write it in")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{label}: not writable here (permission denied)")
 
 
 # -- reading --
@@ -62,6 +81,9 @@ def read_net(path: str) -> tuple[QuantNet, Hyper | None]:
         raise UserError(f"{path}: {e}") from None
     except OSError as e:
         raise UserError(f"{path}: {e.strerror or e}") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error) as e:
+        # the parsers name what they check; anything else a damaged file trips over
+        raise UserError(f"{path}: not a readable net file ({type(e).__name__}: {e})") from None
 
 
 def read_data(path: str, args: argparse.Namespace, n_targets: int = 1,
@@ -91,9 +113,30 @@ def quantize_spec(spec: Spec, Ws=None, Bs=None, calib: Dataset | None = None,
         X = calib.X
         T = calib.y[:, 0] if spec.loss == "softmax_ce" else calib.y
     try:
-        return quantize(spec, Ws, Bs, X, T, raw_inputs=raw)
+        qnet = quantize(spec, Ws, Bs, X, T, raw_inputs=raw)
     except RangeError as e:
         raise range_refusal(e, context) from None
+    try:
+        free = needed_formats(spec, Ws, Bs, X, T, raw_inputs=raw)
+    except RangeError:
+        return qnet  # (without the learning rate's constraint nothing new can be refused)
+    limit = max_lr(free)
+    if spec.lr > limit:
+        coarser = [f"layer {l + 1} Q{a} instead of Q{b}" for l, (a, b)
+                   in enumerate(zip(qnet.shift_w, free.shift_w, strict=True)) if a < b]
+        warn(f"{context}learning rate {spec.lr:g} is above {limit:.4g}, the largest learning "
+             "rate this net allows at the weight formats its weights need: its weights are "
+             f"stored coarser to take it ({', '.join(coarser)}); a rate this large usually "
+             "diverges")
+    return qnet
+
+
+def check_lr(qnet: QuantNet, hyper: Hyper, what: str) -> None:
+    """Refuse a learning rate the net's formats cannot apply, saying the largest they can."""
+    if not lr_fits(qnet, hyper.lr):
+        raise UserError(f"learning rate {hyper.lr:g} is too large for {what}: the largest "
+                        f"learning rate this net allows is {max_lr(qnet):.4g} (its weight "
+                        "formats; quantise its spec with the larger rate for coarser ones)")
 
 
 def declared_range(qnet: QuantNet, held: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +188,7 @@ def prepare(args: argparse.Namespace, overrides: dict | None = None,
     if val_path:
         val = read_data(val_path, args, n_targets(qnet.loss, qnet.sizes[-1]),
                         qnet.classes or data.classes)
-        check_data(val, qnet.sizes, qnet.loss, qnet.shift_a[-1])
+        check_net_data(val, qnet, qnet.classes or data.classes, net_from)
         check_inputs(val, *declared_range(qnet), args.out_of_range, declared_range(qnet, True))
     if data.classes and not qnet.classes:
         qnet = replace(qnet, classes=list(data.classes))
@@ -153,6 +196,7 @@ def prepare(args: argparse.Namespace, overrides: dict | None = None,
         ebpfile.hyper_block(hyper)
     except EbpError as e:
         raise UserError(f"a board cannot take these settings: {e}") from None
+    check_lr(qnet, hyper, net_from)
     prove_safe(qnet, hyper, [d for d in (data, val) if d is not None])
     return Prepared(qnet, hyper, net_from, data, val, demo)
 
@@ -162,7 +206,7 @@ def _net_from_file(args: argparse.Namespace, overrides: dict) -> tuple[QuantNet,
     qnet, file_hyper = read_net(args.net)
     hyper = replace(file_hyper or Hyper(), **overrides)
     data = read_data(args.data, args, n_targets(qnet.loss, qnet.sizes[-1]), qnet.classes)
-    check_data(data, qnet.sizes, qnet.loss, qnet.shift_a[-1])
+    check_net_data(data, qnet, qnet.classes, args.net)
     check_inputs(data, *declared_range(qnet), args.out_of_range, declared_range(qnet, True))
     return qnet, hyper, data
 
@@ -177,8 +221,14 @@ def _net_from_spec(args: argparse.Namespace, overrides: dict, hidden: list[int] 
         data, d, net_from = datafile.xor(), dict(datafile.XOR_SPEC), "built-in XOR"
     else:
         data = read_data(args.data, args)
-        d = datafile.infer_spec(data, hidden or [16])
-        net_from = "inferred from the data; edgebp init --data writes it as a spec to edit"
+        task = getattr(args, "task", None)
+        try:
+            d = datafile.infer_spec(data, hidden or [16], task)
+        except DataError as e:
+            raise UserError(str(e)) from None
+        why = "as --task says" if task else "inferred: " + datafile.infer_task(data)[1]
+        kind = "regression" if d["loss"] == "mse" else "classification"
+        net_from = f"{kind}, {why}; edgebp init --data writes it as a spec to edit"
     d["optimizer"] = {**d.get("optimizer", {}), **overrides}
     if "batch" in overrides:
         d["batch_max"] = max(d.get("batch_max", 1), overrides["batch"])
@@ -192,7 +242,7 @@ def _net_from_spec(args: argparse.Namespace, overrides: dict, hidden: list[int] 
     reach = fixed.Q_MAX * 2.0**-IN_SHIFT * (hi - lo) / 2
     check_inputs(data, lo, hi, args.out_of_range, ((lo + hi) / 2 - reach, (lo + hi) / 2 + reach))
     qnet = quantize_spec(spec, calib=data, context=f"{net_from}: ")
-    check_data(data, qnet.sizes, qnet.loss, qnet.shift_a[-1])
+    check_net_data(data, qnet, qnet.classes or data.classes, net_from)
     return qnet, spec.hyper(), data, net_from
 
 
@@ -206,12 +256,40 @@ def check_inputs(ds: Dataset, lo: np.ndarray, hi: np.ndarray, mode: str,
         warn(note)
 
 
-def check_data(ds: Dataset, sizes: list[int], loss: int, out_shift: int | None) -> None:
+def check_data(ds: Dataset, sizes: list[int], loss: int, out_shift: int | None,
+               out_norm: tuple | None = None) -> None:
     try:
         datafile.check_width(ds, sizes[0])
-        datafile.check_targets(ds, loss, sizes[-1], out_shift if loss == fixed.MSE else None)
+        datafile.check_targets(ds, loss, sizes[-1], out_shift if loss == fixed.MSE else None,
+                               out_norm)
     except DataError as e:
         raise UserError(str(e)) from None
+
+
+def check_net_data(ds: Dataset, qnet: QuantNet, classes: list[str], what: str) -> None:
+    """A dataset against a quantised net: input width, label kind, targets in range."""
+    check_labels(ds, classes, qnet.loss, qnet.sizes[-1], what)
+    out_norm = (qnet.out_offset, qnet.out_scale) if qnet.scales_targets else None
+    check_data(ds, qnet.sizes, qnet.loss, qnet.shift_a[-1], out_norm)
+
+
+def check_labels(ds: Dataset, classes: list[str], loss: int, n_out: int, what: str) -> None:
+    """Class names for a net that knows classes by name, numbers for one that does not:
+    taking one for the other would map the labels to the wrong classes without a word."""
+    if ds.classes and not classes:
+        takes = (f"class indices 0..{n_out - 1}" if loss == fixed.SOFTMAX_CE else
+                 "numbers (targets 0 or 1)" if loss == fixed.BCE else "numbers")
+        raise UserError(f"{ds.name}: the labels are class names ({_some(ds.classes)}), but "
+                        f"{what} has none: it takes {takes}; give the labels as numbers, or "
+                        "train a net whose spec names the classes (\"classes\")")
+    if classes and not ds.classes and loss == fixed.SOFTMAX_CE:
+        raise UserError(f"{ds.name}: the labels are numbers, but {what} knows its classes by "
+                        f"name ({_some(classes)}): give the labels by name, as in the data "
+                        "it was trained on")
+
+
+def _some(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def prove_safe(qnet: QuantNet, hyper: Hyper, sets: list[Dataset]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import struct
 from dataclasses import asdict
 from pathlib import Path
@@ -119,6 +120,8 @@ def _host_section(qnet: QuantNet, hyper: Hyper | None) -> dict:
         "in_scale": floats(qnet.in_scale),
         "classes": list(qnet.classes),
         "hyper": asdict(hyper) if hyper else None,
+        **({"out_offset": floats(qnet.out_offset), "out_scale": float(qnet.out_scale)}
+           if qnet.out_scale is not None else {}),
     }
 
 
@@ -143,6 +146,26 @@ def _hyper_from_block(b: bytes) -> Hyper:
     rounding = "stochastic" if mode == fixed.STOCHASTIC else "nearest"
     return Hyper(lr=lr, momentum=mu / 256, weight_decay=wd, batch=batch, rounding=rounding,
                  seed=seed)
+
+
+_HYPER_TYPES = {"lr": float, "momentum": float, "weight_decay": float, "batch": int,
+                "rounding": str, "seed": int}
+
+
+def _hyper_from_section(d) -> Hyper:
+    # the JSON is the host's own, but a file is whatever is on the disk: check each field
+    if not isinstance(d, dict) or not set(d) <= set(_HYPER_TYPES):
+        raise EbpError("host section: bad hyper-parameters (expected an object with "
+                       f"{', '.join(_HYPER_TYPES)})")
+    for key, kind in _HYPER_TYPES.items():
+        v = d.get(key)
+        ok = v is None or (not isinstance(v, bool) and (
+            isinstance(v, (int, float)) and math.isfinite(v) if kind is float
+            else isinstance(v, kind)))
+        if not ok:
+            raise EbpError(f"host section: hyper-parameter {key} is {v!r}, not a "
+                           f"{'number' if kind is float else kind.__name__}")
+    return Hyper(**d)
 
 
 def _read_trailer(data: bytes, start: int) -> dict | None:
@@ -178,34 +201,45 @@ def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
           for l in range(L)]
     Bs = [np.frombuffer(bytes(net.B[l]), "<i2").copy() for l in range(L)]
 
-    def vector(name):
+    def vector(name, n=net.sizes[0]):
         v = section.get(name)
         if v is None:
             return None
         try:
             a = np.asarray(v, np.float64)
-            ok = np.broadcast_shapes(a.shape, (net.sizes[0],)) == (net.sizes[0],)
+            ok = np.broadcast_shapes(a.shape, (n,)) == (n,) and bool(np.all(np.isfinite(a)))
         except (TypeError, ValueError):
             ok = False
-        if not ok or not np.all(np.isfinite(a)):
-            raise EbpError(f"host section: {name} is not {net.sizes[0]} finite numbers")
+        if not ok:
+            raise EbpError(f"host section: {name} is not {n} finite numbers")
         return a
 
+    out_offset, out_scale = vector("out_offset", net.sizes[-1]), section.get("out_scale")
+    if (out_offset is None) != (out_scale is None) or not (
+            out_scale is None or (isinstance(out_scale, (int, float))
+                                  and math.isfinite(out_scale) and out_scale > 0)):
+        raise EbpError("host section: out_offset and out_scale (a positive number) go "
+                       "together")
+    if out_scale is not None and (net.loss_kind != fixed.MSE or net.acts[-1] != fixed.IDENTITY):
+        raise EbpError("host section: a target normalisation needs an mse net with an "
+                       "identity output")
+
+    classes = section.get("classes") or []
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise EbpError("host section: classes is not a list of names")
     qnet = QuantNet(
         sizes=list(net.sizes), acts=list(net.acts), shift_a=list(net.shift_a),
         shift_w=list(net.shift_w), shift_d=list(net.shift_d), loss=net.loss_kind, W=Ws, B=Bs,
         batch_max=net.batch_max, momentum=net.VW[0] is not None, alpha_q=net.alpha,
         in_offset=vector("in_offset"), in_scale=vector("in_scale"),
-        classes=[str(c) for c in section.get("classes") or []],
+        classes=list(classes),
+        out_offset=out_offset, out_scale=None if out_scale is None else float(out_scale),
     )
     hyper = None
     if loader.hyper is not None:
         hyper = _hyper_from_block(loader.hyper)
         if section.get("hyper"):
-            try:
-                hyper = Hyper(**section["hyper"])
-            except TypeError as e:
-                raise EbpError(f"host section: bad hyper-parameters: {e}") from None
+            hyper = _hyper_from_section(section["hyper"])
             if hyper_block(hyper) != loader.hyper:
                 raise EbpError("host section hyper-parameters disagree with the header")
     elif section.get("hyper"):

@@ -1,4 +1,5 @@
-"""Memory planner: the bytes a net's training state takes on a board's MicroPython heap.
+"""Memory planner: the bytes a net's training state takes on a board's MicroPython heap, and
+what loading it takes at its peak.
 
 MicroPython's garbage collector hands out memory in blocks of 4 machine words (16 bytes on a
 32-bit MCU, 32 on the unix port on x64), and `gc.mem_alloc()` counts whole blocks. So what a
@@ -9,19 +10,30 @@ up to blocks:
                      n == 0): W, B (int16), GW, GB (int32 gradient sums), VW, VB (int32
                      momentum), Z, A, D (int16 pre-activations, activations, deltas), rng
   list of n          a 4-word header, then its item array: 4 words to start with, doubled as
-                     items are appended (a list comprehension grows the same way), or exactly
-                     max(n, 4) words for `[x] * n`
+                     items are appended
   Net instance       a 4-word header, then its attribute table: 2 words per slot, slots
                      growing through MicroPython's hash-table sizes (py/map.c) until every
                      attribute has one
+  native tables      with the native kernels (Net._fuse): a tuple of the net's lists of
+                     buffers and an array('i') of 5 + 9 L small tables
 
 The Net's attribute count is read off the engine itself (a Net built here under CPython),
 so the plan follows edgebp/net.py as it changes. Layer tables (sizes, acts, shifts) are the
-lists the .ebp loader builds. Besides the net, the board holds one sample (x, t) per loaded
-net, and the server's frame buffers, allocated when it starts (they are already out of the
-free RAM that HELLO reports).
+lists the .ebp loader builds.
 
-    p = plan([64, 32, 10], momentum=True)     # 32-bit MCU
+A load takes more than the net at its peak (firmware/server.py: LOAD_BEGIN .. LOAD_COMMIT):
+the loader (its object and header copy), the server's buffers for one sample (x, t), made
+while the loader is still held, and the garbage the load leaves as it goes, which no
+collection frees before the load ends: two blocks per array (edgebp.net.zeros() sizes each
+from a range, whose object and iterator are garbage), a tuple in apply_hyper() and, with the
+native kernels, the lists _fuse() builds its table from. The server's frame buffers are
+allocated when it starts (they are already out of the free RAM that HELLO reports).
+
+Every allocation of the load is recorded in the order the board makes it, so that it can be
+placed in the heap's largest free blocks, as HELLO reports them (the gc takes contiguous
+blocks: a fragmented heap may hold a net's total but not its biggest tensors).
+
+    p = plan([64, 32, 10], momentum=True)     # 32-bit MCU, native kernels
     print(p.table())
     check(qnet, session.info)                  # PlanError with the numbers if it does not fit
 """
@@ -39,13 +51,20 @@ MAP_SIZES = (0, 2, 4, 6, 8, 10, 12, 17, 23, 29, 37, 47, 59, 73, 97, 127, 167, 22
              521, 691, 919, 1223, 1627, 2161, 3229, 4831, 7243, 10861, 16273, 24407, 36607,
              54907)
 LIST_MIN_ALLOC = 4  # py/objlist.c
+LIST_EXTEND_SLACK = 4  # py/objlist.c list_extend(): the slots it adds beyond what it needs
 WORDS_PER_BLOCK = 4  # MICROPY_BYTES_PER_GC_BLOCK = 4 * word on every port's default build
-# Kept below the free RAM for what loading itself needs (the loader, its header copy, the
-# frames in flight) and for the heap's fragmentation: a tensor needs contiguous blocks.
+# Kept below the free RAM (beside what the plan counts) for what a session allocates around
+# a load: answers, the odd error text.
 DEFAULT_RESERVE = 2048
 # firmware/server.py reports this many of the heap's largest free blocks, down to this size
 HOLES_REPORTED = 8
 HOLE_LEAST = 256
+# attributes of an edgebp.ebp.Loader
+LOADER_ATTRIBUTES = 16
+# Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
+FUSED_LISTS = 10
+FUSED_HEAD = 5
+FUSED_PER_LAYER = 9
 
 
 class PlanError(ValueError):
@@ -62,10 +81,12 @@ def net_attributes() -> int:
 @dataclass
 class Heap:
     """Block accounting of one MicroPython heap: word size in bytes; `allocs` records the
-    size of every allocation counted."""
+    size of every allocation counted, in order (heaps may share one list), `total` the
+    bytes this one counted."""
 
     word: int = 4
     allocs: list[int] = field(default_factory=list)
+    total: int = 0
 
     @property
     def block(self) -> int:
@@ -76,6 +97,7 @@ class Heap:
         n = -(-nbytes // self.block) * self.block
         if n:
             self.allocs.append(n)
+            self.total += n
         return n
 
     def obj(self, words: int = WORDS_PER_BLOCK) -> int:
@@ -85,14 +107,24 @@ class Heap:
         return self.obj() + self.alloc(n * itemsize)
 
     def list(self, n: int, grown: bool = True) -> int:
-        # grown: built by appends or a comprehension (4 slots, doubled when full)
+        # grown: built by appends (4 slots, doubled when full); else a literal of n items
         alloc = LIST_MIN_ALLOC
         if grown:
             while alloc < n:
                 alloc *= 2
         else:
-            alloc = max(n, LIST_MIN_ALLOC)
+            alloc = n
         return self.obj() + self.alloc(alloc * self.word)
+
+    def tuple(self, n: int) -> int:
+        return self.alloc((2 + n) * self.word)  # type, length, the items
+
+    def zeros(self, n: int, itemsize: int, garbage: Heap) -> int:
+        # edgebp.net.zeros(): the array from a range, whose object and iterator are garbage
+        garbage.obj()
+        size = self.array(n, itemsize)
+        garbage.obj()
+        return size
 
     def instance(self, attributes: int) -> int:
         slots = next((s for s in MAP_SIZES if s >= attributes), None)
@@ -109,10 +141,13 @@ class Plan:
     parts: dict[str, int] = field(default_factory=dict)  # what the net holds, by kind
     sample: int = 0  # the server's x and t for one sample of this net
     server: int = 0  # the server's frame buffers (in use before any net is loaded)
-    transient: int = 0  # the loader while it parses the net
-    allocs: list[int] = field(default_factory=list)  # the net's allocations, in bytes
+    loader: int = 0  # the loader while it parses the net
+    garbage: int = 0  # what the load leaves behind as it goes, freed by the next collection
+    fused: bool = True  # the native kernels' tables are counted
+    allocs: list[int] = field(default_factory=list)  # the load's allocations, in order
     free: int | None = None  # the board's free RAM, if known
     holes: list[int] = field(default_factory=list)  # its largest free blocks, if known
+    holes_by_address: list[int] = field(default_factory=list)  # the same by address, if known
 
     @property
     def net(self) -> int:
@@ -120,8 +155,15 @@ class Plan:
         return sum(self.parts.values())
 
     @property
+    def transient(self) -> int:
+        """Bytes the load holds only while it runs: the loader and its garbage."""
+        return self.loader + self.garbage
+
+    @property
     def need(self) -> int:
-        """Bytes a load needs free on the board (the net, its sample, the loader)."""
+        """Bytes a load takes at its peak: the net, its sample, the loader and the
+        garbage made on the way (gc.mem_alloc() grows by this much if nothing is
+        collected)."""
         return self.net + self.sample + self.transient
 
     @property
@@ -138,36 +180,47 @@ class Plan:
         return self.net / self.minimum
 
     def fits(self, free: int, reserve: int = DEFAULT_RESERVE) -> bool:
-        return self.need + reserve <= free
+        """The load fits `free` bytes (and the board's largest free blocks, if known)."""
+        return self.need + reserve <= free and self.unplaced() is None
 
     def unplaced(self) -> int | None:
-        """The first of the net's big allocations, in the order the engine makes them, that
+        """The first of the load's allocations, in the order the board makes them, that
         finds no free block left big enough, or None if all find one.
 
-        The gc takes the first run of free blocks that fits, by address, and the board
-        reports only sizes: so each allocation is taken from the largest block left, the
-        worst case for the big ones that follow. Allocations of HOLE_LEAST bytes or less
-        fit the many small blocks: only the total counts for them."""
+        The gc takes the lowest run of free blocks that fits (first fit), small
+        allocations as well. Where the board tells its largest free blocks by address,
+        that is what is simulated, each block filled from its low end; the smaller free
+        blocks it does not report are taken to hold nothing. Where it tells only their
+        sizes, the load must be placed whatever their order: first fit with the blocks
+        largest first and smallest first, and each allocation in the largest block left."""
+        if self.holes_by_address:
+            return _first_fit(self.holes_by_address, self.allocs)
         if not self.holes:
             return None
-        room = list(self.holes)
-        for n in self.allocs:
-            if n <= HOLE_LEAST:
-                continue
-            i = max(range(len(room)), key=room.__getitem__)
-            if room[i] < n:
-                return n
-            room[i] -= n
+        for big in (_first_fit(sorted(self.holes, reverse=True), self.allocs),
+                    _first_fit(sorted(self.holes), self.allocs),
+                    _worst_fit(self.holes, self.allocs)):
+            if big is not None:
+                return big
         return None
+
+    def blocks_text(self) -> str:
+        if self.holes_by_address:
+            return ("largest free blocks, by address, "
+                    + ", ".join(map(str, self.holes_by_address)))
+        return "largest free blocks " + ", ".join(map(str, self.holes))
 
     def table(self) -> str:
         rows = [(name, n) for name, n in self.parts.items()]
         rows += [("net, total", self.net), ("sample buffers x, t", self.sample),
-                 ("loader (while loading)", self.transient),
+                 ("loader (while loading)", self.loader),
+                 ("garbage of the load (until collected)", self.garbage),
+                 ("load at its peak", self.need),
                  ("server frame buffers (fixed)", self.server)]
         least = "theoretical minimum (int16 W, B)"
         width = max(len(least), *(len(r[0]) for r in rows))
-        arch = f"{8 * self.word}-bit heap, {WORDS_PER_BLOCK * self.word}-byte gc blocks"
+        arch = (f"{8 * self.word}-bit heap, {WORDS_PER_BLOCK * self.word}-byte gc blocks, "
+                f"{'native' if self.fused else 'viper or pure-Python'} kernels")
         lines = [f"net {'-'.join(map(str, self.sizes))}"
                  f"{' with momentum' if self.momentum else ''}: {self.params} parameters, "
                  f"{arch}"]
@@ -176,101 +229,148 @@ class Plan:
         lines.append(f"  {least.ljust(width)}  "
                      f"{self.minimum:8d} B   net / minimum = {self.overhead:.2f}x")
         if self.free is not None:
-            verdict = "fits" if self.fits(self.free) else "does NOT fit"
+            enough = self.need + DEFAULT_RESERVE <= self.free
             lines.append(f"  board free RAM {self.free} B, load needs {self.need} B + "
-                         f"{DEFAULT_RESERVE} B reserve: {verdict}")
+                         f"{DEFAULT_RESERVE} B reserve: {'enough' if enough else 'too little'}")
         if self.holes:
             big = self.unplaced()
-            lines.append(f"  largest free blocks {', '.join(map(str, self.holes))} B; largest "
-                         f"allocation {max(self.allocs)} B: "
-                         + ("placed" if big is None else f"{big} B finds no block"))
+            lines.append(f"  {self.blocks_text()} B; largest allocation {max(self.allocs)} B: "
+                         + ("all placed" if big is None else f"a {big} B one finds no room"))
+        if self.free is not None:
+            lines.append(f"  verdict: {'fits' if self.fits(self.free) else 'does NOT fit'}")
         return "\n".join(lines)
 
 
-def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: int = 4,
-         max_payload: int = 512) -> Plan:
-    """The heap a net of these layer sizes takes on a board with `word`-byte words.
+def _first_fit(holes: list[int], allocs: list[int]) -> int | None:
+    room = list(holes)
+    for n in allocs:
+        for i, r in enumerate(room):
+            if r >= n:
+                room[i] = r - n
+                break
+        else:
+            return n
+    return None
 
-    `loss` sets the target width of a sample, `max_payload` the server's frame buffers.
+
+def _worst_fit(holes: list[int], allocs: list[int]) -> int | None:
+    room = list(holes)
+    for n in allocs:
+        i = max(range(len(room)), key=room.__getitem__)
+        if room[i] < n:
+            return n
+        room[i] -= n
+    return None
+
+
+def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: int = 4,
+         max_payload: int = 512, fused: bool = True) -> Plan:
+    """The heap a net of these layer sizes takes on a board with `word`-byte words, and what
+    loading it takes.
+
+    `loss` sets the target width of a sample, `max_payload` the server's frame buffers;
+    `fused`: the board runs the native kernels (whose tables the net then holds).
     """
     sizes = [int(n) for n in sizes]
     L = len(sizes) - 1
     if L < 1:
         raise ValueError("a net has at least one layer")
-    h = Heap(word)  # the net's
-    o = Heap(word)  # the server's
+    order: list[int] = []  # every allocation of the load, as the board makes them
+    h = Heap(word, order)  # what the net keeps
+    ld = Heap(word, order)  # the loader and the sample buffers
+    g = Heap(word, order)  # garbage
     outs = sizes[1:]
     weights = [sizes[l] * sizes[l + 1] for l in range(L)]
 
-    def arrays(counts, itemsize):
-        return sum(h.array(n, itemsize) for n in counts)
+    # LOAD_BEGIN: the loader, its header copy; then the layer tables it parses
+    ld.instance(LOADER_ATTRIBUTES)
+    ld.array(ebp.head_len(ebp.MAX_LAYERS), 1)
+    tables = 2 * h.list(L + 1) + 3 * h.list(L)  # sizes, shift_a; acts, shift_w, shift_d
+    # Net(): its attribute table, the per-layer constants (shift_z, k_f, s_f, k_b, s_b, one)
+    tables += h.instance(net_attributes()) + 6 * h.list(L)
 
-    parts = {
-        "weights W, biases B (int16)": arrays(weights, 2) + arrays(outs, 2),
-        "gradient sums GW, GB (int32)": arrays(weights, 4) + arrays(outs, 4),
-    }
+    def tensors(counts, itemsize):
+        return h.list(len(counts)) + sum(h.zeros(n, itemsize, g) for n in counts)
+
+    parts = {"weights W, biases B (int16)": tensors(weights, 2) + tensors(outs, 2),
+             "gradient sums GW, GB (int32)": tensors(weights, 4) + tensors(outs, 4)}
     if momentum:
-        parts["momentum VW, VB (int32)"] = arrays(weights, 4) + arrays(outs, 4)
-    parts["activations Z, A, D (int16)"] = (arrays(outs, 2) + arrays(sizes, 2)
-                                            + arrays(outs, 2))
-    parts["rng state (int32)"] = h.array(1, 4)
-    # the Net, its attribute table and its lists: layer tables from the loader (sizes, acts,
-    # shift_a/w/d), per-layer constants (shift_z, k_f, s_f, k_b, s_b, one), the tensor lists
-    lists = 2 * h.list(L + 1) + 3 * h.list(L)  # sizes, shift_a; acts, shift_w, shift_d
-    lists += 6 * h.list(L)  # shift_z, k_f, s_f, k_b, s_b, one
-    lists += 4 * h.list(L)  # W, B, GW, GB
-    lists += 2 * h.list(L) if momentum else h.list(L, grown=False)  # VW, VB or [None] * L
-    lists += 2 * h.list(L) + h.list(L + 1)  # Z, D; A
-    parts["Net object and lists"] = h.instance(net_attributes()) + lists
-
+        parts["momentum VW, VB (int32)"] = tensors(weights, 4) + tensors(outs, 4)
+    else:
+        tables += h.list(L)  # VW = VB, a list of None
+    parts["activations Z, A, D (int16)"] = (tensors(outs, 2) + tensors(sizes, 2)
+                                            + tensors(outs, 2))
+    parts["rng state (int32)"] = h.zeros(1, 4, g)
+    parts["Net object and lists"] = tables
+    if fused:
+        # Net._fuse: P, a literal extended by one literal per layer, copied to an array
+        n_p = FUSED_HEAD + FUSED_PER_LAYER * L
+        g.obj()
+        length = slots = FUSED_HEAD
+        for _ in range(L):
+            g.list(FUSED_PER_LAYER, grown=False)
+            length += FUSED_PER_LAYER
+            if length > slots:
+                slots = length + LIST_EXTEND_SLACK  # the old item array is freed
+        g.alloc(slots * word)  # P's items, as they end
+        g.obj()  # the list's iterator
+        parts["native kernels' tables"] = h.tuple(FUSED_LISTS) + h.array(n_p, 4)
+    g.tuple(8)  # apply_hyper(): the settings it would restore on an error
+    # LOAD_COMMIT: the server's buffers for one sample, the loader still held
     n_t = 1 if loss == fixed.SOFTMAX_CE else sizes[-1]
+    loader = ld.total
+    sample = ld.zeros(sizes[0], 2, g) + ld.zeros(n_t, 2, g)
+    o = Heap(word)  # the server's, allocated when it starts
     frame = wire.HEADER + max_payload + wire.TRAILER
     link = wire.HEADER + 2 + 60 + wire.TRAILER  # link-error answers (server.py _TEXT_MAX)
     server = (o.array(frame, 1) + o.array(255, 1) + o.array(frame, 1)
               + o.array(wire.encoded_max(frame), 1) + o.array(link, 1)
               + o.array(wire.encoded_max(link), 1))
-    # the loader: its object and its header copy
-    transient = o.instance(16) + o.array(ebp.head_len(ebp.MAX_LAYERS), 1)
-    return Plan(sizes, momentum, word, parts, sample=o.array(sizes[0], 2) + o.array(n_t, 2),
-                server=server, transient=transient, allocs=h.allocs)
+    return Plan(sizes, momentum, word, parts, sample=sample, server=server, loader=loader,
+                garbage=g.total, fused=fused, allocs=order)
 
 
 def plan_for(qnet, info=None) -> Plan:
     """The plan of a QuantNet on the board that `info` (Session.info) describes."""
     word = getattr(info, "word", 0) or 4
     max_payload = getattr(info, "max_payload", 512)
+    kernels = getattr(info, "kernels", "")
+    fused = kernels == "native" if kernels else True  # a board that does not say: the most
     p = plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=word,
-             max_payload=max_payload)
+             max_payload=max_payload, fused=fused)
     free = getattr(info, "free_ram", 0)
     if free:
         # a load first drops the net the board holds: its memory counts as free
         if info.sizes:
             held = plan(info.sizes, momentum=bool(getattr(info, "momentum", False)),
                         loss=info.loss if info.loss is not None else fixed.SOFTMAX_CE,
-                        word=word, max_payload=max_payload)
+                        word=word, max_payload=max_payload, fused=fused)
             free += held.net + held.sample
         else:
             # measured with no net on the board, so they are what a load will find
             p.holes = list(getattr(info, "holes", []) or [])
+            p.holes_by_address = list(getattr(info, "holes_by_address", []) or [])
         p.free = free
     return p
 
 
 def check(qnet, info, reserve: int = DEFAULT_RESERVE) -> Plan:
-    """The plan, or PlanError if the board's free RAM (reported at HELLO) cannot hold it."""
+    """The plan, or PlanError if the board's free RAM (reported at HELLO) cannot hold the
+    load at its peak, or its largest free blocks cannot hold the load's allocations."""
     p = plan_for(qnet, info)
-    if p.free is not None and not p.fits(p.free, reserve):
-        parts = ", ".join(f"{name} {n}" for name, n in p.parts.items())
+    name = "-".join(map(str, p.sizes))
+    advice = ("shrink the net" + (", drop momentum" if p.momentum else "")
+              + " or free RAM on the board")
+    if p.free is not None and p.need + reserve > p.free:
+        parts = ", ".join(f"{part} {n}" for part, n in p.parts.items())
         raise PlanError(
-            f"net {'-'.join(map(str, p.sizes))} needs {p.need} bytes of the board's RAM "
-            f"({parts}; sample {p.sample}; loader {p.transient}) plus a {reserve}-byte reserve, "
-            f"but {p.free} bytes are free: shrink the net"
-            + (", drop momentum" if p.momentum else "") + " or free RAM on the board")
+            f"net {name} needs {p.need} bytes of the board's RAM at the peak of its load "
+            f"({parts}; sample {p.sample}; loader {p.loader}; garbage {p.garbage}) plus a "
+            f"{reserve}-byte reserve, but {p.free} bytes are free: {advice}")
     big = p.unplaced()
     if big is not None:
         raise PlanError(
-            f"net {'-'.join(map(str, p.sizes))} needs one block of {big} bytes, but the "
-            f"board's largest free blocks are {', '.join(map(str, p.holes))} bytes "
-            f"({p.free} free in all, fragmented): shrink the widest layer"
-            + (", drop momentum" if p.momentum else "") + " or free RAM on the board")
+            f"net {name} needs {p.need} bytes at the peak of its load, in blocks of up to "
+            f"{max(p.allocs)} bytes, but the board's {p.blocks_text()} bytes ({p.free} "
+            f"free in all, fragmented) leave no room for one of {big} bytes: {advice}")
     return p

@@ -75,6 +75,12 @@ class QuantNet:
     in_offset: np.ndarray | None = None
     in_scale: np.ndarray | None = None
     classes: list[str] = field(default_factory=list)
+    # target normalisation (mse, identity output; spec normalise_targets): the net learns
+    # t' = (t - out_offset) * out_scale, and its outputs y' mean y = y' / out_scale +
+    # out_offset in the targets' units. One scale for all outputs, so the loss the core
+    # reports is the loss in the targets' units times out_scale**2.
+    out_offset: np.ndarray | None = None  # (n_out,)
+    out_scale: float | None = None
 
     @property
     def L(self) -> int:
@@ -144,13 +150,37 @@ class QuantNet:
 
     def quantize_targets(self, T: np.ndarray) -> np.ndarray:
         """Targets as the core takes them: class index for softmax-CE, else in the output's
-        format (Q14 for BCE), shape (N, n_target)."""
+        format (Q14 for BCE; MSE after the target normalisation), shape (N, n_target)."""
         T = np.asarray(T)
         if self.loss == fixed.SOFTMAX_CE:
             return T.astype(np.int16).reshape(-1, 1)
         sa = 14 if self.loss == fixed.BCE else self.shift_a[-1]
-        q = np.floor(np.asarray(T, np.float64).reshape(len(T), -1) * 2.0**sa + 0.5)
+        q = np.floor(self.net_targets(T).reshape(len(T), -1) * 2.0**sa + 0.5)
         return np.clip(q, -32767, 32767).astype(np.int16)
+
+    @property
+    def scales_targets(self) -> bool:
+        return self.out_scale is not None
+
+    def net_targets(self, T) -> np.ndarray:
+        """Targets in the user's units -> the targets the net learns (the float reference's
+        and, quantised, the core's); unchanged without a target normalisation."""
+        if not self.scales_targets or self.loss != fixed.MSE:
+            return np.asarray(T) if self.loss == fixed.SOFTMAX_CE else np.asarray(T, np.float64)
+        T = np.asarray(T, np.float64).reshape(len(T), -1)
+        return (T - np.asarray(self.out_offset)) * self.out_scale
+
+    def user_outputs(self, Y) -> np.ndarray:
+        """The net's float outputs (N, n_out) -> the targets' units."""
+        Y = np.asarray(Y, np.float64)
+        if not self.scales_targets:
+            return Y
+        return Y / self.out_scale + np.asarray(self.out_offset)
+
+    def output_values(self, A_q) -> np.ndarray:
+        """The core's int16 outputs (N, n_out) in the targets' units (MSE; sigmoid and
+        softmax outputs as probabilities)."""
+        return self.user_outputs(np.asarray(A_q, np.float64) * 2.0 ** -self.shift_a[-1])
 
     def grad_scale(self, l: int) -> float:
         """Float value of one unit of the gradient sums GW[l], GB[l] (before the batch mean)."""

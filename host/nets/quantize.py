@@ -12,6 +12,11 @@ weights     shift_w[l] per tensor (W and B together): the largest shift at which
             for nets whose weights grow far from their start, at log2(growth) bits each).
             max|w| is taken at least 1/sqrt(n_in), the size that passes a unit signal
             through the layer, so a layer of tiny weights can grow.
+targets    with the spec's normalise_targets (mse, identity output), the declared target
+            range is mapped to [-1, 1] the same way, with one scale for all outputs (the
+            widest output's range fills [-1, 1]): QuantNet.out_offset, out_scale. The net
+            learns and outputs normalised values; QuantNet.user_outputs maps them back, and
+            float weights on raw units (raw_inputs=True) have it folded into the last layer.
 activations sigmoid/tanh/softmax: fixed by the core (z Q12, a Q14). identity/relu/leaky hidden
             units: from the largest |a| on the calibration data, with A_HEADROOM = 4 (weights
             grow, so do activations). An MSE output: from the calibration outputs and targets
@@ -52,7 +57,8 @@ from edgebp.host.nets.spec import Spec
 
 __all__ = [
     "RangeError", "check_ranges", "declared_input_range", "dequantize", "formats_table",
-    "input_normalisation", "max_lr", "quantize", "requantize",
+    "input_normalisation", "max_lr", "needed_formats", "quantize", "requantize",
+    "target_normalisation",
 ]
 
 IN_SHIFT = 14
@@ -76,24 +82,49 @@ def input_normalisation(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
     return (lo + hi) / 2, 2.0 / (hi - lo)
 
 
-def _fold(Ws, Bs, offset, scale, to_normalised: bool):
-    # layer 0 on raw x: W x + B = (W / scale) x' + (B + W offset), x' = (x - offset) scale
+def target_normalisation(spec: Spec) -> tuple[np.ndarray, float] | None:
+    """(out_offset, out_scale) mapping the declared target range into [-1, 1] (the widest
+    output's exactly), or None without normalise_targets."""
+    if not spec.normalise_targets or spec.target_min is None or spec.target_max is None:
+        return None
+    lo = np.asarray(spec.target_min, np.float64)
+    hi = np.asarray(spec.target_max, np.float64)
+    return (lo + hi) / 2, float(2.0 / (hi - lo).max())
+
+
+def _fold(Ws, Bs, offset, scale, to_normalised: bool, out=None):
+    # layer 0 on raw x: W x + B = (W / scale) x' + (B + W offset), x' = (x - offset) scale;
+    # with out = (out_offset, out_scale) the last (identity) layer gives raw targets:
+    # y = y' / out_scale + out_offset, so W_raw = W' / out_scale, B_raw = B' / out_scale + off
     Ws = [np.asarray(w, np.float64) for w in Ws]
     Bs = [np.asarray(b, np.float64).reshape(-1) for b in Bs]
     if to_normalised:
-        Bs[0] = Bs[0] + Ws[0] @ offset
-        Ws[0] = Ws[0] / scale[None, :]
+        if out is not None:
+            Ws[-1] = Ws[-1] * out[1]
+            Bs[-1] = (Bs[-1] - out[0]) * out[1]
+        if offset is not None:
+            Bs[0] = Bs[0] + Ws[0] @ offset
+            Ws[0] = Ws[0] / scale[None, :]
     else:
-        Ws[0] = Ws[0] * scale[None, :]
-        Bs[0] = Bs[0] - Ws[0] @ offset
+        if offset is not None:
+            Ws[0] = Ws[0] * scale[None, :]
+            Bs[0] = Bs[0] - Ws[0] @ offset
+        if out is not None:
+            Ws[-1] = Ws[-1] / out[1]
+            Bs[-1] = Bs[-1] / out[1] + out[0]
     return Ws, Bs
+
+
+def _out_norm(qnet: QuantNet):
+    return (np.asarray(qnet.out_offset), qnet.out_scale) if qnet.scales_targets else None
 
 
 # -- float calibration pass --
 
 
 def _calibration(spec: Spec, X, T, rng: np.random.Generator):
-    # calibration inputs and targets; drawn from the declared ranges when not given
+    # calibration inputs and targets (in the user's units); drawn from the declared ranges
+    # when not given
     n_in, n_out = spec.sizes[0], spec.sizes[-1]
     if X is None:
         X = rng.uniform(spec.input_min, spec.input_max, (CALIB_SAMPLES, n_in))
@@ -141,7 +172,7 @@ def _shift_for(mag: float, headroom: float, lo: int, hi: int) -> int:
     return max(lo, min(hi, s))
 
 
-def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float):
+def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float, t_bound: float | None = None):
     L, sizes, acts = spec.L, spec.sizes, spec.acts
     mse = spec.loss == "mse"
     lr_e = mantissa_exponent(lr)[1]
@@ -153,12 +184,13 @@ def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float):
             sa[l + 1] = _shift_for(float(np.abs(A[l + 1]).max()), A_HEADROOM, 0, 14)
         else:
             mag = max(float(np.abs(A[L]).max()), float(np.abs(np.asarray(T, float)).max()))
-            if spec.target_min is not None and spec.target_max is not None:
-                mag = max(mag, max(abs(v) for v in spec.target_min + spec.target_max))
+            if t_bound is not None:
+                mag = max(mag, t_bound)
             if mag * OUT_HEADROOM * 2.0**MSE_MIN_SHIFT > Q_MAX:
                 raise RangeError([f"layer {L}: outputs and targets up to {mag:.4g} need an "
                                   f"output shift below {MSE_MIN_SHIFT}, the core's minimum "
-                                  "for mse: scale the targets down"])
+                                  "for mse: scale the targets down, or declare normalise_"
+                                  "targets in the spec (edgebp init --task regression does)"])
             sa[L] = _shift_for(mag, OUT_HEADROOM, MSE_MIN_SHIFT, 14)
     w_mag = [max(float(np.abs(Ws[l]).max()), float(np.abs(Bs[l]).max()),
                  1 / math.sqrt(sizes[l])) for l in range(L)]
@@ -227,8 +259,9 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
     """
     hyper = hyper or spec.hyper()
     offset, scale = input_normalisation(spec)
+    out = target_normalisation(spec)
     if raw_inputs:
-        Ws, Bs = _fold(Ws, Bs, offset, scale, to_normalised=True)
+        Ws, Bs = _fold(Ws, Bs, offset, scale, to_normalised=True, out=out)
     Ws = [np.asarray(w, np.float64) for w in Ws]
     Bs = [np.asarray(b, np.float64).reshape(-1) for b in Bs]
     for l in range(spec.L):
@@ -237,9 +270,16 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
             raise ValueError(f"layer {l + 1}: W must be {shape}, B ({shape[0]},)")
     rng = np.random.default_rng(spec.init_seed)
     X, T = _calibration(spec, calib_X, calib_T, rng)
+    t_bound = None
+    if spec.target_min is not None and spec.target_max is not None:
+        t_bound = max(abs(v) for v in spec.target_min + spec.target_max)
+    if out is not None:
+        T = (np.asarray(T, np.float64).reshape(len(T), -1) - out[0]) * out[1]
+        t_bound = float(np.abs((np.array([spec.target_min, spec.target_max]) - out[0])
+                               * out[1]).max())
     A, D = _float_pass(spec, Ws, Bs, (X - offset) * scale, T)
     lr = lr_max if lr_max is not None else hyper.lr
-    sa, sw, sd = _choose_formats(spec, Ws, Bs, A, D, T, lr)
+    sa, sw, sd = _choose_formats(spec, Ws, Bs, A, D, T, lr, t_bound)
     q = QuantNet(
         sizes=list(spec.sizes), acts=spec.acts, shift_a=sa, shift_w=sw, shift_d=sd,
         loss=spec.loss_code,
@@ -247,15 +287,27 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         B=[_quantize_tensor(Bs[l], sw[l], f"layer {l + 1}") for l in range(spec.L)],
         batch_max=spec.batch_max, momentum=hyper.momentum > 0, alpha_q=spec.alpha_q,
         in_offset=offset, in_scale=scale, classes=list(spec.classes),
+        out_offset=None if out is None else out[0], out_scale=None if out is None else out[1],
     )
     check_ranges(q, hyper, x_range=declared_input_range(q, spec))
     return q
 
 
+def needed_formats(spec: Spec, Ws, Bs, calib_X=None, calib_T=None,
+                   raw_inputs: bool = False) -> QuantNet:
+    """The net quantize makes when no learning rate constrains it: the formats its weights,
+    activations and deltas need. max_lr of it is the largest learning rate the net allows
+    at those formats; above it quantize stores the weights coarser (a lower shift_w) so that
+    the core can apply a step that large."""
+    tiny = Hyper(**{**spec.hyper().__dict__, "lr": 2.0**-40})
+    return quantize(spec, Ws, Bs, calib_X, calib_T, hyper=tiny, raw_inputs=raw_inputs)
+
+
 def requantize(qnet: QuantNet, Ws, Bs, raw_inputs: bool = False) -> QuantNet:
     """A copy of qnet carrying float weights Ws, Bs in qnet's own formats."""
-    if raw_inputs and qnet.in_offset is not None:
-        Ws, Bs = _fold(Ws, Bs, qnet.in_offset, qnet.in_scale, to_normalised=True)
+    if raw_inputs:
+        Ws, Bs = _fold(Ws, Bs, qnet.in_offset, qnet.in_scale, to_normalised=True,
+                       out=_out_norm(qnet))
     W = [_quantize_tensor(Ws[l], s, f"layer {l + 1}") for l, s in enumerate(qnet.shift_w)]
     B = [_quantize_tensor(np.reshape(Bs[l], -1), s, f"layer {l + 1}")
          for l, s in enumerate(qnet.shift_w)]
@@ -264,10 +316,12 @@ def requantize(qnet: QuantNet, Ws, Bs, raw_inputs: bool = False) -> QuantNet:
 
 def dequantize(qnet: QuantNet, raw_inputs: bool = False
                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Float weights of qnet: on normalised inputs, or on raw inputs with raw_inputs=True."""
+    """Float weights of qnet: on normalised inputs and outputs, or with raw_inputs=True on
+    raw inputs and (with a target normalisation) giving outputs in the targets' units."""
     Ws, Bs = qnet.float_weights()
-    if raw_inputs and qnet.in_offset is not None:
-        Ws, Bs = _fold(Ws, Bs, qnet.in_offset, qnet.in_scale, to_normalised=False)
+    if raw_inputs:
+        Ws, Bs = _fold(Ws, Bs, qnet.in_offset, qnet.in_scale, to_normalised=False,
+                       out=_out_norm(qnet))
     return Ws, Bs
 
 

@@ -30,7 +30,7 @@ from edgebp.fixed import (
     requant,
     rshift_round,
 )
-from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent
 from edgebp.luts import EXP2, LOG2, SIGMOID as SIG_LUT, TANH as TANH_LUT
 from edgebp.net import MAX_BATCH, Net
 
@@ -370,9 +370,9 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         if hyper is not None and lr_e is not None:
             u = lr_e + y.sd + y.sa_in - kg - y.sw - 16
             if u < 0:
-                c.problem(f"layer {N}: learning rate {hyper.lr:g} too large for the formats: "
-                          f"e + shift_d + shift_a - kg - shift_w - 16 = {u} < 0 "
-                          f"(largest: {max_lr_layer(y, kg):.4g})")
+                c.problem(f"layer {N}: learning rate {hyper.lr:g} too large for its formats: "
+                          f"the largest learning rate this layer allows is "
+                          f"{max_lr_layer(y, kg):.4g} (the whole net: {max_lr(qnet):.4g})")
                 u = 0
         v = _clip(_shr(scaled, u), -V_MAX, V_MAX)
         dp = c.add(N, "w*c_m", _mul(W, (0, c_m)))
@@ -446,3 +446,11 @@ def max_lr(qnet: QuantNet) -> float:
     """The largest learning rate Net.set_lr accepts for qnet's formats."""
     lay = core_layout(qnet)
     return min(max_lr_layer(y, lay.kg) for y in lay.layers)
+
+
+def lr_fits(qnet: QuantNet, lr: float) -> bool:
+    """Whether Net.set_lr accepts `lr` (as its 8-bit mantissa and exponent) for qnet's
+    formats: e + shift_d + shift_a - kg - shift_w - 16 >= 0 in every layer."""
+    lay = core_layout(qnet)
+    e = mantissa_exponent(lr)[1]
+    return all(e + y.sd + y.sa_in - lay.kg - y.sw - 16 >= 0 for y in lay.layers)

@@ -9,6 +9,11 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
       "loss": "softmax_ce",                     mse, softmax_ce (softmax out), bce (sigmoid out)
       "input_range": {"min": 0, "max": 16},     one number or one per input feature
       "target_range": {"min": -1, "max": 1},    optional, mse only: one number or one per output
+      "normalise_targets": true,                optional, mse with an identity output: the
+                                                target range is mapped to [-1, 1] inside the
+                                                net, as the input range is, and the outputs
+                                                back to the targets' units (edgebp init
+                                                --task regression sets it)
       "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0001, "batch": 8,
                     "rounding": "stochastic", "seed": 1},
       "batch_max": 8,                           samples per gradient sum the net is built for
@@ -39,8 +44,8 @@ from edgebp import fixed
 from edgebp.host.nets.qnet import ACT_CODES, LOSS_CODES, Hyper, mantissa_exponent
 from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 
-_TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "optimizer",
-             "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")
+_TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "normalise_targets",
+             "optimizer", "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")
 _OPT_KEYS = ("lr", "momentum", "weight_decay", "batch", "rounding", "seed")
 
 
@@ -73,6 +78,7 @@ class Spec:
     weight_growth: float = 4.0
     target_min: list[float] | None = None
     target_max: list[float] | None = None
+    normalise_targets: bool = False
     classes: list[str] = field(default_factory=list)
 
     @property
@@ -105,6 +111,8 @@ class Spec:
         if self.target_min is not None and self.target_max is not None:
             d["target_range"] = {"min": _compact(self.target_min),
                                  "max": _compact(self.target_max)}
+        if self.normalise_targets:
+            d["normalise_targets"] = True
         d["optimizer"] = {"lr": self.lr, "momentum": self.momentum,
                           "weight_decay": self.weight_decay, "batch": self.batch,
                           "rounding": self.rounding, "seed": self.seed}
@@ -213,6 +221,17 @@ def parse_spec(d: Any) -> Spec:
         if loss != "mse":
             raise SpecError("target_range", f"only used with mse (the {loss} targets are fixed)")
         t_lo, t_hi = _range(d["target_range"], "target_range", sizes[-1])
+    normalise = d.get("normalise_targets", False)
+    if not isinstance(normalise, bool):
+        raise SpecError("normalise_targets", f"expected true or false, got {normalise!r}")
+    if normalise:
+        if loss != "mse" or out != "identity":
+            # the outputs are mapped back by an affine map: exact only for a linear output
+            raise SpecError("normalise_targets", f"needs an mse net with an identity output "
+                            f"layer, not {loss} with {out}")
+        if t_lo is None:
+            raise SpecError("normalise_targets", "needs target_range: the range it maps "
+                            "to [-1, 1]")
 
     opt = _obj(d.get("optimizer", {}), "optimizer", _OPT_KEYS)
     lr = _num(opt.get("lr", 0.1), "optimizer.lr")
@@ -254,7 +273,8 @@ def parse_spec(d: Any) -> Spec:
     return Spec(sizes=sizes, activations=acts, loss=loss, input_min=in_lo, input_max=in_hi,
                 lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
                 seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
-                weight_growth=growth, target_min=t_lo, target_max=t_hi, classes=classes)
+                weight_growth=growth, target_min=t_lo, target_max=t_hi,
+                normalise_targets=normalise, classes=classes)
 
 
 def make_spec(**fields: Any) -> Spec:
@@ -265,9 +285,13 @@ def make_spec(**fields: Any) -> Spec:
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise SpecError(str(path), f"not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), f"not UTF-8 text (byte {e.start}): not a spec") from None
+    except RecursionError:
+        raise SpecError(str(path), "not a spec: JSON nested too deeply") from None
     return parse_spec(d)
 
 

@@ -20,6 +20,7 @@ twin's numbers are the core's).
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 from collections.abc import Callable
@@ -106,8 +107,49 @@ def normalise(qnet: QuantNet, X) -> np.ndarray:
 
 
 def prepare(qnet: QuantNet, X, T) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X_float, T_float, X_q, T_q): one data set as the float net and the core take it."""
-    return normalise(qnet, X), np.asarray(T), qnet.quantize_inputs(X), qnet.quantize_targets(T)
+    """(X_float, T_float, X_q, T_q): one data set as the float net and the core take it
+    (targets after the net's target normalisation, if it has one)."""
+    return (normalise(qnet, X), qnet.net_targets(T), qnet.quantize_inputs(X),
+            qnet.quantize_targets(T))
+
+
+# -- regression --
+
+
+@dataclass
+class Fit:
+    """How well a regression net fits, in the targets' own units: the root of the mean
+    squared error over every target value, and R^2 = 1 - SSE / SST, with SST the squared
+    deviations of each output's targets from their mean (pooled over the outputs, which is
+    scikit-learn's "variance_weighted" R^2; the usual one for a single output)."""
+
+    rmse: float
+    r2: float
+
+
+def _sst(T) -> float:
+    T = np.asarray(T, np.float64).reshape(len(T), -1)
+    return float(((T - T.mean(axis=0)) ** 2).sum())
+
+
+def regression_fit(Y, T) -> Fit:
+    """Fit of predictions Y against targets T, both (N, n_out) in the targets' units."""
+    T = np.asarray(T, np.float64).reshape(len(T), -1)
+    Y = np.asarray(Y, np.float64).reshape(T.shape)
+    sse = float(((Y - T) ** 2).sum())
+    sst = _sst(T)
+    return Fit(math.sqrt(sse / T.size), 1 - sse / sst if sst > 0 else math.nan)
+
+
+def fit_from_loss(mean_loss: float, qnet: QuantNet, T) -> Fit:
+    """The Fit that a mean per-sample MSE loss in the net's units (what the core reports:
+    1/2 the sum of squared errors of a sample's outputs) means for targets T in the user's
+    units: errors in the net's units are the user's times out_scale."""
+    T = np.asarray(T, np.float64).reshape(len(T), -1)
+    scale = qnet.out_scale if qnet.out_scale is not None else 1.0
+    sse = 2 * mean_loss * len(T) / scale**2
+    sst = _sst(T)
+    return Fit(math.sqrt(max(sse, 0.0) / T.size), 1 - sse / sst if sst > 0 else math.nan)
 
 
 # -- accuracy --

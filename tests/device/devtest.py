@@ -5,6 +5,7 @@
 # per test, then a summary; the exit code is non-zero if any test failed:
 #   PASS name | FAIL name: exception | SKIP name: reason
 #   DEVTEST n passed, m failed[, k skipped]
+import gc
 import sys
 
 try:
@@ -84,6 +85,9 @@ def run_tests(module_globals):
         fn = module_globals[name]
         if not callable(fn):
             continue
+        # what the tests before left is garbage now: collected before the next allocates, so
+        # that its buffers find the free heap in large pieces (a 192 KiB board fragments)
+        gc.collect()
         try:
             fn()
         except SkipTest as e:
