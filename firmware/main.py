@@ -68,8 +68,8 @@ def _import_packed():
         ballast = _ballast(_ROOM)
         try:
             _import(name)
-        except MemoryError:
-            return
+        except (MemoryError, ImportError):
+            return  # the server's own import says what is wrong, if anything is
         finally:
             ballast = None  # noqa: F841
             _scrub(16)

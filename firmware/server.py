@@ -596,34 +596,42 @@ def _holes(most=8, least=256):
     if not hasattr(gc, "mem_free"):
         return sizes, False  # not MicroPython: the host's memory is not a board's
     gc.collect()
-    held = []
+    # made before the probing, which leaves no room for lists to grow
+    held = [None] * most  # type: list
+    found = [0] * most
+    spare = bytearray(512)  # let go once every block is held: room to order them
+    k = 0
     hi = gc.mem_free()
-    while len(sizes) < most:
+    while k < most:
         n = _largest(hi)
         if n < least:
             break
         try:
-            held.append(bytearray(n))
+            held[k] = bytearray(n)
         except MemoryError:
             # a stale reference (a conservative gc) kept the search's last block: search
             # again below this size
             gc.collect()
             hi = n
             continue
-        sizes.append(n)
+        found[k] = n
+        k += 1
         hi = gc.mem_free()
+    spare = None  # type: ignore[assignment]  # noqa: F841
+    gc.collect()
+    sizes = found[:k]
     by_address = False
     try:
         from uctypes import addressof
 
-        where = [addressof(b) for b in held]
-        sizes = [sizes[i] for i in sorted(range(len(sizes)), key=lambda i: where[i])]
+        where = [addressof(held[i]) for i in range(k)]
+        sizes = [sizes[i] for i in sorted(range(k), key=lambda i: where[i])]
         by_address = True
-    except ImportError:
+    except (ImportError, MemoryError):
         # each is found to within the search's 16 bytes: two holes of nearly one size may
         # come out in either order
         sizes.sort(reverse=True)
-    held = where = None  # type: ignore[assignment]
+    held = found = where = None  # type: ignore[assignment]
     gc.collect()
     return sizes, by_address
 

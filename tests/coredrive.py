@@ -1,6 +1,6 @@
 """Drive the core over a list of cases: in this process, or on any runtime.
 
-On a runtime, a small driver (DRIVER) reads the cases from a binary file beside it
+On a runtime, a small driver (DRIVER) reads the cases from a file beside it
 (pack(): each net's layer tables, hyper-parameters, weights, samples and targets), trains
 each case sample by sample (learn, then update() for a partial last batch), every step
 under heap_lock on MicroPython, and prints one line of state per case, so that runs on
@@ -90,9 +90,11 @@ WBITS = 12
 
 def pack(cases: list[Case]) -> bytes:
     """The cases file: every record, zlib-compressed. A board's flash is written at a few KB/s
-    (mpremote sends 256-byte chunks as Python literals to a Python block device), so its size
-    is most of what a first run on a board costs: 130 KB raw, 34 KB compressed (the
-    edge-of-range values are all +-32767)."""
+    (mpremote sends 256-byte chunks as Python bytes literals, most binary bytes as 4-character
+    escapes), so its size is most of what a first run on a board costs: 130 KB raw, 34 KB
+    compressed (the edge-of-range values are all +-32767), 5-6 s on the cortex-m3. (As 45 KB
+    of base64 text it goes in half the time, but decoding it takes one 34 KB block, which a
+    board's heap, fragmented by the file transfer just before, may not have.)"""
     z = zlib.compressobj(9, zlib.DEFLATED, WBITS)
     return z.compress(b"".join(_record(c) for c in cases)) + z.flush()
 
@@ -187,7 +189,7 @@ def cases():
     else:
         raise OSError("%(file)s is not on sys.path")
     try:
-        import deflate  # MicroPython: inflated as it is read
+        import deflate  # MicroPython: inflated as it is read, a few KB at a time
         return deflate.DeflateIO(raw, deflate.ZLIB, %(wbits)d)
     except ImportError:  # CPython
         import io

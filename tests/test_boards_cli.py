@@ -6,10 +6,13 @@ On a fresh flash: deploy (the architecture read right, the viper kernels sent), 
 and iris (with --val), eval, check, bench --port, train --keep then pull, and a power cut
 (qemu killed) in the middle of an epoch with --checkpoint-every, the board started again on
 the same flash and the run --resumed. Every trained weight, loss and accuracy is the integer
-twin's (edgebp.host.nets.twin) trained the same way without interruption.
+twin's (edgebp.host.nets.twin) trained the same way without interruption. A command the user
+interrupts leaves the board at its REPL; a board that does not answer there is refused, not
+waited on forever; `bench` stops the emulated boards it benched.
 
 One board per kind for the whole module (an idle board keeps a host core busy), stopped at
-the end; without $EDGEBP_QEMU_BOARDS the tests skip (in CI they fail).
+the end; without $EDGEBP_QEMU_BOARDS the tests skip, and with it a board that cannot start
+fails the run in CI.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_runtime
-from edgebp.host.boards import board as mb
+from edgebp.host.boards import board as mb, qemu
 from edgebp.host.boards.qemu import KINDS, QemuBoard
 from edgebp.host.boards.session import Session
 from edgebp.host.cli import data, parser as cli, workload
@@ -148,6 +152,37 @@ def test_the_architecture_is_read_without_its_flag_bits():
         mb.check_mpy(f)
 
 
+def test_a_pty_that_does_not_answer_is_refused_not_waited_on_forever():
+    # a board whose REPL does not answer (an edgebp server still running there): mpremote
+    # reads a pty byte by byte, blocking; Board must give up after mpremote's 10 s
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(mb.BoardError, match="no raw REPL"):
+            mb.Board(os.ttyname(slave))
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_bench_stops_the_emulated_boards_it_benched(capsys, monkeypatch):
+    require_runtime("cortex-m3")
+    booted = []
+    real_boot = QemuBoard.boot
+
+    def boot(self, *a, **kw):
+        booted.append(self)
+        return real_boot(self, *a, **kw)
+
+    monkeypatch.setattr(QemuBoard, "boot", boot)
+    try:
+        out = run(capsys, "bench", "--runtime", "cortex-m3", "--steps", 1, "--samples", 5)
+    finally:
+        running = [b.pid for b in booted if b.running]
+        qemu.stop_shared()
+    assert booted and any(ln.startswith("cortex-m3") for ln in out.splitlines())
+    assert running == []  # each qemu would outlive the command, a host core busy each
+
+
 # -- on each board --
 
 
@@ -237,6 +272,30 @@ def test_keep_then_pull_the_weights(board, iris_net, tmp_path, capsys):
     # and pull gave the board back to its REPL
     with mb.Board(board.port) as b:
         assert b.facts().platform == "qemu"
+
+
+def test_an_interrupted_command_gives_the_board_back_to_its_repl(board, iris_net, capsys,
+                                                                monkeypatch):
+    real_train = Session.train
+
+    def interrupted(self, Xq, Tq, order=None, **kw):
+        def progress(done, total):
+            if done >= 20:
+                raise KeyboardInterrupt  # Ctrl-C on the host, frames in flight
+
+        return real_train(self, Xq, Tq, order, **dict(kw, progress=progress))
+
+    with monkeypatch.context() as m:
+        m.setattr(Session, "train", interrupted)
+        out = run(capsys, "train", "--port", board.port, "--net", iris_net, "--data", TRAIN,
+                  "--epochs", 2, code=130)
+    assert "interrupted" in out
+    # the server has ended: the REPL answers mpremote at once, and deploy finds it all there
+    with mb.Board(board.port) as b:
+        assert b.facts().platform == "qemu"
+    out = run(capsys, "deploy", "--port", board.port)
+    n = len(mb.plan_deploy(ARCH[board.board.kind]).items)
+    assert f"deployed  {n} files" in out and f"(0 written, {n} unchanged)" in out
 
 
 def test_power_cut_mid_epoch_then_resume(board, iris_net, tmp_path, capsys, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 
 from combos import all_cases, edge_cases
 from conftest import DEVICE, in_ci, require_runtime, run_device_module
-from coredrive import parse_states, run_here, script, state_line
+from coredrive import expected_states, parse_states, run_cases, run_here, script, state_line
 from edgebp.host.boards import board as mb, mprun
 
 # the runtimes that load a native build: the unix port (x64) and the boards
@@ -57,12 +57,10 @@ def test_native_core_matches_cpython_on_every_case(name):
     # native kernels, each step under heap_lock, against the pure kernels under CPython
     require_runtime(name)
     cases = all_cases() + edge_cases()
-    expected = {c.name: state_line(c.name, run_here(c))[len("STATE "):] for c in cases}
-    files = mprun.core_files()
-    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
-    result = mprun.run(name, script(cases, "edgebp.kernels_native"), files, timeout=900)
+    expected = expected_states(cases)
+    # the case data as a file (coredrive.run_cases): inline, it is more than a board imports
+    result, got = run_cases(name, cases, "edgebp.kernels_native", timeout=900)
     assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    got = parse_states(result.stdout)
     assert set(got) == set(expected)
     bad = [n for n in expected if got[n] != expected[n]]
     assert not bad, f"{len(bad)} cases differ from the pure kernels: {bad[:5]}"

@@ -1,6 +1,7 @@
 """Gradient validation on every runtime: the gradient script of edgebp.host.nets.validate, for every
 activation x loss pair, run under CPython, wasm-MicroPython (31-bit small ints, like a 32-bit
-MCU) and unix MicroPython (viper kernels), one process per runtime.
+MCU), unix MicroPython and the emulated boards (with the kernels kern.select() picks there:
+viper or native), one process per runtime.
 
 Each runtime's integer gradient sums must be bit-identical to the core's under CPython in this
 process (edgebp.host.nets.validate.core_gradients), and must pass compare_gradients' thresholds
@@ -80,7 +81,9 @@ def test_cases_cover_every_pair():
 
 
 def test_gradients_on_every_runtime(runtime, expected):
-    script = "".join(V.core_gradient_script(q, Xq, Tq) for _, q, Xq, Tq in CASES)
+    # one script, the routine in it once (core_gradient_script per net, 70 times over, is
+    # 77 KB compiled: more than a 192 KiB board holds beside the core)
+    script = V.core_gradient_script_many([(q, Xq, Tq) for _, q, Xq, Tq in CASES])
     result = mprun.run(runtime, script, mprun.core_files(), timeout=300)
     assert result.ok, f"{runtime} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     blocks = _blocks(result.stdout)

@@ -129,10 +129,11 @@ def _net_file() -> bytes:
 
 
 def _step_rows(label: str, stdout: str, steps: int, measured: int | None,
-               word: int | None) -> list[list[str]]:
+               word: int | None, fused: bool = False) -> list[list[str]]:
+    # fused: the net was measured as the runtime loads it, with the native kernels' tables
     rows = []
     for kernels, us, alloc in _parse_steps(stdout, steps):
-        p = planner.plan(SIZES, word=word) if word else None
+        p = planner.plan(SIZES, word=word, fused=fused) if word else None
         rows.append([
             label, kernels, f"{us:.1f}", f"{MACS_PER_STEP / us:.2f}",
             "n/a" if alloc < 0 else f"{alloc:g}",
@@ -150,9 +151,11 @@ def bench_runtime(runtime: str, steps: int) -> list[list[str]]:
     if not r.ok:
         raise RuntimeError(f"{runtime}: {r.stdout}{r.stderr}")
     measured = word = None
+    fused = False
     if runtime != "cpython":
-        measured, word = heap.measure(runtime, _net_file())
-    return _step_rows(runtime, r.stdout, steps, measured, word)
+        use = heap.measure_load(runtime, _net_file())
+        measured, word, fused = use.net, use.word, use.kernels == "native"
+    return _step_rows(runtime, r.stdout, steps, measured, word, fused)
 
 
 def bench_port(port: str, steps: int) -> list[list[str]]:

@@ -114,7 +114,11 @@ class Board:
         except TransportError as e:
             raise BoardError(f"{self.port}: {e}") from None
         try:
+            # on a pty mpremote reads byte by byte with the port's timeout, None: blocking, so
+            # a board that does not answer (an edgebp server still running) would hang it
+            self.t.serial.timeout = 0.1
             self.t.enter_raw_repl(soft_reset=False)
+            self.t.serial.timeout = None
         except (TransportError, OSError) as e:
             self.t.close()
             raise BoardError(f"{self.port}: no raw REPL ({e}): is MicroPython running on the "

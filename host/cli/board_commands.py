@@ -93,8 +93,14 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
 
 def do_bench(state: State, args: argparse.Namespace) -> int:
     from edgebp.host.bench import step as bench
+    from edgebp.host.boards import qemu
 
-    bench.run(args.runtime, args.port, args.steps, args.samples)
+    try:
+        bench.run(args.runtime, args.port, args.steps, args.samples)
+    finally:
+        # the emulated boards benched as runtimes run in qemu processes of their own, which
+        # would outlive the command, each keeping a host core busy
+        qemu.stop_shared()
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edgebp import fixed
 from edgebp.host.boards.mprun import micropython_exe
-from edgebp.host.boards.session import Session
+from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.cli.workload import (
     UserError,
 )
@@ -39,6 +39,18 @@ class State:
         self.session: Session | None = None
         self.where = ""  # the port, or which simulator
         self.board: InProcessBoard | MicroPythonBoard | None = None
+
+    def release(self) -> None:
+        """After an interrupt: end the session as a finished command does (BYE), so that a
+        board this command started serving is back at its REPL, where mpremote and
+        `edgebp deploy` reach it, rather than left in the server with Ctrl-C off. Quietly:
+        the board may be gone (a power cut) or the user may press Ctrl-C again."""
+        if self.session is None:
+            return
+        try:
+            self.session.bye()
+        except (SessionError, KeyboardInterrupt):
+            pass
 
     def close(self) -> None:
         if self.session is not None:

@@ -422,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("edgebp: interrupted", file=sys.stderr)
+        if not getattr(args, "keep", False):
+            state.release()
         return 130
     except BrokenPipeError:
         # stdout went away (`edgebp ... | head`): quietly, as other command-line tools do

@@ -314,6 +314,8 @@ def _interrupted(state: State, args: argparse.Namespace, session: Session, epoch
     if not args.out:
         if rows and (csv_path or png_path):
             _write_outputs(args, session.qnet, hyper, rows, csv_path, png_path)
+        if not args.keep:
+            state.release()  # the board back at its REPL, as after a finished run
         print(f"edgebp: interrupted {where}; no net written (with -o FILE, Ctrl-C writes "
               "the net as trained so far)", file=sys.stderr)
         return 130

@@ -41,15 +41,27 @@ class Rand:
         hi_part = self.below(1 << 20)
         return lo + ((hi_part << 20) | self.below(1 << 20)) % span
 
+    def value(self, lo, hi, edges=()):
+        # a random value, or one of the edge values one time in four
+        if edges and self.below(4) == 0:
+            return edges[self.below(len(edges))]
+        return self.int_in(lo, hi)
+
     def values(self, n, lo, hi, edges=()):
         # random values with the edge values sprinkled in
         out = []
         for _ in range(n):
-            if edges and self.below(4) == 0:
-                out.append(edges[self.below(len(edges))])
-            else:
-                out.append(self.int_in(lo, hi))
+            out.append(self.value(lo, hi, edges))
         return out
+
+    def pair(self, typ, n, lo, hi, edges=()):
+        # pair(typ, self.values(...)) without the list: on a 192 KiB board a list of 2000
+        # values is an 8 KB block beside the arrays
+        a = array(typ, range(n))  # sized from len(range), no list or bytes in between
+        b = array(typ, range(n))
+        for i in range(n):
+            a[i] = b[i] = self.value(lo, hi, edges)
+        return a, b
 
 
 def same(what, a, b):
@@ -226,11 +238,11 @@ def test_act_bwd():
 
 
 def check_update(r, n, m, u, mu, c_m, c_s, mode, momentum):
-    W1, W2 = pair("h", r.values(n, -Q, Q, (-Q, Q, 0, 1, -1)))
-    G1, G2 = pair("i", r.values(n, G_LO, G_HI, (G_LO, G_HI, -G_HI, 0, 255, -255, -256)))
+    W1, W2 = r.pair("h", n, -Q, Q, (-Q, Q, 0, 1, -1))
+    G1, G2 = r.pair("i", n, G_LO, G_HI, (G_LO, G_HI, -G_HI, 0, 255, -255, -256))
     if momentum:
         vm = fixed.V_MAX
-        V1, V2 = pair("i", r.values(n, -vm, vm, (-vm, vm, 0)))
+        V1, V2 = r.pair("i", n, -vm, vm, (-vm, vm, 0))
     else:
         V1 = V2 = None
     seed = seed30(r.int_in(1, 1 << 29))
@@ -330,13 +342,17 @@ def samples(r, sizes, loss, out, n, extreme):
     return xs, ts
 
 
-def state(net):
-    out = []
-    for l in range(net.L):
-        out += list(net.W[l]) + list(net.B[l])
-        if net.VW[l] is not None:
-            out += list(net.VW[l]) + list(net.VB[l])
-    return out + [net.rng[0], net.loss_sum, net.correct, net.seen]
+def same_state(what, a, b):
+    # every buffer a later step reads, compared in place (a list of a [40, 24, 3] net's
+    # state is an 8 KB block, more than a fragmented 192 KiB board may have in one piece)
+    for l in range(a.L):
+        same("%s W[%d]" % (what, l), a.W[l], b.W[l])
+        same("%s B[%d]" % (what, l), a.B[l], b.B[l])
+        if a.VW[l] is not None or b.VW[l] is not None:
+            same("%s VW[%d]" % (what, l), a.VW[l], b.VW[l])
+            same("%s VB[%d]" % (what, l), a.VB[l], b.VB[l])
+    same(what + " rng, loss, correct, seen",
+         [a.rng[0], a.loss_sum, a.correct, a.seen], [b.rng[0], b.loss_sum, b.correct, b.seen])
 
 
 def check_training(sizes, hidden, loss, out, opt, seed, extreme):
@@ -354,7 +370,7 @@ def check_training(sizes, hidden, loss, out, opt, seed, extreme):
     what = "%s-%s-%s-%s%s" % (fixed.ACT_NAMES[hidden], fixed.ACT_NAMES[out],
                               fixed.LOSS_NAMES[loss], opt[0], " extreme" if extreme else "")
     same(what + " losses", nets[0][1], nets[1][1])
-    same(what + " state", state(nets[0][0]), state(nets[1][0]))
+    same_state(what, nets[0][0], nets[1][0])
 
 
 def test_training_every_combination():
