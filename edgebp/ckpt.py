@@ -32,12 +32,17 @@
 # Counters stay below 2**30; momentum and gradient sums are small ints by the range proof, so
 # their four bytes decode without leaving the small-int range. Writing and reading allocate
 # (file objects, a 256-byte buffer): they run between frames, never inside a training step.
+#
+# A CRC tells a torn or damaged file, not one written wrong: load() checks every field
+# against the net and the arithmetic contract (flags, lengths, counters below 2**30, a
+# pending count within batch_max, |V| <= V_MAX, each gradient sum within what its samples
+# can add) and refuses with CheckpointError what the engine could not have written.
 
 import os
 
 from edgebp import ebp
 from edgebp.ebp import u16, u32
-from edgebp.fixed import FV, SMALL_MAX, const
+from edgebp.fixed import FV, SMALL_MAX, V_MAX, const
 from edgebp.wire import crc16
 
 NAME = "ckpt.ebp"
@@ -134,15 +139,19 @@ class _In:
         self.pos += 1
         return b
 
-    def int32s(self, arr):
+    def int32s(self, arr, bound, what):
+        # int32 values, each within -bound..bound
         for i in range(len(arr)):
             lo = self.byte() | (self.byte() << 8) | (self.byte() << 16)
             hi = self.byte()
             if 0x40 <= hi < 0xC0:
-                raise CheckpointError("value beyond the small-int range")
+                raise CheckpointError("%s beyond the small-int range" % what)
             lo |= (hi & 0x3F) << 24
             # -2**30 + lo, without forming 2**30 (not a small int on a board)
-            arr[i] = lo - SMALL_MAX - 1 if hi & 0x80 else lo
+            v = lo - SMALL_MAX - 1 if hi & 0x80 else lo
+            if v > bound or v < -bound:
+                raise CheckpointError("%s %d beyond %d" % (what, v, bound))
+            arr[i] = v
 
 
 def _params(net):
@@ -332,34 +341,86 @@ def find(root=""):
     return cur, a
 
 
-def load(path, head, kernels=None):
-    """The Net saved in the checkpoint at `path` (found by find(), with its header)."""
+def _grad_bound(count, kg):
+    # |G| after `count` samples: each adds (d x) >> kg with |d|, |x| <= 32767
+    # (kernels.outer_acc; a bias adds (d one) >> kg, one <= 2**14, less)
+    one = (32767 * 32767 + (1 << kg) - 1) >> kg
+    return SMALL_MAX if one > SMALL_MAX // count else one * count
+
+
+def _check_head(head):
+    # the header's own fields, before anything is allocated
     flags = head[5]
+    if flags & ~(F_MOMENTUM | F_PENDING):
+        raise CheckpointError("unknown flags 0x%02x" % flags)
+    for at, what in ((8, "generation"), (12, "samples"), (16, "updates"), (20, "seen"),
+                     (24, "correct"), (28, "loss sum")):
+        if u32(head, at) < 0:
+            raise CheckpointError("%s counter beyond 2**30" % what)
+    if u32(head, 8) < 1:
+        raise CheckpointError("generation 0")
+    if u32(head, 24) > u32(head, 20):
+        raise CheckpointError("more samples correct than seen")
+    count = u16(head, 32)
+    if (count > 0) != bool(flags & F_PENDING):
+        raise CheckpointError("pending count %d disagrees with the flags" % count)
+    if count and u16(head, 34) != count:
+        raise CheckpointError("gradient count %d is not the pending count %d"
+                              % (u16(head, 34), count))
+
+
+def load(path, head, kernels=None, mem_free=None):
+    """The Net saved in the checkpoint at `path` (found by find(), with its header).
+
+    CheckpointError (or ebp.EbpError for its net part) if a field is outside what the engine
+    can write; ebp.NoRoom if the net does not fit the free RAM (mem_free() as in
+    ebp.Loader)."""
+    _check_head(head)
+    flags = head[5]
+    ebp_len = u32(head, 40)
+    total = u32(head, 36)
     f = open(path, "rb")
     try:
         buf = bytearray(_CHUNK)
         f.readinto(bytearray(HEAD))
         src = _In(f, buf)
-        ebp_len = u32(head, 40)
-        ld = ebp.Loader(ebp_len, kernels)
+        if ebp_len < ebp.FIXED or ebp_len > total - HEAD - 2:
+            raise CheckpointError("net part of %d bytes in a file of %d" % (ebp_len, total))
+        ld = ebp.Loader(ebp_len, kernels, mem_free)
         src.feed(ld, ebp_len)
         net = ld.finish()
-        if flags & F_MOMENTUM:
-            if net.VW[0] is None:
-                raise CheckpointError("momentum state for a net without momentum buffers")
+        if ld.n_bytes != ebp_len:
+            raise CheckpointError("net part of %d bytes, its header says %d"
+                                  % (ebp_len, ld.n_bytes))
+        momentum = net.VW[0] is not None
+        if flags & F_MOMENTUM and not momentum:
+            raise CheckpointError("momentum state for a net without momentum buffers")
+        if momentum and not flags & F_MOMENTUM:
+            raise CheckpointError("no momentum state for a net with momentum buffers")
+        params = _params(net)
+        expect = HEAD + ebp_len + 2 + 4 * params * ((1 if momentum else 0)
+                                                    + (1 if flags & F_PENDING else 0))
+        if total != expect:
+            raise CheckpointError("file of %d bytes, its fields need %d" % (total, expect))
+        count = u16(head, 32)
+        if count > net.batch_max or u16(head, 34) > net.batch_max:
+            raise CheckpointError("%d samples pending, %d gradients, beyond batch_max %d"
+                                  % (count, u16(head, 34), net.batch_max))
+        if momentum:
             for l in range(net.L):
-                src.int32s(net.VW[l])
-                src.int32s(net.VB[l])
-        if flags & F_PENDING:
+                src.int32s(net.VW[l], V_MAX, "momentum")
+                src.int32s(net.VB[l], V_MAX, "momentum")
+        if count:
+            bound = _grad_bound(count, net.kg)
             for l in range(net.L):
-                src.int32s(net.GW[l])
-                src.int32s(net.GB[l])
+                src.int32s(net.GW[l], bound, "gradient sum")
+                src.int32s(net.GB[l], bound, "gradient sum")
     finally:
         f.close()
     net.seen = u32(head, 20)
     net.correct = u32(head, 24)
     net.loss_sum = u32(head, 28)
-    net.count = u16(head, 32)
+    net.count = count
     net.grad_count = u16(head, 34)
     return net
 

@@ -43,6 +43,14 @@ class EbpError(ValueError):
     pass
 
 
+class NoRoom(EbpError):
+    # the net does not fit the free RAM: `need` and `free` in bytes (free -1: not known)
+    def __init__(self, text, need, free):
+        super().__init__(text)
+        self.need = need
+        self.free = free
+
+
 def head_len(L):
     return FIXED + 6 * L + 2
 
@@ -52,6 +60,16 @@ def file_len(sizes):
     for l in range(len(sizes) - 1):
         n += 2 * sizes[l + 1] * (sizes[l] + 1)
     return n
+
+
+def ram_need(sizes, momentum):
+    # bytes of RAM a net of these sizes takes, about: W or B int16, G int32, V int32 per
+    # parameter, Z, A, D, the bias and gradient bookkeeping per unit
+    per = 10 if momentum else 6
+    need = 0
+    for l in range(len(sizes) - 1):
+        need += per * sizes[l + 1] * (sizes[l] + 1) + 8 * sizes[l + 1] + 2 * sizes[l]
+    return need
 
 
 def apply_hyper(net, b, o):
@@ -201,8 +219,8 @@ class Loader:
             net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
                       alpha, self.kernels)
         except MemoryError:
-            raise EbpError("out of memory building a net of %d parameters"
-                           % (expect // 2)) from None
+            raise NoRoom("out of memory building a net of %d parameters" % (expect // 2),
+                         ram_need(sizes, momentum), -1) from None
         except ValueError as e:
             raise EbpError("net: %s" % e) from None
         if flags & FLAG_HYPER:
@@ -224,13 +242,11 @@ class Loader:
     def _check_memory(self, sizes, momentum):
         if self.mem_free is None:
             return
-        per = 10 if momentum else 6  # W or B int16, G int32, V int32
-        need = 0
-        for l in range(len(sizes) - 1):
-            need += per * sizes[l + 1] * (sizes[l] + 1) + 8 * sizes[l + 1] + 2 * sizes[l]
+        # before anything of the net is allocated
+        need = ram_need(sizes, momentum)
         free = self.mem_free()
         if need > free:
-            raise EbpError("net needs about %d bytes of RAM, %d free" % (need, free))
+            raise NoRoom("net needs about %d bytes of RAM, %d free" % (need, free), need, free)
 
     def _feed_params(self, buf, i, end):
         net = self.net

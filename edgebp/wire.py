@@ -34,6 +34,10 @@
 #                `every` weight updates (0: only on request). flags 0 asks for the state only.
 #   RESUME       []                                   -> CKPT (the net of the newest valid
 #                checkpoint on the board's filesystem replaces the one loaded)
+#   DROP         []                                   -> ACK (the board lets go of its net)
+# A net loaded or restored replaces the board's net only once it is whole: a load or RESUME
+# refused leaves the old one in place. Where the new net does not fit beside the old one,
+# the board refuses with E_ROOM (bytes needed and free); the host may DROP and try again.
 # Replies:
 #   ACK     [credits u8]
 #   ERROR   [code u8][text]      (codes below 16 are link errors: seq is the frame expected)
@@ -75,6 +79,7 @@ STATS = const(0x0A)
 BYE = const(0x0B)
 CHECKPOINT = const(0x0C)
 RESUME = const(0x0D)
+DROP = const(0x0E)
 # replies
 ACK = const(0x80)
 ERROR = const(0x81)
@@ -87,7 +92,7 @@ TYPE_NAMES = {
     HELLO: "HELLO", LOAD_BEGIN: "LOAD_BEGIN", LOAD_CHUNK: "LOAD_CHUNK",
     LOAD_COMMIT: "LOAD_COMMIT", TRAIN: "TRAIN", EVAL: "EVAL", GET_WEIGHTS: "GET_WEIGHTS",
     GET_GRADS: "GET_GRADS", SET_HYPER: "SET_HYPER", STATS: "STATS", BYE: "BYE",
-    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME",
+    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME", DROP: "DROP",
     ACK: "ACK", ERROR: "ERROR", INFO: "INFO", DATA: "DATA", COUNTS: "COUNTS", CKPT: "CKPT",
 }
 
@@ -119,6 +124,7 @@ E_MEM = const(22)
 E_RANGE = const(23)
 E_INTERNAL = const(24)
 E_CKPT = const(25)
+E_ROOM = const(26)
 
 ERROR_NAMES = {
     E_CRC: "crc mismatch",
@@ -135,6 +141,7 @@ ERROR_NAMES = {
     E_RANGE: "index out of range",
     E_INTERNAL: "internal error",
     E_CKPT: "checkpoint failed",
+    E_ROOM: "no room beside the loaded net",
 }
 
 # Decoder.read() results other than a frame length

@@ -16,6 +16,15 @@
 # CHECKPOINT, and once CHECKPOINT set a period, right after every `every`-th weight update
 # (inside a TRAIN frame if the update falls there). RESUME brings the newest valid one back.
 # Saving allocates file objects: it runs between training steps, never inside one.
+#
+# A net being loaded (LOAD_BEGIN .. LOAD_COMMIT) or restored (RESUME) is built beside the one
+# in use, which it replaces only once it is whole: a load refused leaves the board's net as it
+# was. Where the new net does not fit beside it, the board answers E_ROOM with the bytes
+# needed and free, and keeps its net; the host that wants the new one sends DROP first.
+#
+# `heap`: a RAM budget in bytes for a host without gc.mem_free (CPython, a simulated board):
+# a net is refused before it is allocated if the budget cannot hold it beside what the
+# server holds, as on a board of that heap. 0: no limit.
 
 import gc
 import sys
@@ -38,6 +47,7 @@ from edgebp.wire import (
     E_MEM,
     E_NONET,
     E_RANGE,
+    E_ROOM,
     E_SEQ,
     E_STATE,
     E_TYPE,
@@ -65,7 +75,7 @@ def _text(s, limit=_TEXT_MAX):
 
 class Server:
     def __init__(self, rx, tx=None, max_payload=1024, credits=4, board="generic",
-                 kernels=None, root="", probe=False):
+                 kernels=None, root="", probe=False, heap=0):
         if max_payload < 128 or max_payload > 65535:
             raise ValueError("max_payload %d outside 128..65535" % max_payload)
         if credits < 1 or credits > 127:
@@ -117,6 +127,9 @@ class Server:
         self.gen = 0  # generation of the last checkpoint saved or restored
         self.saved = 0  # samples_in at that checkpoint
         self.saved_updates = 0
+        self.heap = 0 if hasattr(gc, "mem_free") else heap
+        # what the buffers above take of the budget
+        self.held = 2 * size + len(self.tx) + len(self.lout) + len(self.ltx)
 
     # -- the loop --
 
@@ -182,6 +195,9 @@ class Server:
             self.checkpoint(seq, n)
         elif kind == wire.RESUME:
             self.resume(seq, n)
+        elif kind == wire.DROP:
+            self.drop_net()
+            self.ack(seq)
         elif kind == wire.BYE:
             self.running = False
             self.ack(seq)
@@ -273,6 +289,29 @@ class Server:
         self.loader = None
         gc.collect()
 
+    def budget_free(self):
+        # the bytes of the RAM budget not held by the server's buffers and its net
+        net = self.net
+        used = self.held + 2 * (len(self.x) + len(self.t))
+        if net is not None:
+            used += ebp.ram_need(net.sizes, net.VW[0] is not None)
+        return max(0, self.heap - used)
+
+    def _mem_free(self):
+        # what a loader checks a net against: the budget, or (None) the heap's own count
+        return self.budget_free if self.heap else None
+
+    def refuse_room(self, seq, e):
+        # a net that does not fit: E_ROOM if it would fit were the board's net dropped
+        gc.collect()
+        if self.net is None:
+            return self.fail(seq, E_MEM, _text(e))
+        if e.free < 0:
+            return self.fail(seq, E_ROOM, _text("needs about %d bytes beside the loaded net"
+                                                % e.need))
+        return self.fail(seq, E_ROOM, _text("needs about %d bytes, %d free beside the loaded "
+                                            "net" % (e.need, e.free)))
+
     def close(self):
         # Let go of the net and the buffers once the server is done: a stale word on the
         # stack (the gc is conservative) may keep the Server itself from being collected,
@@ -288,8 +327,10 @@ class Server:
         total = _get32(f, HEADER)
         if total < 0:
             return self.fail(seq, E_RANGE, b"net file size beyond 2**30")
-        self.drop_net()
-        self.loader = ebp.Loader(total, self.kernels)
+        # the net in use stays until the new one is committed
+        self.loader = None
+        gc.collect()
+        self.loader = ebp.Loader(total, self.kernels, self._mem_free())
         self.ack(seq)
 
     def load_chunk(self, seq, n):
@@ -306,8 +347,12 @@ class Server:
             return self.fail(seq, E_RANGE, b"chunk beyond the size given to LOAD_BEGIN")
         try:
             ld.feed(f, HEADER + 4, HEADER + n)
+        except ebp.NoRoom as e:
+            self.loader = None
+            return self.refuse_room(seq, e)
         except ebp.EbpError as e:
-            self.drop_net()
+            self.loader = None
+            gc.collect()
             return self.fail(seq, E_EBP, _text(e))
         self.ack(seq)
 
@@ -321,17 +366,28 @@ class Server:
                 raise ebp.EbpError("truncated: %d bytes of %d" % (ld.got, ld.total))
             net = ld.finish()
         except ebp.EbpError as e:
-            self.drop_net()
+            ld = None
+            gc.collect()
             return self.fail(seq, E_EBP, _text(e))
-        self.install(net)
+        ld = None
+        try:
+            self.install(net)
+        except MemoryError:
+            net = None
+            gc.collect()
+            return self.fail(seq, E_ROOM if self.net is not None else E_MEM,
+                             b"out of memory for the sample buffers")
         self.samples_in = self.updates = self.every = 0
         self.gen = self.saved = self.saved_updates = 0
         self.ack(seq)
 
     def install(self, net):
+        # all or nothing: a MemoryError leaves the net in use and its buffers as they were
         n_t = 1 if net.loss_kind == SOFTMAX_CE else net.sizes[net.L]
-        self.x = _int16s(net.sizes[0])
-        self.t = _int16s(n_t)
+        x = _int16s(net.sizes[0])
+        t = _int16s(n_t)
+        self.x = x
+        self.t = t
         self.n_t = n_t
         self.sample_bytes = 2 * (net.sizes[0] + n_t)
         self.net = net
@@ -361,6 +417,10 @@ class Server:
                     return self.fail(seq, E_VALUE, b"class index beyond the outputs")
                 p += sb
         accumulate = learn and (flags & F_ACCUMULATE)
+        if learn and net.lr_m == 0 and (not accumulate or flags & F_UPDATE) and (
+                count or net.count):
+            # an update needs a learning rate: refused before anything is learned
+            return self.fail(seq, E_STATE, b"no learning rate: send SET_HYPER first")
         if accumulate and net.count + count > net.batch_max:
             return self.fail(seq, E_STATE, b"gradient sums hold at most batch_max samples")
         x = self.x
@@ -368,7 +428,7 @@ class Server:
         p = HEADER + 2
         learned = self.samples_in
         updates = self.updates
-        for _ in range(count):
+        for k in range(count - 1, -1, -1):  # k: samples of the frame after this one
             for i in range(n_in):
                 v = f[p] | (f[p + 1] << 8)
                 # -32768 is outside the symmetric range the arithmetic relies on
@@ -395,7 +455,7 @@ class Server:
                     if self.every and updates - self.saved_updates >= self.every:
                         self.samples_in = learned + 1
                         self.updates = updates
-                        if not self.save_or_fail(seq):
+                        if not self.save_or_fail(seq, k):
                             return
             if learn and learned < SMALL_MAX:
                 learned += 1
@@ -407,7 +467,7 @@ class Server:
             updates += 1
             self.updates = updates
             if self.every and updates - self.saved_updates >= self.every:
-                if not self.save_or_fail(seq):
+                if not self.save_or_fail(seq, 0):
                     return
         self.updates = updates
         self.ack(seq)
@@ -468,12 +528,15 @@ class Server:
         self.saved = self.samples_in
         self.saved_updates = self.updates
 
-    def save_or_fail(self, seq):
-        # an automatic checkpoint, due inside a TRAIN frame (its samples so far are counted)
+    def save_or_fail(self, seq, left):
+        # An automatic checkpoint, due inside a TRAIN frame right after a weight update. If
+        # it cannot be written the frame stops there: the answer says how many of its
+        # samples were not learned (`left`), all before them were and the update applied.
         try:
             self.save()
         except OSError as e:
-            self.fail(seq, E_CKPT, _text("saving: %s" % e))
+            self.fail(seq, E_CKPT, _text("%d not learned, update applied; saving: %s"
+                                         % (left, e)))
             return False
         return True
 
@@ -505,12 +568,21 @@ class Server:
         if found is None:
             return self.fail(seq, E_STATE, b"no valid checkpoint on the board")
         path, head = found
-        self.drop_net()
+        # built beside the net in use, which stays if the checkpoint is refused
         try:
-            net = ckpt.load(path, head, self.kernels)
+            net = ckpt.load(path, head, self.kernels, self._mem_free())
+        except ebp.NoRoom as e:
+            return self.refuse_room(seq, e)
         except (ValueError, OSError) as e:
+            gc.collect()
             return self.fail(seq, E_CKPT, _text("restoring: %s" % e))
-        self.install(net)
+        try:
+            self.install(net)
+        except MemoryError:
+            net = None
+            gc.collect()
+            return self.fail(seq, E_ROOM if self.net is not None else E_MEM,
+                             b"out of memory for the sample buffers")
         self.gen = ckpt.generation(head)
         self.every = ckpt.every(head)
         self.samples_in = self.saved = ckpt.samples(head)

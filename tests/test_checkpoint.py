@@ -1,6 +1,7 @@
 """Checkpoints: the board's training state saved atomically to its filesystem and restored
 exactly, so that training that survives resets ends bit-identical to training that did not."""
 
+import re
 from array import array
 
 import numpy as np
@@ -275,3 +276,100 @@ def test_checkpoints_follow_the_period_and_resume_needs_one(tmp_path):
     assert all((a == b).all() for a, b in zip(W + B, W2 + B2, strict=True))
     assert all((a == b).all() for a, b in zip(grads[0] + grads[1], grads2[0] + grads2[1],
                                               strict=True))
+
+
+# -- fields that pass the CRC but no engine could have written --
+
+def _pending_checkpoint(tmp_path):
+    """A checkpoint of a net with momentum and one sample pending (batch_max 4): the raw
+    file, the offsets of its momentum and gradient sums, and the net."""
+    q = make_qnet("ce", (3, 4, 2), momentum=True, batch_max=4)
+    X, T = make_data(q, 5)
+    net = q.build(Hyper(lr=0.05, batch=4, momentum=0.5))
+    learn(net, X, T, range(5))
+    assert net.count == 1
+    ckpt.save(net, str(tmp_path), 0, 5, 1)
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    v_at = ckpt.HEAD + ebp.file_len(q.sizes)
+    g_at = v_at + 4 * (4 * 4 + 2 * 5)
+    return raw, v_at, g_at, net
+
+
+def _recrc(raw):
+    from edgebp.wire import crc16
+
+    c = crc16(raw, 0, len(raw) - 2)
+    return raw[:-2] + bytes([c & 0xFF, c >> 8])
+
+
+def _put(raw, at, fmt, *values):
+    import struct
+
+    b = bytearray(raw)
+    struct.pack_into(fmt, b, at, *values)
+    return _recrc(bytes(b))
+
+
+V_MAX = (1 << 22) - 1  # |momentum| bound of the update (fixed.V_MAX, DESIGN: update steps)
+# one sample adds (d x) >> 2 to a gradient sum at batch_max 4, |d|, |x| <= 32767
+G_ONE = -(-(32767 * 32767) // 4)
+
+
+def _mutations(v_at, g_at):
+    yield "count 65535", lambda r: _put(r, 32, "<H", 65535), "pending count"
+    yield "count and grad_count 65535", lambda r: _put(r, 32, "<HH", 65535, 65535), "batch_max"
+    yield "count 5 > batch_max", lambda r: _put(r, 32, "<HH", 5, 5), "batch_max"
+    yield "flags 0", lambda r: _put(r, 5, "B", 0), "flags"
+    yield "flags 0xFF", lambda r: _put(r, 5, "B", 0xFF), "unknown flags"
+    yield "no momentum flag", lambda r: _put(r, 5, "B", ckpt.F_PENDING), "momentum"
+    for at, name in ((8, "generation"), (12, "samples"), (16, "updates"), (20, "seen"),
+                     (24, "correct"), (28, "loss sum")):
+        yield f"{name} 2**31", lambda r, at=at: _put(r, at, "<I", 1 << 31), "2**30"
+    yield "generation 0", lambda r: _put(r, 8, "<I", 0), "generation"
+    yield "correct > seen", lambda r: _put(r, 20, "<II", 3, 4), "correct"
+    yield "net part longer", lambda r: _put(r, 40, "<I", v_at - ckpt.HEAD + 4), "net part"
+    yield "momentum 2**30-1", lambda r: _put(r, v_at, "<i", (1 << 30) - 1), "momentum"
+    yield "momentum V_MAX+1", lambda r: _put(r, v_at, "<i", V_MAX + 1), "momentum"
+    yield "momentum -V_MAX-1", lambda r: _put(r, v_at + 8, "<i", -V_MAX - 1), "momentum"
+    yield "gradient beyond one sample", lambda r: _put(r, g_at, "<i", G_ONE + 1), "gradient"
+    yield "gradient 2**30-1", lambda r: _put(r, g_at + 4, "<i", (1 << 30) - 1), "gradient"
+
+
+def test_fields_no_engine_writes_are_refused_although_the_crc_matches(tmp_path):
+    raw, v_at, g_at, net = _pending_checkpoint(tmp_path)
+    root = str(tmp_path)
+    cur = tmp_path / ckpt.NAME
+    for name, mutate, words in _mutations(v_at, g_at):
+        cur.write_bytes(mutate(raw))
+        found = ckpt.find(root)
+        assert found is not None, f"{name}: the CRC should match"
+        with pytest.raises(ValueError, match=re.escape(words)):
+            ckpt.load(*found)
+    # the bounds themselves are what the engine may write
+    for ok in (_put(raw, v_at, "<i", V_MAX), _put(raw, v_at, "<i", -V_MAX),
+               _put(raw, g_at, "<i", G_ONE), _put(raw, g_at, "<i", -G_ONE)):
+        cur.write_bytes(ok)
+        assert ckpt.load(*ckpt.find(root)).count == 1
+
+
+def test_a_refused_checkpoint_leaves_the_board_its_trained_net(tmp_path):
+    import struct
+
+    from edgebp import wire
+    from test_server import Board, samples
+
+    raw, v_at, _, _ = _pending_checkpoint(tmp_path)
+    q = make_qnet("ce", (4, 6, 3))
+    X, T = make_data(q, 4)
+    b = Board(root=str(tmp_path))
+    b.load(q)
+    b.ok(wire.TRAIN, samples(X, T, range(4)))
+    trained = b.weights()
+    for bad in (_put(raw, 32, "<HH", 65535, 65535), _put(raw, v_at, "<i", (1 << 30) - 1)):
+        (tmp_path / ckpt.NAME).write_bytes(bad)
+        b.refused(wire.RESUME, b"", wire.E_CKPT, "restoring")
+        assert b.weights() == trained and b.server.net.sizes == [4, 6, 3]
+    (tmp_path / ckpt.NAME).write_bytes(raw)
+    _, k, p = b.ask(wire.RESUME)
+    assert k == wire.CKPT and struct.unpack("<4I2H", p)[5] == 1
+    assert b.server.net.sizes == [3, 4, 2]

@@ -34,9 +34,11 @@ class Pipe:
 
 
 class Board:
-    def __init__(self, max_payload=256, credits=4):
+    def __init__(self, max_payload=256, credits=4, root="", heap=0):
         self.pipe = Pipe()
-        self.server = Server(self.pipe, self.pipe, max_payload, credits, "test")
+        budget = {"heap": heap} if heap else {}
+        self.server = Server(self.pipe, self.pipe, max_payload, credits, "test", root=root,
+                             **budget)
         self.seq = 0
         self.dec = wire.Decoder(70000)
         self.running = True
@@ -290,24 +292,137 @@ def test_load_protocol_errors():
     b.refused(wire.LOAD_COMMIT, b"", wire.E_EBP, "truncated")
 
 
+def _trained_board(q, n=6, **kw):
+    # a board whose net has learned a few samples: what a refused load must not lose
+    X, T = make_data(q, n)
+    b = Board(**kw)
+    b.load(q)
+    b.ok(wire.TRAIN, samples(X, T, range(n)))
+    return b, b.weights(), stats(b)[:3]
+
+
 @pytest.mark.parametrize("damage,words", [
     (lambda d: b"MZ" + d[2:], "bad magic"),
     (lambda d: d[:4] + b"\x07" + d[5:], "unsupported format version 7"),
     (lambda d: d[:-3] + bytes([d[-3] ^ 1]) + d[-2:], "CRC mismatch"),
+    (lambda d: d[:-5], "truncated"),
 ])
-def test_bad_net_files_are_refused_and_the_old_net_dropped(damage, words):
+def test_bad_net_files_are_refused_and_the_trained_net_kept(damage, words):
     q = make_qnet()
-    data = damage(ebpfile.to_bytes(q, HYPER, trailer=False))
-    b = Board()
-    b.load(q)
-    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
-    reply = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + data)
+    data = ebpfile.to_bytes(make_qnet(seed=4), HYPER, trailer=False)
+    bad = damage(data)
+    b, trained, counted = _trained_board(q)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(bad)))
+    reply = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + bad)
     if reply[1] == wire.ACK:
         reply = b.ask(wire.LOAD_COMMIT)
     assert reply[1] == wire.ERROR and reply[2][0] == wire.E_EBP
     assert words in reply[2][1:].decode()
+    assert b.weights() == trained and stats(b)[:3] == counted
+    X, T = make_data(q, 2, seed=9)
+    b.ok(wire.TRAIN, samples(X, T, range(2)))  # and it goes on training
+    b.load(make_qnet(seed=4))  # and a good file loads after it
+    assert b.weights() != trained
+
+
+def test_a_load_never_committed_leaves_the_trained_net():
+    q = make_qnet()
+    data = ebpfile.to_bytes(make_qnet(seed=4), HYPER, trailer=False)
+    b, trained, counted = _trained_board(q)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    b.ok(wire.LOAD_CHUNK, struct.pack("<I", 0) + data[:60])
+    # the host gave up on it: the net in use serves meanwhile and after
+    assert b.weights() == trained and stats(b)[:3] == counted
+    b.refused(wire.LOAD_CHUNK, struct.pack("<I", 0) + data[:10], wire.E_STATE, "expected 60")
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    assert b.weights() == trained
+    _, _, p = b.ask(wire.HELLO, b"\x01")
+    assert p[8] == 1  # HELLO still reports a net
+
+
+def _big_ce(n_in, seed=0):
+    return make_qnet("ce", sizes=(n_in, 16, 3), seed=seed)
+
+
+def test_a_net_that_fits_only_alone_is_refused_beside_the_trained_one():
+    # a budget for one net of this size and the server's buffers (under 8 KiB with frames
+    # of 1024 bytes), not for two: each takes 6 bytes per parameter and more (int16 weights,
+    # int32 gradient sums)
+    params = 16 * 201 + 3 * 17
+    b, trained, counted = _trained_board(_big_ce(200), n=2, max_payload=1024,
+                                         heap=8192 + int(1.5 * 6 * params))
+    big = _big_ce(200, seed=4)
+    data = ebpfile.to_bytes(big, HYPER, trailer=False)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    _, k, p = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + data[:200])
+    assert (k, p[0]) == (wire.ERROR, wire.E_ROOM), (k, p)
+    text = p[1:].decode()
+    need, free = (int(w) for w in text.replace(",", " ").split() if w.isdigit())
+    assert need >= 6 * params and free < need, text
+    assert b.weights() == trained and stats(b)[:3] == counted
+    # dropped on request, the big one fits
+    b.ok(wire.DROP)
     b.refused(wire.TRAIN, b"\x00\x00", wire.E_NONET, "no net")
-    b.load(q)  # and a good file loads after it
+    b.load(big, chunk=200)
+    assert b.server.net.sizes == [200, 16, 3]
+    # and one of four times its size does not fit even alone: out of memory, nothing built
+    huge = ebpfile.to_bytes(_big_ce(800), HYPER, trailer=False)
+    b.ok(wire.DROP)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(huge)))
+    b.refused(wire.LOAD_CHUNK, struct.pack("<I", 0) + huge[:200], wire.E_MEM, "bytes of RAM")
+
+
+# the header of one 4096x4096 layer: 96 MB of training state announced in 44 bytes
+HUGE_HEADER = bytes.fromhex("4542504e01010000010000000000000000000000000000002a20000200100c00"
+                            "0010000c0c0c6466")
+
+
+def test_a_huge_net_is_refused_before_it_is_allocated():
+    import tracemalloc
+
+    b = Board(heap=256 * 1024)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", 0x2000202A))
+    tracemalloc.start()
+    try:
+        _, k, p = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + HUGE_HEADER)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (k, p[0]) == (wire.ERROR, wire.E_MEM), (k, p)
+    assert peak < 1 << 20, f"{peak} bytes allocated"
+
+
+def test_train_before_a_learning_rate_is_refused_and_learns_nothing():
+    q = make_qnet("ce", sizes=(2, 4, 3))
+    X, T = make_data(q, 3)
+    b = Board()
+    b.load(q, hyper=None)
+    before = b.weights()
+    b.refused(wire.TRAIN, samples(X, T, range(3)), wire.E_STATE, "learning rate")
+    b.ok(wire.TRAIN, samples(X, T, range(2), wire.F_ACCUMULATE))  # no update: allowed
+    b.refused(wire.TRAIN, bytes([0, wire.F_UPDATE]), wire.E_STATE, "learning rate")
+    assert b.weights() == before and stats(b)[0] == 2
+    b.ok(wire.SET_HYPER, ebpfile.hyper_block(HYPER))
+    b.ok(wire.TRAIN, samples(X, T, range(3)))
+    assert b.weights() != before
+
+
+def test_a_checkpoint_that_cannot_be_written_says_what_was_learned(tmp_path):
+    q = make_qnet("ce", sizes=(3, 5, 3), batch_max=2)
+    X, T = make_data(q, 5)
+    b = Board(root=str(tmp_path / "missing"))
+    b.load(q)  # HYPER: batch 2, so the first update falls after sample 2
+    _, k, p = b.ask(wire.CHECKPOINT, struct.pack("<BH", wire.CK_EVERY, 1))
+    assert k == wire.CKPT
+    _, k, p = b.ask(wire.TRAIN, samples(X, T, range(5)))
+    assert (k, p[0]) == (wire.ERROR, wire.E_CKPT)
+    assert p[1:].decode().startswith("3 not learned, update applied"), p
+    ref = reference_train(q, HYPER, X, T, range(2))
+    assert b.weights() == [list(a) for l in range(ref.L) for a in (ref.W[l], ref.B[l])]
+    assert stats(b)[0] == 2
+    _, k, p = b.ask(wire.CHECKPOINT, b"\x00\x00\x00")
+    gen, saved, learned, updates, every, pending = struct.unpack("<4I2H", p)
+    assert (gen, learned, updates, pending) == (0, 2, 1, 0)
 
 
 def test_a_crash_in_a_handler_is_an_internal_error():

@@ -329,9 +329,12 @@ class Session:
             raise SessionError(f"load: {where}{e}") from e
         self._check_fits(qnet.sizes, qnet.loss)
         try:
-            planner.check(qnet, self.info)
+            plan = planner.check(qnet, self.info)
         except planner.PlanError as e:
             raise SessionError(f"load: {e}") from None
+        if getattr(plan, "replaces", False):
+            # the board keeps its net while it loads the next: this one fits only without it
+            self.drop()
         step = self._frame_limit() - 4
         total = len(data)
 
@@ -347,10 +350,22 @@ class Session:
             if progress:
                 progress(done[0], total)
 
-        with self._errors("load"):
-            self._request(wire.LOAD_BEGIN, struct.pack("<I", total))
-            self._link.stream(chunks(), tick)
-            self._request(wire.LOAD_COMMIT)
+        def send():
+            done[0] = 0
+            with self._errors("load"):
+                self._request(wire.LOAD_BEGIN, struct.pack("<I", total))
+                self._link.stream(chunks(), tick)
+                self._request(wire.LOAD_COMMIT)
+
+        try:
+            send()
+        except SessionError as e:
+            if e.code != wire.E_ROOM:
+                raise
+            # the new net does not fit beside the board's: the user asked for the new one,
+            # so the old one goes (the board never drops a net by itself)
+            self.drop()
+            send()
         self.qnet = qnet
         self.info.sizes = list(qnet.sizes)
         self.info.loss = qnet.loss
@@ -362,6 +377,15 @@ class Session:
             raise SessionError(f"one sample needs a {need}-byte frame but the board's frames "
                                f"hold {self.info.max_payload} bytes: raise max_payload in "
                                "its profile")
+
+    def drop(self) -> None:
+        """Have the board let go of its net (a load or a resume keeps it until the new
+        one is whole, which two big nets may not leave room for)."""
+        with self._errors("drop the board's net"):
+            self._request(wire.DROP)
+        self.qnet = None
+        self.info.sizes = None
+        self.info.loss = None
 
     def set_hyper(self, hyper: Hyper) -> None:
         try:
@@ -536,7 +560,13 @@ class Session:
     def resume(self) -> Checkpoint:
         """Replace the board's net by its newest valid checkpoint; `samples` in the answer
         is where training goes on (samples learned since the net was loaded)."""
-        st = self._ckpt(wire.RESUME, b"", "resume")
+        try:
+            st = self._ckpt(wire.RESUME, b"", "resume")
+        except SessionError as e:
+            if e.code != wire.E_ROOM:
+                raise
+            self.drop()  # the checkpoint's net fits only without the board's
+            st = self._ckpt(wire.RESUME, b"", "resume")
         self.hello()
         return st
 

@@ -29,6 +29,9 @@ from edgebp.firmware.main import READY
 from edgebp.firmware.server import Server
 from edgebp.host.boards.link import RAW_REPL as RAW_BANNER
 
+# the RAM budget of a simulated board: a board-sized heap, as on most boards that train
+HEAP = 256 * 1024
+
 
 class _Stopped(Exception):
     pass
@@ -103,18 +106,20 @@ class InProcessBoard:
     the raw REPL runs `start()` (or, with `firmware=False`, fails as if edgebp were not
     deployed) and after BYE the prompt is back. `root` is the board's filesystem (where
     checkpoints go): a directory that outlives the board if given, else a temporary one.
-    reset() loses everything but the filesystem, as a board's reset button does.
+    reset() loses everything but the filesystem, as a board's reset button does. `heap` is
+    the board's RAM budget in bytes (CPython has no heap of a board's size): the server
+    refuses a net the budget cannot hold before allocating it, as a board of that heap would.
     """
 
     def __init__(self, transport: str = "pty", max_payload: int = 1024, credits: int = 4,
                  board: str = "sim", kernels=None, repl: bool = False, firmware: bool = True,
-                 root: str | os.PathLike | None = None):
+                 root: str | os.PathLike | None = None, heap: int = HEAP):
         if transport not in ("pty", "socket"):
             raise ValueError(f"transport is pty or socket, not {transport!r}")
         self._own_root = root is None
         self.root = str(root) if root is not None else tempfile.mkdtemp(prefix="edgebp-fs-")
         self.options = dict(max_payload=max_payload, credits=credits, board=board,
-                            kernels=kernels, root=self.root)
+                            kernels=kernels, root=self.root, heap=heap)
         self.repl = repl
         self.firmware = firmware
         self.error: BaseException | None = None

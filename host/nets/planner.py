@@ -29,6 +29,11 @@ from a range, whose object and iterator are garbage), a tuple in apply_hyper() a
 native kernels, the lists _fuse() builds its table from. The server's frame buffers are
 allocated when it starts (they are already out of the free RAM that HELLO reports).
 
+The board keeps the net it holds until the new one is committed (a load refused leaves it in
+place), so a load's peak comes on top of that net, which HELLO's free RAM already leaves out.
+Where the new net does not fit beside it, the host drops the board's net first (Session.load):
+the plan then counts that net's memory as free and says so (`replaces`).
+
 Every allocation of the load is recorded in the order the board makes it, so that it can be
 placed in the heap's largest free blocks, as HELLO reports them (the gc takes contiguous
 blocks: a fragmented heap may hold a net's total but not its biggest tensors).
@@ -148,6 +153,8 @@ class Plan:
     free: int | None = None  # the board's free RAM, if known
     holes: list[int] = field(default_factory=list)  # its largest free blocks, if known
     holes_by_address: list[int] = field(default_factory=list)  # the same by address, if known
+    beside: int = 0  # bytes of the board's net, held while this one loads (0: none)
+    replaces: bool = False  # it does not fit beside the board's net, which is dropped first
 
     @property
     def net(self) -> int:
@@ -228,6 +235,12 @@ class Plan:
             lines.append(f"  {name.ljust(width)}  {n:8d} B")
         lines.append(f"  {least.ljust(width)}  "
                      f"{self.minimum:8d} B   net / minimum = {self.overhead:.2f}x")
+        if self.replaces:
+            lines.append(f"  the board's net ({self.beside} B) leaves too little room: it is "
+                         "dropped before this load, its RAM counted free")
+        elif self.beside:
+            lines.append(f"  the board's net ({self.beside} B) stays loaded until this one is "
+                         "committed: the free RAM below is beside it")
         if self.free is not None:
             enough = self.need + DEFAULT_RESERVE <= self.free
             lines.append(f"  board free RAM {self.free} B, load needs {self.need} B + "
@@ -340,17 +353,23 @@ def plan_for(qnet, info=None) -> Plan:
              max_payload=max_payload, fused=fused)
     free = getattr(info, "free_ram", 0)
     if free:
-        # a load first drops the net the board holds: its memory counts as free
-        if info.sizes:
+        # measured with the board's net in place, where it stays while this one loads: what
+        # a load will find
+        p.free = free
+        p.holes = list(getattr(info, "holes", []) or [])
+        p.holes_by_address = list(getattr(info, "holes_by_address", []) or [])
+        if getattr(info, "sizes", None):
             held = plan(info.sizes, momentum=bool(getattr(info, "momentum", False)),
                         loss=info.loss if info.loss is not None else fixed.SOFTMAX_CE,
                         word=word, max_payload=max_payload, fused=fused)
-            free += held.net + held.sample
-        else:
-            # measured with no net on the board, so they are what a load will find
-            p.holes = list(getattr(info, "holes", []) or [])
-            p.holes_by_address = list(getattr(info, "holes_by_address", []) or [])
-        p.free = free
+            p.beside = held.net + held.sample
+            if not p.fits(free):
+                # the host drops the board's net first: its memory counts as free, and
+                # where the holes it leaves fall is not known
+                p.replaces = True
+                p.free = free + p.beside
+                p.holes = []
+                p.holes_by_address = []
     return p
 
 

@@ -91,3 +91,47 @@ def test_torn_new_file_is_not_taken():
     path, head = ckpt.find(root)
     assert ckpt.samples(head) == fx.N
     assert _weights(ckpt.load(path, head)) == list(fx.FINAL)
+
+
+def _mutated(raw, at, values):
+    # raw with little-endian `values` ((value, bytes), ...) written from `at`, CRC recomputed
+    from edgebp.wire import crc16
+
+    b = bytearray(raw)
+    for v, n in values:
+        for i in range(n):
+            b[at] = (v >> (8 * i)) & 0xFF
+            at += 1
+    c = crc16(b, 0, len(b) - 2)
+    b[len(b) - 2] = c & 0xFF
+    b[len(b) - 1] = c >> 8
+    return b
+
+
+def test_fields_beyond_the_contract_are_refused():
+    root = _fresh(ROOT)
+    cur = ckpt.paths(root)[0]
+    net = ebp.load(fx.NET)
+    _learn(net, 0, fx.CUT)
+    ckpt.save(net, root, 0, fx.CUT, 0)
+    raw = _read(cur)
+    v_at = ckpt.HEAD + ebp.file_len(net.sizes)
+    cases = (
+        (32, ((65535, 2), (65535, 2)), "batch_max"),
+        (5, ((0xFF, 1),), "flags"),
+        (20, ((0, 3), (0x80, 1)), "2**30"),  # seen = 2**31
+        (v_at, ((0x3FFFFFFF, 4),), "momentum"),
+        (v_at, ((0x400000, 4),), "momentum"),  # V_MAX + 1
+    )
+    for at, values, words in cases:
+        _write(cur, _mutated(raw, at, values))
+        path, head = ckpt.find(root)
+        try:
+            ckpt.load(path, head)
+        except ValueError as e:
+            assert words in str(e), "refused for another reason: %s" % e
+        else:
+            raise AssertionError("accepted a checkpoint with %s at %d" % (words, at))
+    _write(cur, raw)
+    path, head = ckpt.find(root)
+    assert ckpt.load(path, head).count == net.count
