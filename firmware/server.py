@@ -127,6 +127,7 @@ class Server:
         self.gen = 0  # generation of the last checkpoint saved or restored
         self.saved = 0  # samples_in at that checkpoint
         self.saved_updates = 0
+        self.unsaved = False  # an automatic checkpoint failed: TRAIN is held (see save_or_fail)
         self.heap = 0 if hasattr(gc, "mem_free") else heap
         # what the buffers above take of the budget
         self.held = 2 * size + len(self.tx) + len(self.lout) + len(self.ltx)
@@ -302,9 +303,12 @@ class Server:
         return self.budget_free if self.heap else None
 
     def refuse_room(self, seq, e):
-        # a net that does not fit: E_ROOM if it would fit were the board's net dropped
+        # a net that does not fit: E_ROOM if it might fit were the board's net dropped, else
+        # (no net, or too little room even without it) E_MEM
         gc.collect()
-        if self.net is None:
+        net = self.net
+        if net is None or (e.free >= 0 and e.need > e.free + ebp.ram_need(
+                net.sizes, net.VW[0] is not None)):
             return self.fail(seq, E_MEM, _text(e))
         if e.free < 0:
             return self.fail(seq, E_ROOM, _text("needs about %d bytes beside the loaded net"
@@ -379,6 +383,7 @@ class Server:
                              b"out of memory for the sample buffers")
         self.samples_in = self.updates = self.every = 0
         self.gen = self.saved = self.saved_updates = 0
+        self.unsaved = False
         self.ack(seq)
 
     def install(self, net):
@@ -416,6 +421,8 @@ class Server:
                 if c >= n_out:
                     return self.fail(seq, E_VALUE, b"class index beyond the outputs")
                 p += sb
+        if learn and self.unsaved:
+            return self.fail(seq, E_CKPT, b"held: an automatic checkpoint failed")
         accumulate = learn and (flags & F_ACCUMULATE)
         if learn and net.lr_m == 0 and (not accumulate or flags & F_UPDATE) and (
                 count or net.count):
@@ -532,9 +539,13 @@ class Server:
         # An automatic checkpoint, due inside a TRAIN frame right after a weight update. If
         # it cannot be written the frame stops there: the answer says how many of its
         # samples were not learned (`left`), all before them were and the update applied.
+        # Then TRAIN frames are refused, unlearned, until a CHECKPOINT saves one or sets the
+        # period again: the frames the host sent ahead are not learned behind its back, and
+        # what the net learned is the samples up to this one.
         try:
             self.save()
         except OSError as e:
+            self.unsaved = True
             self.fail(seq, E_CKPT, _text("%d not learned, update applied; saving: %s"
                                          % (left, e)))
             return False
@@ -556,6 +567,7 @@ class Server:
                     self.save()
                 except OSError as e:
                     return self.fail(seq, E_CKPT, _text("saving: %s" % e))
+            self.unsaved = False
         self.ckpt_state(seq)
 
     def resume(self, seq, n):
@@ -588,6 +600,7 @@ class Server:
         self.samples_in = self.saved = ckpt.samples(head)
         self.updates = self.saved_updates = ckpt.updates(head)
         self.e_seen = self.e_correct = self.e_loss = 0
+        self.unsaved = False
         self.ckpt_state(seq)
 
     def ckpt_state(self, seq):

@@ -373,3 +373,37 @@ def test_a_refused_checkpoint_leaves_the_board_its_trained_net(tmp_path):
     _, k, p = b.ask(wire.RESUME)
     assert k == wire.CKPT and struct.unpack("<4I2H", p)[5] == 1
     assert b.server.net.sizes == [3, 4, 2]
+
+
+def test_a_checkpoint_the_board_cannot_write_stops_training_and_says_what_was_learned(
+        tmp_path):
+    from edgebp.host.boards.session import UnsavedError
+
+    q = make_qnet("ce", (4, 5, 3), batch_max=4)
+    X, T = make_data(q, 40)
+    hyper = Hyper(lr=0.05, batch=2)
+    # frames of 6 samples, four in flight: the ones sent after the failure are not learned
+    with InProcessBoard(root=tmp_path / "missing") as board, \
+            Session(board.url, timeout=0.5, frame_bytes=64) as s:
+        s.load(q, hyper)
+        s.checkpoint(every=3, now=False)
+        with pytest.raises(UnsavedError) as caught:
+            s.train(X, T)
+        e = caught.value
+        text = str(e)
+        assert "\n" not in text and "could not write its automatic checkpoint" in text
+        # the third update, after sample 6, was due to be saved
+        assert (e.learned, e.pending) == (6, 0)
+        assert "learned 6 of the 40 samples" in text and "no checkpoint" in text
+        W, B = s.get_weights()
+        ref = reference_train(q, hyper, X, T, range(6))
+        assert [w.ravel().tolist() for w in W] == [list(a) for a in ref.W]
+        assert [b.tolist() for b in B] == [list(a) for a in ref.B]
+        # training is held until the period is set again
+        with pytest.raises(SessionError, match="automatic checkpoint"):
+            s.train(X[6:], T[6:])
+        s.checkpoint(every=0, now=False)
+        assert s.train(X[6:], T[6:]).samples == 34
+        W, B = s.get_weights()
+    ref = reference_train(q, hyper, X, T)
+    assert [w.ravel().tolist() for w in W] == [list(a) for a in ref.W]

@@ -161,3 +161,27 @@ def test_progress_bar_draws_only_where_asked():
     bar.update(1, 2)
     bar.clear()
     assert quiet.getvalue() == ""
+
+
+def test_a_checkpoint_the_board_cannot_write_ends_training_in_one_line(capsys, monkeypatch):
+    from edgebp import ckpt
+
+    real = ckpt.save
+    calls = []
+
+    def save(*args, **kw):
+        # the simulated board's filesystem fills up after the checkpoint train starts with
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "ENOSPC")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ckpt, "save", save)
+    code = cli.main(["train", "--data", IRIS, "--epochs", "2", "--batch", "2",
+                     "--checkpoint-every", "5"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    # batch 2: the fifth update follows the tenth sample
+    assert "could not write its automatic checkpoint" in line and "learned 10 of" in line, line
+    assert "--resume" in line

@@ -423,6 +423,15 @@ def test_a_checkpoint_that_cannot_be_written_says_what_was_learned(tmp_path):
     _, k, p = b.ask(wire.CHECKPOINT, b"\x00\x00\x00")
     gen, saved, learned, updates, every, pending = struct.unpack("<4I2H", p)
     assert (gen, learned, updates, pending) == (0, 2, 1, 0)
+    # the frames the host sent ahead are refused unlearned until a checkpoint is settled
+    b.refused(wire.TRAIN, samples(X, T, range(2, 5)), wire.E_CKPT, "automatic checkpoint")
+    assert stats(b)[0] == 2 and b.weights() == [list(a) for l in range(ref.L)
+                                                 for a in (ref.W[l], ref.B[l])]
+    _, k, p = b.ask(wire.CHECKPOINT, struct.pack("<BH", wire.CK_EVERY, 0))
+    assert k == wire.CKPT
+    b.ok(wire.TRAIN, samples(X, T, range(2, 5)))
+    ref = reference_train(q, HYPER, X, T, range(5))
+    assert b.weights() == [list(a) for l in range(ref.L) for a in (ref.W[l], ref.B[l])]
 
 
 def test_a_crash_in_a_handler_is_an_internal_error():

@@ -53,6 +53,16 @@ class SessionError(Exception):
         self.code = code
 
 
+class UnsavedError(SessionError):
+    """An automatic checkpoint could not be written during training: the board learned
+    `learned` samples of the call (`pending` of them in gradient sums not yet applied)."""
+
+    def __init__(self, message: str, learned: int, pending: int):
+        super().__init__(message, wire.E_CKPT)
+        self.learned = learned
+        self.pending = pending
+
+
 @dataclass
 class BoardInfo:
     protocol: int
@@ -488,6 +498,8 @@ class Session:
                 st = self.stats()
                 break
             except SessionError as e:
+                if e.code == wire.E_CKPT:
+                    raise self._unsaved(e, len(idx)) from e
                 if not resume or resets >= max_resets or not _board_lost(e):
                     raise
             resets += 1
@@ -500,6 +512,21 @@ class Session:
         if st.seen != len(idx):
             raise SessionError(f"train: the board counted {st.seen} samples of {len(idx)} sent")
         return Result(st.seen, st.loss, st.accuracy)
+
+    def _unsaved(self, e: SessionError, sent: int) -> UnsavedError:
+        # An automatic checkpoint failed inside a TRAIN frame: the board stopped that frame
+        # after the update, and learned the frames already in flight. What it learned, from
+        # its counters (reset when this call began): one line for the user.
+        cause = e.__cause__
+        why = cause.text if isinstance(cause, DeviceError) else str(e)
+        st = self.stats()
+        ck = self.checkpoint_state()
+        last = (f"its last checkpoint holds sample {ck.saved}" if ck.gen
+                else "it holds no checkpoint")
+        return UnsavedError(
+            f"train: the board could not write its automatic checkpoint ({why}): it learned "
+            f"{st.seen} of the {sent} samples sent and its weights hold them ({st.pending} "
+            f"in gradient sums not yet applied); {last}", st.seen, st.pending)
 
     def evaluate(self, Xq, Tq, order=None, progress: Progress | None = None) -> Result:
         """Loss and accuracy of the board's net on the samples, without learning."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgebp import fixed
+from edgebp import fixed, wire
 from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.cli.data import Dataset
 from edgebp.host.cli.progress import Bar
@@ -260,6 +260,10 @@ def do_train(state: State, args: argparse.Namespace) -> int:
                 except SessionError as e:
                     if not checkpoints:
                         raise
+                    if e.code == wire.E_CKPT:
+                        raise SessionError(f"{e}: free room on the board's filesystem, then "
+                                           "run the same command with --resume to go on from "
+                                           "its last checkpoint") from e
                     raise SessionError(f"{e}; the board keeps its last checkpoint: run the "
                                        "same command with --resume to go on from it") from e
                 elapsed += time.monotonic() - start
