@@ -63,6 +63,31 @@ def stock(tmp_path):
         yield board
 
 
+def test_a_board_powered_again_never_reads_what_was_sent_to_it_before(stock):
+    """Bytes in flight when the power went are lost, as on a board: the fresh REPL must not
+    take them for keys typed at it (a stale frame holding Ctrl-A and Ctrl-D runs as code)."""
+    import os
+    import select
+    import time
+
+    stock.kill()
+    fd = os.open(stock.url, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"print(6 * 7)\r\x01stale\x04")
+        stock.boot()
+        got, deadline = b"", time.monotonic() + 3
+        while time.monotonic() < deadline and not got.endswith(b">>> "):
+            if select.select([fd], [], [], 0.1)[0]:
+                got += os.read(fd, 256)
+        time.sleep(0.3)  # and nothing after the prompt
+        while select.select([fd], [], [], 0)[0]:
+            got += os.read(fd, 256)
+    finally:
+        os.close(fd)
+    assert got.startswith(b"MicroPython") and got.endswith(b">>> "), got
+    assert b"42" not in got and b"stale" not in got and b"raw REPL" not in got, got
+
+
 def on_board(board, rel):
     return Path(board.root, rel).read_bytes()
 

@@ -123,3 +123,20 @@ def test_a_micropython_board_refuses_a_second_net_that_does_not_fit_beside(monke
         assert len(seen) == 1 and _same(seen[0], trained)
         assert _same(s.get_weights(), (second.W, second.B))
         assert s.train(X, T).samples == 6
+
+
+def test_the_simulated_board_refuses_what_a_256_kib_board_would():
+    # the header of one 4096x4096 layer: 96 MB of training state announced in 44 bytes
+    head = bytes.fromhex("4542504e01010000010000000000000000000000000000002a20000200100c00"
+                         "0010000c0c0c6466")
+    with InProcessBoard() as board, Session(board.url) as s:
+        s._request(wire.LOAD_BEGIN, (0x2000202A).to_bytes(4, "little"))
+        with pytest.raises(Exception, match="bytes of RAM") as caught:
+            s._request(wire.LOAD_CHUNK, bytes(4) + head)
+        assert getattr(caught.value, "code", None) == wire.E_MEM
+        # a net of 53 000 parameters (over 300 KB of training state at 6 bytes each) is
+        # refused too, one of 3 300 is not
+        with pytest.raises(SessionError, match="bytes of RAM"):
+            s.load(make_qnet("ce", (400, 128, 16)), HYPER)
+        s.load(make_qnet("ce", (200, 16, 3)), HYPER)
+        assert s.info.sizes == [200, 16, 3]

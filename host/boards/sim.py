@@ -316,6 +316,17 @@ class MicroPythonBoard:
     def _boot(self) -> None:
         env = dict(os.environ, MICROPYPATH=self._dir)
         master = self._fds[0]
+        # What the host sent that the last process never read (frames in flight when the
+        # power went, a BYE sent to a dead board) is lost, as a board's reset loses the bytes
+        # in flight to it: a fresh REPL reading them would take them for keys typed at it.
+        os.set_blocking(master, False)
+        try:
+            while os.read(master, 4096):
+                pass
+        except OSError:  # nothing (left) to read
+            pass
+        finally:
+            os.set_blocking(master, True)
         self.proc = subprocess.Popen(self._argv, stdin=master, stdout=master,
                                      stderr=self._stderr, cwd=self._dir, env=env,
                                      start_new_session=True)
