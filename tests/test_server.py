@@ -496,3 +496,20 @@ def test_hello_restarts_the_numbering():
     assert b.send(wire.HELLO, b"\x01", seq=200)[0][1] == wire.INFO
     b.seq = 201
     assert b.ask(wire.STATS, b"\x00")[1] == wire.COUNTS
+
+
+def test_a_checkpoint_that_fits_only_alone_is_refused_beside_the_trained_net(tmp_path):
+    from edgebp import ckpt
+
+    params = 16 * 201 + 3 * 17  # as above: room for one such net, not two
+    saved = _big_ce(200, seed=4)
+    ckpt.save(saved.build(HYPER), str(tmp_path), 0, 0, 0)
+    b, trained, counted = _trained_board(_big_ce(200), n=2, max_payload=1024,
+                                         root=str(tmp_path), heap=8192 + int(1.5 * 6 * params))
+    b.refused(wire.RESUME, b"", wire.E_ROOM, "free beside the loaded net")
+    assert b.weights() == trained and stats(b)[:3] == counted
+    b.ok(wire.DROP)
+    _, k, _ = b.ask(wire.RESUME)
+    assert k == wire.CKPT
+    assert b.weights() == [a.ravel().tolist() for l in range(saved.L)
+                           for a in (saved.W[l], saved.B[l])]
