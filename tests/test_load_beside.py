@@ -140,3 +140,25 @@ def test_the_simulated_board_refuses_what_a_256_kib_board_would():
             s.load(make_qnet("ce", (400, 128, 16)), HYPER)
         s.load(make_qnet("ce", (200, 16, 3)), HYPER)
         assert s.info.sizes == [200, 16, 3]
+
+
+def test_resume_drops_the_board_net_only_when_the_checkpoint_needs_its_room(tmp_path,
+                                                                             monkeypatch):
+    from edgebp import ckpt
+
+    big = (200, 16, 3)
+    params = 16 * 201 + 3 * 17
+    saved = make_qnet("ce", big, seed=5)
+    ckpt.save(saved.build(HYPER), str(tmp_path), 0, 0, 0)
+    with InProcessBoard(heap=8192 + int(1.5 * 6 * params), root=tmp_path) as board, \
+            Session(board.url) as s:
+        seen: list = []
+        _spy_drop(monkeypatch, s, seen)
+        s.load(make_qnet("ce", (4, 5, 3)), HYPER)
+        s.resume()  # beside the small net
+        assert seen == [] and s.info.sizes == list(big)
+        s.load(make_qnet("ce", big), HYPER)  # in place of the restored one: a drop
+        seen.clear()
+        s.resume()  # not beside a big one
+        assert len(seen) == 1 and s.info.sizes == list(big)
+        assert _same(s.get_weights(), (saved.W, saved.B))
