@@ -949,10 +949,8 @@ static void copy_in(mp_obj_t x, int16_t *a0, size_t n) {
     }
 }
 
-static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
-    // forward_net(net, x): Net.forward(x)
-    net_t net;
-    net_get(self, &net);
+static void forward_c(net_t *np, mp_obj_t x) {
+    net_t net = *np;
     size_t n0 = p_size(LP(&net, 0, P_N_IN));
     copy_in(x, net_out16(&net, F_A, 0, n0), n0);
     int32_t alpha = net.P[P_ALPHA];
@@ -972,6 +970,13 @@ static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
             p_clamp(LP(&net, l, P_S_F), -16, 32), z);
         act_fwd_c(kind, z, a1, n_out, alpha);
     }
+}
+
+static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
+    // forward_net(net, x): Net.forward(x)
+    net_t net;
+    net_get(self, &net);
+    forward_c(&net, x);
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(forward_net_obj, forward_net);
@@ -1020,7 +1025,7 @@ static int32_t target_at(const target_t *t, size_t j) {
 }
 
 // Net.score: the output delta into D[L-1], the loss (returned), net.good
-static int32_t score_c(mp_obj_t self, net_t *net, mp_obj_t t_obj) {
+static int32_t score_c(net_t *net, mp_obj_t t_obj, int32_t *good_out) {
     size_t L = net->L;
     size_t n = p_size(LP(net, L - 1, P_N_OUT));
     const int16_t *a = net_in16(net, F_A, L, n);
@@ -1090,7 +1095,7 @@ static int32_t score_c(mp_obj_t self, net_t *net, mp_obj_t t_obj) {
             good = best == tbest;
         }
     }
-    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    *good_out = good;
     return loss;
 }
 
@@ -1098,16 +1103,20 @@ static mp_obj_t score_net(mp_obj_t self, mp_obj_t t) {
     // score_net(net, t) -> loss: Net.score(t)
     net_t net;
     net_get(self, &net);
-    return mp_obj_new_int(score_c(self, &net, t));
+    int32_t good;
+    int32_t loss = score_c(&net, t, &good);
+    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    return mp_obj_new_int(loss);
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(score_net_obj, score_net);
 
-static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
-    // backward_net(net, t) -> loss: Net.backward(t) from the score to the gradient sums (the
-    // caller keeps the counters and the update of a full sum)
-    net_t net;
-    net_get(self, &net);
-    int32_t loss = score_c(self, &net, t);
+// Net.backward from the score to the gradient sums: the loss, net.good stored
+static int32_t backward_c(mp_obj_t self, net_t *np, mp_obj_t t, int32_t *good_out) {
+    net_t net = *np;
+    int32_t good;
+    int32_t loss = score_c(&net, t, &good);
+    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    *good_out = good;
     size_t L = net.L;
     int32_t alpha = net.P[P_ALPHA];
     if (net.P[P_LOSS] == MSE) {
@@ -1150,7 +1159,16 @@ static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
             outer_acc_c(G, GB, d, x, n_in, rows, LP(&net, l, P_ONE), kg);
         }
     }
-    return mp_obj_new_int(loss);
+    return loss;
+}
+
+static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
+    // backward_net(net, t) -> loss: Net.backward(t) from the score to the gradient sums (the
+    // caller keeps the counters and the update of a full sum)
+    net_t net;
+    net_get(self, &net);
+    int32_t good;
+    return mp_obj_new_int(backward_c(self, &net, t, &good));
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(backward_net_obj, backward_net);
 
@@ -1158,11 +1176,9 @@ static int32_t attr_i32(mp_obj_t self, qstr name) {
     return arg_i32(mp_load_attr(self, name));
 }
 
-static mp_obj_t update_net(mp_obj_t self) {
-    // update_net(net): Net.update() for count > 0 (the caller tests it and clears count)
-    net_t net;
-    net_get(self, &net);
-    int32_t count = attr_i32(self, MP_QSTR_count);
+// Net.update's arithmetic for count >= 1 samples (count stays as it is)
+static void update_net_c(mp_obj_t self, net_t *np, int32_t count) {
+    net_t net = *np;
     int32_t lr_m = attr_i32(self, MP_QSTR_lr_m);
     if (count < 1 || lr_m < 0 || lr_m > 255) {
         mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: update_net needs count >= 1"));
@@ -1204,9 +1220,66 @@ static mp_obj_t update_net(mp_obj_t self) {
             rng[0] = s;
         }
     }
+}
+
+static mp_obj_t update_net(mp_obj_t self) {
+    // update_net(net): Net.update() for count > 0 (the caller tests it and clears count)
+    net_t net;
+    net_get(self, &net);
+    update_net_c(self, &net, attr_i32(self, MP_QSTR_count));
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(update_net_obj, update_net);
+
+static mp_int_t attr_int(mp_obj_t self, qstr name) {
+    return arg_int(mp_load_attr(self, name));
+}
+
+static void attr_store(mp_obj_t self, qstr name, mp_int_t v) {
+    mp_store_attr(self, name, mp_obj_new_int(v));
+}
+
+// Net.update() with its test of count and its clearing of count
+static void update_pending(mp_obj_t self, net_t *net) {
+    mp_obj_t count = mp_load_attr(self, MP_QSTR_count);
+    if (arg_int(count) == 0) {
+        return;
+    }
+    update_net_c(self, net, arg_i32(count));
+    attr_store(self, MP_QSTR_count, 0);
+}
+
+static mp_obj_t learn_net(mp_obj_t self, mp_obj_t x, mp_obj_t t) {
+    // learn_net(net, x, t) -> loss: Net.learn(x, t), the whole sample in one call: forward,
+    // Net.backward with its counters (and the update of a full sum first), the update at the
+    // end of a batch. The statements of net.py in their order, on the same attributes.
+    net_t net;
+    net_get(self, &net);
+    forward_c(&net, x);
+    // backward
+    if (attr_int(self, MP_QSTR_count) >= attr_int(self, MP_QSTR_batch_max)) {
+        update_pending(self, &net);
+    }
+    int32_t good;
+    int32_t loss = backward_c(self, &net, t, &good);
+    mp_int_t count = attr_int(self, MP_QSTR_count) + 1;
+    attr_store(self, MP_QSTR_count, count);
+    attr_store(self, MP_QSTR_grad_count, count);
+    // counters saturate instead of leaving the small-int range
+    mp_int_t seen = attr_int(self, MP_QSTR_seen);
+    if (seen < SMALL_MAX) {
+        attr_store(self, MP_QSTR_seen, seen + 1);
+        attr_store(self, MP_QSTR_correct, attr_int(self, MP_QSTR_correct) + good);
+    }
+    mp_int_t sum = attr_int(self, MP_QSTR_loss_sum);
+    attr_store(self, MP_QSTR_loss_sum, loss < SMALL_MAX - sum ? sum + loss : SMALL_MAX);
+    // learn: update after `batch` samples
+    if (count >= attr_int(self, MP_QSTR_batch)) {
+        update_pending(self, &net);
+    }
+    return mp_obj_new_int(loss);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(learn_net_obj, learn_net);
 
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
@@ -1222,5 +1295,6 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_score_net, MP_OBJ_FROM_PTR(&score_net_obj));
     mp_store_global(MP_QSTR_backward_net, MP_OBJ_FROM_PTR(&backward_net_obj));
     mp_store_global(MP_QSTR_update_net, MP_OBJ_FROM_PTR(&update_net_obj));
+    mp_store_global(MP_QSTR_learn_net, MP_OBJ_FROM_PTR(&learn_net_obj));
     MP_DYNRUNTIME_INIT_EXIT
 }
