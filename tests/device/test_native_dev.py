@@ -368,8 +368,8 @@ def test_update():
     need_native()
     r = Rand(7)
     for mode in (fixed.NEAREST, fixed.STOCHASTIC):
-        for u in (0, 1, 7, 8, 9, 10, 16, 22, 23, 24, 29, 30, 31, 32, 45, 64, 70):
-            for m in (0, 128, 200, 255, 256):
+        for u in (0, 1, 7, 8, 9, 10, 15, 16, 17, 22, 23, 24, 29, 30, 31, 32, 45, 64, 70):
+            for m in (-256, -255, -1, 0, 1, 128, 200, 255, 256):
                 check_update(r, 11, m, u, 0, 0, 0, mode, False, G_LO, G_HI, u == 9)
         for mu in (0, 1, 128, 255):
             for c_m, c_s in C_DECAY:
@@ -390,8 +390,8 @@ def test_update_every_int32_gradient():
     need_native()
     r = Rand(8)
     for mode in (fixed.NEAREST, fixed.STOCHASTIC):
-        for u in (0, 5, 8, 9, 12, 22, 23, 31, 40):
-            for m in (128, 256):
+        for u in (0, 5, 8, 9, 12, 16, 17, 22, 23, 31, 40):
+            for m in (-255, 128, 255, 256):
                 check_update(r, 23, m, u, 0, 0, 0, mode, False, I32_LO, I32_HI)
                 check_update(r, 23, m, u, 200, 255, 9, mode, True, I32_LO, I32_HI)
 
