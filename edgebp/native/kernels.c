@@ -20,10 +20,12 @@
 //   raises at the first access out of range; a buffer of the wrong type is a TypeError.
 //
 // Speed (instructions on an emulated Cortex-M3, per term of a sum or per parameter): the inner
-// loops are unrolled by hand; on Thumb-2 they come in copies with the guard shift as a constant
-// (see dot_k), update has a copy per setting (see update_k), and its most common copy is
-// Thumb-2 assembly (see nearest_pairs_thumb2). Everything else is plain C, the same on every
-// architecture, and edgebp.kernels is the reference each copy is tested against.
+// loops are unrolled by hand, matvec takes two rows at a time (dot2_k); on Thumb-2 they come in
+// copies with the guard shift as a constant, the row of outer_acc is Thumb-2 assembly (see
+// AXPY_ASM), update has a copy per setting (see update_k), and its most common copy is Thumb-2
+// assembly (see nearest_pairs_mla_thumb2). Everything else is plain C, the same on every
+// architecture, and edgebp.kernels is the reference each copy is tested against. learn_net
+// runs a whole sample of Net.learn in one call: the engine's Python costs one call a step.
 #include "py/dynruntime.h"
 
 #include "luts.h"
@@ -136,6 +138,37 @@ ALWAYS_INLINE int32_t dot_k(const int16_t *w, const int16_t *x, size_t n, int32_
     return acc;
 }
 
+// acc[0] += sum_i (w[i] x[i]) >> k, acc[1] += the same for the next row, w + stride: two rows
+// of matvec at once, so that each x[i] is loaded once for both; 4 terms at a time
+ALWAYS_INLINE void dot2_k(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k,
+    int32_t *acc) {
+    const int16_t *v = w + stride;
+    int32_t a0 = acc[0], a1 = acc[1];
+    const int16_t *end4 = x + (n & ~(size_t)3);
+    const int16_t *end = x + n;
+    while (x != end4) {
+        int32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+        a0 += (w[0] * x0) >> k;
+        a1 += (v[0] * x0) >> k;
+        a0 += (w[1] * x1) >> k;
+        a1 += (v[1] * x1) >> k;
+        a0 += (w[2] * x2) >> k;
+        a1 += (v[2] * x2) >> k;
+        a0 += (w[3] * x3) >> k;
+        a1 += (v[3] * x3) >> k;
+        w += 4;
+        v += 4;
+        x += 4;
+    }
+    while (x != end) {
+        int32_t xi = *x++;
+        a0 += (*w++ * xi) >> k;
+        a1 += (*v++ * xi) >> k;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+}
+
 // g[i] += (dj x[i]) >> kg: a row of outer_acc, 4 terms at a time
 ALWAYS_INLINE void axpy_k(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
     const int16_t *end4 = x + (n & ~(size_t)3);
@@ -153,11 +186,17 @@ ALWAYS_INLINE void axpy_k(int32_t *g, const int16_t *x, size_t n, int32_t dj, in
     }
 }
 
-typedef int32_t (*dot_fn)(const int16_t *w, const int16_t *x, size_t n, int32_t k);
+typedef void (*dot2_fn)(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k,
+    int32_t *acc);
 typedef void (*axpy_fn)(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg);
 
 static int32_t dot_any(const int16_t *w, const int16_t *x, size_t n, int32_t k) {
     return dot_k(w, x, n, k);
+}
+
+static void dot2_any(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k,
+    int32_t *acc) {
+    dot2_k(w, stride, x, n, k, acc);
 }
 
 static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
@@ -165,8 +204,9 @@ static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t
 }
 
 #define DOT_COPY(K) \
-    static int32_t dot_##K(const int16_t *w, const int16_t *x, size_t n, int32_t k) { \
-        return dot_k(w, x, n, K); \
+    static void dot2_##K(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k, \
+        int32_t *acc) { \
+        dot2_k(w, stride, x, n, K, acc); \
     }
 #define AXPY_COPY(K) \
     static void axpy_##K(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) { \
@@ -179,8 +219,57 @@ static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t
 #define COPY(F, K) F##_COPY(K)
 #if defined(__thumb2__) // elsewhere (Thumb-1, RISC-V, x64) a constant shift saves nothing
 DOT_SHIFTS(COPY, DOT)
-AXPY_SHIFTS(COPY, AXPY)
-static const dot_fn DOT[14] = { dot_any, DOT_SHIFTS(ENTRY, dot) }; // [0]: k = 0 is rare
+// On Thumb-2 the row of outer_acc is assembly by hand, 8 terms a turn: the eight sums come in
+// with two ldm and go out with two stm (one instruction each), so a term costs its ldrsh, mul
+// and add (for kg = 0 ldrsh and mla) where GCC's loop loads and stores each sum on its own.
+// dj * x[i] is the int32 product of two int16 values, exact in mul's low word, and the add (of
+// the shifted product, an arithmetic shift by the constant kg) wraps as the C code does under
+// -fwrapv. The sums live in r4, r5, r6, r8 (ldm and stm take registers in ascending order;
+// r7 and r9 are left to GCC's frame and PIC registers). The last n % 8 terms take axpy_k.
+#define AXPY_TERM_0(G, X) "mla %[" G "], %[" X "], %[dj], %[" G "]\n\t"
+#define AXPY_TERM_K(G, X, K) "mul %[" X "], %[" X "], %[dj]\n\t" \
+    "add %[" G "], %[" G "], %[" X "], asr #" #K "\n\t"
+#define AXPY_HALF(TERM) \
+    "ldrsh %[x0], [%[x]], #2\n\t" \
+    "ldrsh %[x1], [%[x]], #2\n\t" \
+    "ldrsh %[x2], [%[x]], #2\n\t" \
+    "ldrsh %[x3], [%[x]], #2\n\t" \
+    "ldm %[g], {%[g0], %[g1], %[g2], %[g3]}\n\t" \
+    TERM("g0", "x0") TERM("g1", "x1") TERM("g2", "x2") TERM("g3", "x3") \
+    "stmia %[g]!, {%[g0], %[g1], %[g2], %[g3]}\n\t"
+#define AXPY_ASM(K, TERM) \
+    static void axpy_##K(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) { \
+        const int16_t *end8 = x + (n & ~(size_t)7); \
+        if (x != end8) { \
+            register int32_t g0 __asm__("r4"); \
+            register int32_t g1 __asm__("r5"); \
+            register int32_t g2 __asm__("r6"); \
+            register int32_t g3 __asm__("r8"); \
+            int32_t x0, x1, x2, x3; \
+            __asm__ volatile ( \
+                "1:\n\t" \
+                AXPY_HALF(TERM) \
+                AXPY_HALF(TERM) \
+                "cmp %[x], %[end]\n\t" \
+                "bne 1b\n" \
+                : [g] "+r" (g), [x] "+r" (x), [g0] "=&r" (g0), [g1] "=&r" (g1), \
+                [g2] "=&r" (g2), [g3] "=&r" (g3), [x0] "=&r" (x0), [x1] "=&r" (x1), \
+                [x2] "=&r" (x2), [x3] "=&r" (x3) \
+                : [end] "r" (end8), [dj] "r" (dj) \
+                : "cc", "memory"); \
+        } \
+        axpy_k(g, x, n & 7, dj, K); \
+    }
+#define AXPY_TERM_1(G, X) AXPY_TERM_K(G, X, 1)
+#define AXPY_TERM_2(G, X) AXPY_TERM_K(G, X, 2)
+#define AXPY_TERM_3(G, X) AXPY_TERM_K(G, X, 3)
+#define AXPY_TERM_4(G, X) AXPY_TERM_K(G, X, 4)
+#define AXPY_TERM_5(G, X) AXPY_TERM_K(G, X, 5)
+#define AXPY_TERM_6(G, X) AXPY_TERM_K(G, X, 6)
+#define AXPY_TERM_7(G, X) AXPY_TERM_K(G, X, 7)
+#define AXPY_ASM_COPY(F, K) AXPY_ASM(K, AXPY_TERM_##K)
+AXPY_SHIFTS(AXPY_ASM_COPY, AXPY)
+static const dot2_fn DOT2[14] = { dot2_any, DOT_SHIFTS(ENTRY, dot2) }; // [0]: k = 0 is rare
 static const axpy_fn AXPY[8] = { AXPY_SHIFTS(ENTRY, axpy) };
 #define PICK(TABLE, N, ANY, K) ((K) < (N) ? TABLE[K] : ANY)
 #else
@@ -188,13 +277,26 @@ static const axpy_fn AXPY[8] = { AXPY_SHIFTS(ENTRY, axpy) };
 #endif
 
 NOINLINE static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_t n_in,
-    size_t n_out, int32_t one, int32_t k, int32_t s, int16_t *z) {
-    // z[j] = requant(sum_i (W[j,i] x[i]) >> k + (B[j] one) >> k, s)
-    dot_fn dot = PICK(DOT, 14, dot_any, k);
+    size_t n_out, int32_t one, int32_t k, int32_t s, int16_t *z, int pairs) {
+    // z[j] = requant(sum_i (W[j,i] x[i]) >> k + (B[j] one) >> k, s). Two rows at a time share
+    // the loads of x (pairs = 0 when z overlaps W, B or x: then z[j] must be written before
+    // row j + 1 is read, as in Python). The order of the terms in a sum does not change the
+    // sum's bits: int32 addition wraps (-fwrapv), and the exact sum is inside int32.
+    dot2_fn dot2 = PICK(DOT2, 14, dot2_any, k);
     const int16_t *row = W;
-    for (size_t j = 0; j < n_out; j++) {
+    size_t j = 0;
+    if (pairs) {
+        for (; j + 2 <= n_out; j += 2) {
+            int32_t acc[2] = { (B[j] * one) >> k, (B[j + 1] * one) >> k };
+            dot2(row, n_in, x, n_in, k, acc);
+            z[j] = requant(acc[0], s);
+            z[j + 1] = requant(acc[1], s);
+            row += 2 * n_in;
+        }
+    }
+    for (; j < n_out; j++) {
         int32_t acc = (B[j] * one) >> k;
-        acc += dot(row, x, n_in, k);
+        acc += dot_any(row, x, n_in, k);
         z[j] = requant(acc, s);
         row += n_in;
     }
@@ -750,7 +852,10 @@ static mp_obj_t matvec(size_t n_args, const mp_obj_t *args) {
     need(len_b, n_out);
     need(len_z, n_out);
     need2(len_w, n_out, n_in);
-    matvec_c(W, B, x, n_in, n_out, one, k, s, z);
+    // two rows at a time only when no z[j] is read after it is written
+    int pairs = !overlaps(z, n_out, x, n_in) && !overlaps(z, n_out, W, n_in * n_out)
+        && !overlaps(z, n_out, B, n_out);
+    matvec_c(W, B, x, n_in, n_out, one, k, s, z, pairs);
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(matvec_obj, 9, 9, matvec);
@@ -1026,8 +1131,10 @@ static void forward_c(net_t *np, mp_obj_t x) {
         int16_t *z = net_out16(&net, F_Z, l, kind == SOFTMAX && n_out == 0 ? 1 : n_out);
         int16_t *a1 = net_out16(&net, F_A, l + 1, n_out);
         int32_t k = p_guard(LP(&net, l, P_K_F), n_out > 0);
+        int pairs = !overlaps(z, n_out, a, n_in) && !overlaps(z, n_out, W, n_in * n_out)
+            && !overlaps(z, n_out, B, n_out);
         matvec_c(W, B, a, n_in, n_out, LP(&net, l, P_ONE), k,
-            p_clamp(LP(&net, l, P_S_F), -16, 32), z);
+            p_clamp(LP(&net, l, P_S_F), -16, 32), z, pairs);
         act_fwd_c(kind, z, a1, n_out, alpha);
     }
 }
