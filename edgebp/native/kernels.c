@@ -20,12 +20,13 @@
 //   raises at the first access out of range; a buffer of the wrong type is a TypeError.
 //
 // Speed (instructions on an emulated Cortex-M3, per term of a sum or per parameter): the inner
-// loops are unrolled by hand, matvec takes two rows at a time (dot2_k); on Thumb-2 they come in
-// copies with the guard shift as a constant, the row of outer_acc is Thumb-2 assembly (see
-// AXPY_ASM), update has a copy per setting (see update_k), and its most common copy is Thumb-2
-// assembly (see nearest_pairs_mla_thumb2). Everything else is plain C, the same on every
-// architecture, and edgebp.kernels is the reference each copy is tested against. learn_net
-// runs a whole sample of Net.learn in one call: the engine's Python costs one call a step.
+// loops are unrolled by hand, matvec takes two rows at a time (dot2_k) and matvec_t four
+// columns (col4_k); on Thumb-2 they come in copies with the guard shift as a constant, the row
+// of outer_acc is Thumb-2 assembly (see AXPY_ASM), update has a copy per setting (see
+// update_k), and its most common copy is Thumb-2 assembly (see nearest_quads_mla_thumb2).
+// Everything else is plain C, the same on every architecture, and edgebp.kernels is the
+// reference each copy is tested against. learn_net runs a whole sample of Net.learn in one
+// call: the engine's Python costs one method call a step.
 #include "py/dynruntime.h"
 
 #include "luts.h"
@@ -169,6 +170,26 @@ ALWAYS_INLINE void dot2_k(const int16_t *w, size_t stride, const int16_t *x, siz
     acc[1] = a1;
 }
 
+// acc[q] = sum_j (p[j n_in + q] d[j]) >> k for q < 4: four columns of matvec_t, sharing each
+// load of d[j]
+ALWAYS_INLINE void col4_k(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out,
+    int32_t k, int32_t *acc) {
+    int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+    const int16_t *end = d + n_out;
+    while (d != end) {
+        int32_t dj = *d++;
+        acc0 += (p[0] * dj) >> k;
+        acc1 += (p[1] * dj) >> k;
+        acc2 += (p[2] * dj) >> k;
+        acc3 += (p[3] * dj) >> k;
+        p += n_in;
+    }
+    acc[0] = acc0;
+    acc[1] = acc1;
+    acc[2] = acc2;
+    acc[3] = acc3;
+}
+
 // g[i] += (dj x[i]) >> kg: a row of outer_acc, 4 terms at a time
 ALWAYS_INLINE void axpy_k(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
     const int16_t *end4 = x + (n & ~(size_t)3);
@@ -199,6 +220,14 @@ static void dot2_any(const int16_t *w, size_t stride, const int16_t *x, size_t n
     dot2_k(w, stride, x, n, k, acc);
 }
 
+typedef void (*col4_fn)(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out,
+    int32_t k, int32_t *acc);
+
+static void col4_any(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out, int32_t k,
+    int32_t *acc) {
+    col4_k(p, d, n_in, n_out, k, acc);
+}
+
 static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
     axpy_k(g, x, n, dj, kg);
 }
@@ -207,6 +236,11 @@ static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t
     static void dot2_##K(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k, \
         int32_t *acc) { \
         dot2_k(w, stride, x, n, K, acc); \
+    }
+#define COL4_COPY(K) \
+    static void col4_##K(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out, \
+        int32_t k, int32_t *acc) { \
+        col4_k(p, d, n_in, n_out, K, acc); \
     }
 #define AXPY_COPY(K) \
     static void axpy_##K(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) { \
@@ -219,6 +253,7 @@ static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t
 #define COPY(F, K) F##_COPY(K)
 #if defined(__thumb2__) // elsewhere (Thumb-1, RISC-V, x64) a constant shift saves nothing
 DOT_SHIFTS(COPY, DOT)
+DOT_SHIFTS(COPY, COL4) // k of matvec_t is ceil_log2(n_out): the same counts
 // On Thumb-2 the row of outer_acc is assembly by hand, 8 terms a turn: the eight sums come in
 // with two ldm and go out with two stm (one instruction each), so a term costs its ldrsh, mul
 // and add (for kg = 0 ldrsh and mla) where GCC's loop loads and stores each sum on its own.
@@ -270,10 +305,17 @@ DOT_SHIFTS(COPY, DOT)
 #define AXPY_ASM_COPY(F, K) AXPY_ASM(K, AXPY_TERM_##K)
 AXPY_SHIFTS(AXPY_ASM_COPY, AXPY)
 static const dot2_fn DOT2[14] = { dot2_any, DOT_SHIFTS(ENTRY, dot2) }; // [0]: k = 0 is rare
+static const col4_fn COL4[14] = { col4_any, DOT_SHIFTS(ENTRY, col4) };
 static const axpy_fn AXPY[8] = { AXPY_SHIFTS(ENTRY, axpy) };
 #define PICK(TABLE, N, ANY, K) ((K) < (N) ? TABLE[K] : ANY)
+#define PICK_AXPY(K) PICK(AXPY, 8, axpy_any, K)
 #else
 #define PICK(TABLE, N, ANY, K) ANY
+// kg = 0 (online learning): without the shift, one instruction a term fewer everywhere
+static void axpy_0(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
+    axpy_k(g, x, n, dj, 0);
+}
+#define PICK_AXPY(K) ((K) == 0 ? axpy_0 : axpy_any)
 #endif
 
 NOINLINE static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_t n_in,
@@ -309,18 +351,10 @@ NOINLINE static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in,
     // then each e[i] must be written before e[i + 1] is computed, as in Python).
     size_t i = 0;
     if (blocks) {
+        col4_fn col4 = PICK(COL4, 14, col4_any, k);
         for (; i + 4 <= n_in; i += 4) {
-            int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-            const int16_t *p = W + i;
-            for (size_t j = 0; j < n_out; j++) {
-                int32_t dj = d[j];
-                acc0 += (p[0] * dj) >> k;
-                acc1 += (p[1] * dj) >> k;
-                acc2 += (p[2] * dj) >> k;
-                acc3 += (p[3] * dj) >> k;
-                p += n_in;
-            }
-            int32_t acc[4] = { acc0, acc1, acc2, acc3 };
+            int32_t acc[4];
+            col4(W + i, d, n_in, n_out, k, acc);
             #pragma GCC unroll 1
             for (size_t q = 0; q < 4; q++) { // one copy of requant: code size
                 e[i + q] = requant(acc[q], s);
@@ -341,7 +375,7 @@ NOINLINE static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in,
 NOINLINE static void outer_acc_c(int32_t *G, int32_t *GB, const int16_t *d, const int16_t *x,
     size_t n_in, size_t n_out, int32_t one, int32_t kg) {
     // G[j,i] += (d[j] x[i]) >> kg; GB[j] += (d[j] one) >> kg. At most 2**kg samples per sum.
-    axpy_fn axpy = PICK(AXPY, 8, axpy_any, kg);
+    axpy_fn axpy = PICK_AXPY(kg);
     int32_t *row = G;
     for (size_t j = 0; j < n_out; j++) {
         int32_t dj = d[j];
@@ -668,10 +702,74 @@ static void nearest_pairs_mla_thumb2(int16_t *W, int32_t *G, const int16_t *end,
         : "cc", "memory");
 }
 
+// nearest_pairs_mla_thumb2 four parameters a turn, 10.25 instructions per parameter: one ldm
+// loads four gradient sums (into r4, r5, r6, r8: ldm takes registers in ascending order), and
+// the range test compares with 2 Q_MAX as Q_MAX << 1, which frees a register. G word-aligned;
+// end - W a multiple of 4 and > 0; the same m and u as there.
+#define NEAREST_MLA_STEP(G, NEXT, FIX) \
+    "asr    %[" G "], %[" G "], #8\n\t" \
+    "mla    %[" G "], %[" G "], %[m], %[c]\n\t" \
+    "asr    %[" G "], %[" G "], %[u8]\n\t" \
+    "ldrsh  %[w], [%[W]]\n\t" \
+    "sub    %[w], %[w], %[" G "]\n\t" \
+    "add    %[t], %[w], %[q]\n\t" \
+    "cmp    %[t], %[q], lsl #1\n\t" \
+    "bhi    " FIX "f\n" \
+    NEXT ":\n\t" \
+    "strh   %[w], [%[W]], #2\n\t"
+#define NEAREST_MLA_FIX(FIX, NEXT) \
+    FIX ":\n\t" \
+    "cmp    %[w], #0\n\t" \
+    "ite    gt\n\t" \
+    "movgt  %[w], %[q]\n\t" \
+    "rsble  %[w], %[q], #0\n\t" \
+    "b      " NEXT "b\n"
+static void nearest_quads_mla_thumb2(int16_t *W, int32_t *G, const int16_t *end, int32_t m,
+    int32_t u) {
+    register int32_t g0 __asm__("r4");
+    register int32_t g1 __asm__("r5");
+    register int32_t g2 __asm__("r6");
+    register int32_t g3 __asm__("r8");
+    int32_t w, t;
+    __asm__ volatile (
+        "1:\n\t"
+        "ldm    %[G], {%[g0], %[g1], %[g2], %[g3]}\n\t"   // g = G[p]; G[p] = 0 (four of each)
+        "strd   %[zero], %[zero], [%[G]], #8\n\t"
+        "strd   %[zero], %[zero], [%[G]], #8\n\t"
+        NEAREST_MLA_STEP("g0", "2", "3")
+        NEAREST_MLA_STEP("g1", "4", "5")
+        NEAREST_MLA_STEP("g2", "6", "7")
+        NEAREST_MLA_STEP("g3", "8", "9")
+        "cmp    %[W], %[end]\n\t"
+        "bne    1b\n\t"
+        "b      10f\n"
+        NEAREST_MLA_FIX("3", "2")
+        NEAREST_MLA_FIX("5", "4")
+        NEAREST_MLA_FIX("7", "6")
+        NEAREST_MLA_FIX("9", "8")
+        "10:\n"
+        : [W] "+r" (W), [G] "+r" (G), [g0] "=&r" (g0), [g1] "=&r" (g1), [g2] "=&r" (g2),
+        [g3] "=&r" (g3), [w] "=&r" (w), [t] "=&r" (t)
+        : [end] "r" (end), [m] "r" (m), [c] "r" (128 << u), [u8] "r" (u + 8), [zero] "r" (0),
+        [q] "r" (Q_MAX)
+        : "cc", "memory");
+}
+
 static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
     int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s) {
+    size_t quads = n & ~(size_t)3;
     size_t pairs = n & ~(size_t)1;
     if (pairs && ((uintptr_t)G & 3) == 0 && m >= 0 && m <= 255 && u <= 16) {
+        if (quads) {
+            nearest_quads_mla_thumb2(W, G, W + quads, m, u);
+            W += quads;
+            G += quads;
+            n -= quads;
+            pairs -= quads;
+            if (!pairs) {
+                return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
+            }
+        }
         nearest_pairs_mla_thumb2(W, G, W + pairs, m, u);
         W += pairs;
         G += pairs;
@@ -685,7 +783,25 @@ static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, 
     return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
 }
 #else
-UPDATE_COPY(update_plain_small, 0, 0, 0, 1)
+// Plain SGD with round-to-nearest and t_small elsewhere: the rounding folded into the shift as
+// in nearest_pairs_mla_thumb2 (for 0 <= m <= 255 and u <= 16, which keep the sum in int32),
+// one add per parameter fewer.
+static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
+    int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s) {
+    if (m < 0 || m > 255 || u > 16) {
+        return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
+    }
+    int32_t c = 128 << u;
+    int32_t u8 = u + 8;
+    int16_t *end = W + n;
+    while (W != end) {
+        int32_t g = *G;
+        *G++ = 0;
+        store_sat16(W, *W - (((g >> 8) * m + c) >> u8));
+        W++;
+    }
+    return s;
+}
 #endif
 UPDATE_COPY(update_plain_stochastic, 0, 0, 1, 0)
 UPDATE_COPY(update_plain_small_stochastic, 0, 0, 1, 1)

@@ -383,6 +383,7 @@ def test_update():
     for n in range(10):  # every remainder of an unrolled loop, and n = 0
         for mode in (fixed.NEAREST, fixed.STOCHASTIC):
             check_update(r, n, 256, 9, 0, 0, 0, mode, False)
+            check_update(r, n, 200, 9, 0, 0, 0, mode, False)
             check_update(r, n, 200, 10, 77, 3, 9, mode, True)
 
 
