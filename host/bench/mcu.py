@@ -9,7 +9,9 @@ the board can import (pure Python, viper, native). It prints instructions per ca
 multiply-accumulate (MAC) and per parameter. A step of 64-32-10 has 5,056 MACs: forward
 64*32 + 32*10, backward 32*10 (the first layer sends no error back), weight gradients
 64*32 + 32*10 (biases not counted). Figures are instructions, not cycles: a Cortex-M3 runs
-about 1.1-1.5 cycles per instruction. Runs repeat to within a few per mille.
+about 1.1-1.5 cycles per instruction. Runs repeat to within a few per cent. For the native
+set it also splits the step into the one native call (learn_net) and the engine's Python
+around it.
 """
 
 from __future__ import annotations
