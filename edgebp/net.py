@@ -256,10 +256,11 @@ class Net:
 
     def _fuse(self):
         # Kernels with whole-step functions (the native ones: forward_net, score_net,
-        # backward_net, update_net) run forward, score, backward and update below in one call
-        # each, with the same arithmetic, reading the net's own lists of buffers and P, its
-        # small tables (layout in edgebp/native/kernels.c); the counters stay here. Without
-        # them _fused is None and the loops below, the definition, run.
+        # backward_net, update_net, learn_net) run forward, score, backward, update and learn
+        # below in one call each, with the same arithmetic, reading the net's own lists of
+        # buffers and P, its small tables (layout in edgebp/native/kernels.c); learn_net also
+        # keeps the counters as backward and learn do. Without them _fused is None and the
+        # loops below, the definition, run.
         self._fused = None
         if not hasattr(self.k, "backward_net"):
             return
@@ -389,6 +390,8 @@ class Net:
 
     def learn(self, x, t):
         # online (batch 1) or mini-batch learning: update after `batch` samples
+        if self._fused is not None:
+            return self.k.learn_net(self, x, t)
         self.forward(x)
         loss = self.backward(t)
         if self.count >= self.batch:

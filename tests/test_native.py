@@ -122,8 +122,9 @@ def test_facts_read_the_architecture_without_its_flags(mpy, arch):
     assert facts.mpy_version == (6, 3) or mpy == 6
 
 
-# Net.forward, score and backward run as one native call each where the kernels have them
-# (forward_net, score_net, backward_net): the shapes and edges those calls must get right,
+# Net.forward, score, backward, update and learn run as one native call each where the kernels
+# have them (forward_net, score_net, backward_net, update_net, learn_net): the shapes and edges
+# those calls must get right,
 # beyond the 3-4-3 nets above. Every output x loss, on one layer, width-1 hidden layers,
 # 8 layers and an MSE output of width 1, at ordinary and at maximal magnitudes (saturated
 # softmax and squashing units), online and in mini-batches of 3 (batch_max 4).
@@ -192,6 +193,71 @@ def _score_script(cases, kernels: str) -> str:
     return "\n".join(out) + "\n"
 
 
+_ACCUMULATE = '''
+import devtest
+from array import array
+
+def accumulate(name, make, X, T, n_in, n_t, n):
+    # Net.forward and Net.backward alone (the server's accumulating TRAIN: a full sum is
+    # applied by backward itself), every third sample through learn
+    net = make()
+    x = array("h", bytes(2 * n_in))
+    t = array("h", bytes(2 * n_t))
+    out = []
+    for s in range(n):
+        for i in range(n_in):
+            x[i] = X[s * n_in + i]
+        for i in range(n_t):
+            t[i] = T[s * n_t + i]
+        if s % 3 == 2:
+            loss = devtest.no_alloc(net.learn, x, t)
+        else:
+            devtest.no_alloc(net.forward, x)
+            loss = devtest.no_alloc(net.backward, t)
+        out.append("%d %d %d %d" % (loss, net.good, net.count, net.grad_count))
+    for l in range(net.L):
+        out.append(" ".join(str(v) for v in net.W[l]) + "/"
+                   + " ".join(str(v) for v in net.GW[l]) + "/"
+                   + " ".join(str(v) for v in net.GB[l]))
+    out.append("%d %d %d %d" % (net.rng[0], net.loss_sum, net.correct, net.seen))
+    print("ACC " + name + "|" + "|".join(out))
+'''
+
+
+def _accumulate_here(c) -> str:
+    from array import array
+    net = c.qnet.build(c.hyper, None)
+    out = []
+    for s, (x, t) in enumerate(zip(c.Xq, c.Tq, strict=True)):
+        xa = array("h", x.astype("<i2").tobytes())
+        ta = array("h", t.astype("<i2").tobytes())
+        if s % 3 == 2:
+            loss = net.learn(xa, ta)
+        else:
+            net.forward(xa)
+            loss = net.backward(ta)
+        out.append(f"{loss} {net.good} {net.count} {net.grad_count}")
+    for l in range(net.L):
+        out.append(" ".join(str(v) for v in net.W[l]) + "/"
+                   + " ".join(str(v) for v in net.GW[l]) + "/"
+                   + " ".join(str(v) for v in net.GB[l]))
+    out.append(f"{net.rng[0]} {net.loss_sum} {net.correct} {net.seen}")
+    return c.name + "|" + "|".join(out)
+
+
+def _accumulate_script(cases, kernels: str) -> str:
+    import numpy as np
+    out = [_ACCUMULATE]
+    for i, c in enumerate(cases):
+        out.append(c.qnet.device_source(c.hyper, kernels).replace("def make():",
+                                                                  f"def make_{i}():"))
+        X = np.asarray(c.Xq, "<i2")
+        T = np.asarray(c.Tq, "<i2")
+        out.append(f"accumulate({c.name!r}, make_{i}, array('h', {X.tobytes()!r}), "
+                   f"array('h', {T.tobytes()!r}), {X.shape[1]}, {T.shape[1]}, {X.shape[0]})")
+    return "\n".join(out) + "\n"
+
+
 FUSED_CHECK = """
 from edgebp import kernels_native as K
 from edgebp.net import Net
@@ -221,3 +287,20 @@ def test_native_whole_step_matches_cpython_on_every_shape(name):
     assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     scores = [ln[len("SCORE "):] for ln in result.stdout.splitlines() if ln.startswith("SCORE ")]
     assert scores == [_score_here(c) for c in cases]
+
+
+@pytest.mark.parametrize("name", NATIVES)
+def test_native_backward_alone_matches_cpython_on_every_shape(name):
+    # forward and backward as separate calls (forward_net, backward_net; update_net when a sum
+    # is full) mixed with learn_net, each under heap_lock, against the pure kernels under
+    # CPython: per sample the loss, net.good, count and grad_count, then weights, gradient
+    # sums and counters
+    require_runtime(name)
+    cases = fused_cases()
+    files = mprun.core_files()
+    files["devtest.py"] = (DEVICE / "devtest.py").read_text()
+    result = mprun.run(name, _accumulate_script(cases, "edgebp.kernels_native"), files,
+                       timeout=900)
+    assert result.ok, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    got = [ln[len("ACC "):] for ln in result.stdout.splitlines() if ln.startswith("ACC ")]
+    assert got == [_accumulate_here(c) for c in cases]

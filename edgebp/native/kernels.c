@@ -20,10 +20,13 @@
 //   raises at the first access out of range; a buffer of the wrong type is a TypeError.
 //
 // Speed (instructions on an emulated Cortex-M3, per term of a sum or per parameter): the inner
-// loops are unrolled by hand; on Thumb-2 they come in copies with the guard shift as a constant
-// (see dot_k), update has a copy per setting (see update_k), and its most common copy is
-// Thumb-2 assembly (see nearest_pairs_thumb2). Everything else is plain C, the same on every
-// architecture, and edgebp.kernels is the reference each copy is tested against.
+// loops are unrolled by hand, matvec takes two rows at a time (dot2_k) and matvec_t four
+// columns (col4_k); on Thumb-2 they come in copies with the guard shift as a constant, the row
+// of outer_acc is Thumb-2 assembly (see AXPY_ASM), update has a copy per setting (see
+// update_k), and its most common copy is Thumb-2 assembly (see nearest_quads_mla_thumb2).
+// Everything else is plain C, the same on every architecture, and edgebp.kernels is the
+// reference each copy is tested against. learn_net runs a whole sample of Net.learn in one
+// call: the engine's Python costs one method call a step.
 #include "py/dynruntime.h"
 
 #include "luts.h"
@@ -136,6 +139,57 @@ ALWAYS_INLINE int32_t dot_k(const int16_t *w, const int16_t *x, size_t n, int32_
     return acc;
 }
 
+// acc[0] += sum_i (w[i] x[i]) >> k, acc[1] += the same for the next row, w + stride: two rows
+// of matvec at once, so that each x[i] is loaded once for both; 4 terms at a time
+ALWAYS_INLINE void dot2_k(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k,
+    int32_t *acc) {
+    const int16_t *v = w + stride;
+    int32_t a0 = acc[0], a1 = acc[1];
+    const int16_t *end4 = x + (n & ~(size_t)3);
+    const int16_t *end = x + n;
+    while (x != end4) {
+        int32_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+        a0 += (w[0] * x0) >> k;
+        a1 += (v[0] * x0) >> k;
+        a0 += (w[1] * x1) >> k;
+        a1 += (v[1] * x1) >> k;
+        a0 += (w[2] * x2) >> k;
+        a1 += (v[2] * x2) >> k;
+        a0 += (w[3] * x3) >> k;
+        a1 += (v[3] * x3) >> k;
+        w += 4;
+        v += 4;
+        x += 4;
+    }
+    while (x != end) {
+        int32_t xi = *x++;
+        a0 += (*w++ * xi) >> k;
+        a1 += (*v++ * xi) >> k;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+}
+
+// acc[q] = sum_j (p[j n_in + q] d[j]) >> k for q < 4: four columns of matvec_t, sharing each
+// load of d[j]
+ALWAYS_INLINE void col4_k(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out,
+    int32_t k, int32_t *acc) {
+    int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+    const int16_t *end = d + n_out;
+    while (d != end) {
+        int32_t dj = *d++;
+        acc0 += (p[0] * dj) >> k;
+        acc1 += (p[1] * dj) >> k;
+        acc2 += (p[2] * dj) >> k;
+        acc3 += (p[3] * dj) >> k;
+        p += n_in;
+    }
+    acc[0] = acc0;
+    acc[1] = acc1;
+    acc[2] = acc2;
+    acc[3] = acc3;
+}
+
 // g[i] += (dj x[i]) >> kg: a row of outer_acc, 4 terms at a time
 ALWAYS_INLINE void axpy_k(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
     const int16_t *end4 = x + (n & ~(size_t)3);
@@ -153,11 +207,25 @@ ALWAYS_INLINE void axpy_k(int32_t *g, const int16_t *x, size_t n, int32_t dj, in
     }
 }
 
-typedef int32_t (*dot_fn)(const int16_t *w, const int16_t *x, size_t n, int32_t k);
+typedef void (*dot2_fn)(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k,
+    int32_t *acc);
 typedef void (*axpy_fn)(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg);
 
 static int32_t dot_any(const int16_t *w, const int16_t *x, size_t n, int32_t k) {
     return dot_k(w, x, n, k);
+}
+
+static void dot2_any(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k,
+    int32_t *acc) {
+    dot2_k(w, stride, x, n, k, acc);
+}
+
+typedef void (*col4_fn)(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out,
+    int32_t k, int32_t *acc);
+
+static void col4_any(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out, int32_t k,
+    int32_t *acc) {
+    col4_k(p, d, n_in, n_out, k, acc);
 }
 
 static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
@@ -165,8 +233,14 @@ static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t
 }
 
 #define DOT_COPY(K) \
-    static int32_t dot_##K(const int16_t *w, const int16_t *x, size_t n, int32_t k) { \
-        return dot_k(w, x, n, K); \
+    static void dot2_##K(const int16_t *w, size_t stride, const int16_t *x, size_t n, int32_t k, \
+        int32_t *acc) { \
+        dot2_k(w, stride, x, n, K, acc); \
+    }
+#define COL4_COPY(K) \
+    static void col4_##K(const int16_t *p, const int16_t *d, size_t n_in, size_t n_out, \
+        int32_t k, int32_t *acc) { \
+        col4_k(p, d, n_in, n_out, K, acc); \
     }
 #define AXPY_COPY(K) \
     static void axpy_##K(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) { \
@@ -179,22 +253,92 @@ static void axpy_any(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t
 #define COPY(F, K) F##_COPY(K)
 #if defined(__thumb2__) // elsewhere (Thumb-1, RISC-V, x64) a constant shift saves nothing
 DOT_SHIFTS(COPY, DOT)
-AXPY_SHIFTS(COPY, AXPY)
-static const dot_fn DOT[14] = { dot_any, DOT_SHIFTS(ENTRY, dot) }; // [0]: k = 0 is rare
+DOT_SHIFTS(COPY, COL4) // k of matvec_t is ceil_log2(n_out): the same counts
+// On Thumb-2 the row of outer_acc is assembly by hand, 8 terms a turn: the eight sums come in
+// with two ldm and go out with two stm (one instruction each), so a term costs its ldrsh, mul
+// and add (for kg = 0 ldrsh and mla) where GCC's loop loads and stores each sum on its own.
+// dj * x[i] is the int32 product of two int16 values, exact in mul's low word, and the add (of
+// the shifted product, an arithmetic shift by the constant kg) wraps as the C code does under
+// -fwrapv. The sums live in r4, r5, r6, r8 (ldm and stm take registers in ascending order;
+// r7 and r9 are left to GCC's frame and PIC registers). The last n % 8 terms take axpy_k.
+#define AXPY_TERM_0(G, X) "mla %[" G "], %[" X "], %[dj], %[" G "]\n\t"
+#define AXPY_TERM_K(G, X, K) "mul %[" X "], %[" X "], %[dj]\n\t" \
+    "add %[" G "], %[" G "], %[" X "], asr #" #K "\n\t"
+#define AXPY_HALF(TERM) \
+    "ldrsh %[x0], [%[x]], #2\n\t" \
+    "ldrsh %[x1], [%[x]], #2\n\t" \
+    "ldrsh %[x2], [%[x]], #2\n\t" \
+    "ldrsh %[x3], [%[x]], #2\n\t" \
+    "ldm %[g], {%[g0], %[g1], %[g2], %[g3]}\n\t" \
+    TERM("g0", "x0") TERM("g1", "x1") TERM("g2", "x2") TERM("g3", "x3") \
+    "stmia %[g]!, {%[g0], %[g1], %[g2], %[g3]}\n\t"
+#define AXPY_ASM(K, TERM) \
+    static void axpy_##K(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) { \
+        const int16_t *end8 = x + (n & ~(size_t)7); \
+        if (x != end8) { \
+            register int32_t g0 __asm__("r4"); \
+            register int32_t g1 __asm__("r5"); \
+            register int32_t g2 __asm__("r6"); \
+            register int32_t g3 __asm__("r8"); \
+            int32_t x0, x1, x2, x3; \
+            __asm__ volatile ( \
+                "1:\n\t" \
+                AXPY_HALF(TERM) \
+                AXPY_HALF(TERM) \
+                "cmp %[x], %[end]\n\t" \
+                "bne 1b\n" \
+                : [g] "+r" (g), [x] "+r" (x), [g0] "=&r" (g0), [g1] "=&r" (g1), \
+                [g2] "=&r" (g2), [g3] "=&r" (g3), [x0] "=&r" (x0), [x1] "=&r" (x1), \
+                [x2] "=&r" (x2), [x3] "=&r" (x3) \
+                : [end] "r" (end8), [dj] "r" (dj) \
+                : "cc", "memory"); \
+        } \
+        axpy_k(g, x, n & 7, dj, K); \
+    }
+#define AXPY_TERM_1(G, X) AXPY_TERM_K(G, X, 1)
+#define AXPY_TERM_2(G, X) AXPY_TERM_K(G, X, 2)
+#define AXPY_TERM_3(G, X) AXPY_TERM_K(G, X, 3)
+#define AXPY_TERM_4(G, X) AXPY_TERM_K(G, X, 4)
+#define AXPY_TERM_5(G, X) AXPY_TERM_K(G, X, 5)
+#define AXPY_TERM_6(G, X) AXPY_TERM_K(G, X, 6)
+#define AXPY_TERM_7(G, X) AXPY_TERM_K(G, X, 7)
+#define AXPY_ASM_COPY(F, K) AXPY_ASM(K, AXPY_TERM_##K)
+AXPY_SHIFTS(AXPY_ASM_COPY, AXPY)
+static const dot2_fn DOT2[14] = { dot2_any, DOT_SHIFTS(ENTRY, dot2) }; // [0]: k = 0 is rare
+static const col4_fn COL4[14] = { col4_any, DOT_SHIFTS(ENTRY, col4) };
 static const axpy_fn AXPY[8] = { AXPY_SHIFTS(ENTRY, axpy) };
 #define PICK(TABLE, N, ANY, K) ((K) < (N) ? TABLE[K] : ANY)
+#define PICK_AXPY(K) PICK(AXPY, 8, axpy_any, K)
 #else
 #define PICK(TABLE, N, ANY, K) ANY
+// kg = 0 (online learning): without the shift, one instruction a term fewer everywhere
+static void axpy_0(int32_t *g, const int16_t *x, size_t n, int32_t dj, int32_t kg) {
+    axpy_k(g, x, n, dj, 0);
+}
+#define PICK_AXPY(K) ((K) == 0 ? axpy_0 : axpy_any)
 #endif
 
 NOINLINE static void matvec_c(const int16_t *W, const int16_t *B, const int16_t *x, size_t n_in,
-    size_t n_out, int32_t one, int32_t k, int32_t s, int16_t *z) {
-    // z[j] = requant(sum_i (W[j,i] x[i]) >> k + (B[j] one) >> k, s)
-    dot_fn dot = PICK(DOT, 14, dot_any, k);
+    size_t n_out, int32_t one, int32_t k, int32_t s, int16_t *z, int pairs) {
+    // z[j] = requant(sum_i (W[j,i] x[i]) >> k + (B[j] one) >> k, s). Two rows at a time share
+    // the loads of x (pairs = 0 when z overlaps W, B or x: then z[j] must be written before
+    // row j + 1 is read, as in Python). The order of the terms in a sum does not change the
+    // sum's bits: int32 addition wraps (-fwrapv), and the exact sum is inside int32.
+    dot2_fn dot2 = PICK(DOT2, 14, dot2_any, k);
     const int16_t *row = W;
-    for (size_t j = 0; j < n_out; j++) {
+    size_t j = 0;
+    if (pairs) {
+        for (; j + 2 <= n_out; j += 2) {
+            int32_t acc[2] = { (B[j] * one) >> k, (B[j + 1] * one) >> k };
+            dot2(row, n_in, x, n_in, k, acc);
+            z[j] = requant(acc[0], s);
+            z[j + 1] = requant(acc[1], s);
+            row += 2 * n_in;
+        }
+    }
+    for (; j < n_out; j++) {
         int32_t acc = (B[j] * one) >> k;
-        acc += dot(row, x, n_in, k);
+        acc += dot_any(row, x, n_in, k);
         z[j] = requant(acc, s);
         row += n_in;
     }
@@ -207,18 +351,10 @@ NOINLINE static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in,
     // then each e[i] must be written before e[i + 1] is computed, as in Python).
     size_t i = 0;
     if (blocks) {
+        col4_fn col4 = PICK(COL4, 14, col4_any, k);
         for (; i + 4 <= n_in; i += 4) {
-            int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-            const int16_t *p = W + i;
-            for (size_t j = 0; j < n_out; j++) {
-                int32_t dj = d[j];
-                acc0 += (p[0] * dj) >> k;
-                acc1 += (p[1] * dj) >> k;
-                acc2 += (p[2] * dj) >> k;
-                acc3 += (p[3] * dj) >> k;
-                p += n_in;
-            }
-            int32_t acc[4] = { acc0, acc1, acc2, acc3 };
+            int32_t acc[4];
+            col4(W + i, d, n_in, n_out, k, acc);
             #pragma GCC unroll 1
             for (size_t q = 0; q < 4; q++) { // one copy of requant: code size
                 e[i + q] = requant(acc[q], s);
@@ -239,7 +375,7 @@ NOINLINE static void matvec_t_c(const int16_t *W, const int16_t *d, size_t n_in,
 NOINLINE static void outer_acc_c(int32_t *G, int32_t *GB, const int16_t *d, const int16_t *x,
     size_t n_in, size_t n_out, int32_t one, int32_t kg) {
     // G[j,i] += (d[j] x[i]) >> kg; GB[j] += (d[j] one) >> kg. At most 2**kg samples per sum.
-    axpy_fn axpy = PICK(AXPY, 8, axpy_any, kg);
+    axpy_fn axpy = PICK_AXPY(kg);
     int32_t *row = G;
     for (size_t j = 0; j < n_out; j++) {
         int32_t dj = d[j];
@@ -511,10 +647,134 @@ static void nearest_pairs_thumb2(int16_t *W, int32_t *G, const int16_t *end, int
         : "cc", "memory");
 }
 
+// nearest_pairs_thumb2 with the rounding folded into a multiply-accumulate, 11 instructions
+// per parameter: ((y >> u) + 128) >> 8 is (y + (128 << u)) >> (u + 8) for floor shifts, and
+// y + (128 << u) with y = (g >> 8) * m stays inside int32 for every int32 g when 0 <= m <= 255
+// and u <= 16: g >> 8 lies in [-2**23, 2**23), so y + (128 << u) lies in
+// [-255 * 2**23, (2**23 - 1) * 255 + 2**23] = [-2**31 + 2**23, 2**31 - 255]. For those only.
+static void nearest_pairs_mla_thumb2(int16_t *W, int32_t *G, const int16_t *end, int32_t m,
+    int32_t u) {
+    int32_t g0, g1, w, t;
+    __asm__ volatile (
+        "1:\n\t"
+        "ldrd   %[g0], %[g1], [%[G]]\n\t"           // g = G[p]; G[p] = 0 (two of each)
+        "strd   %[zero], %[zero], [%[G]], #8\n\t"
+        "asr    %[g0], %[g0], #8\n\t"               // (((g >> 8) * m >> u) + 128) >> 8
+        "mla    %[g0], %[g0], %[m], %[c]\n\t"
+        "asr    %[g0], %[g0], %[u8]\n\t"
+        "ldrsh  %[w], [%[W]]\n\t"                   // w -= that
+        "sub    %[w], %[w], %[g0]\n\t"
+        "add    %[t], %[w], %[q]\n\t"               // sat16: w + Q_MAX in [0, 2 Q_MAX]?
+        "cmp    %[t], %[q2]\n\t"
+        "bhi    3f\n"
+        "2:\n\t"
+        "strh   %[w], [%[W]], #2\n\t"
+        "asr    %[g1], %[g1], #8\n\t"               // the same for W[p + 1], G[p + 1]
+        "mla    %[g1], %[g1], %[m], %[c]\n\t"
+        "asr    %[g1], %[g1], %[u8]\n\t"
+        "ldrsh  %[w], [%[W]]\n\t"
+        "sub    %[w], %[w], %[g1]\n\t"
+        "add    %[t], %[w], %[q]\n\t"
+        "cmp    %[t], %[q2]\n\t"
+        "bhi    5f\n"
+        "4:\n\t"
+        "strh   %[w], [%[W]], #2\n\t"
+        "cmp    %[W], %[end]\n\t"
+        "bne    1b\n\t"
+        "b      9f\n"
+        "3:\n\t"                                    // out of range: +-Q_MAX
+        "cmp    %[w], #0\n\t"
+        "ite    gt\n\t"
+        "movgt  %[w], %[q]\n\t"
+        "rsble  %[w], %[q], #0\n\t"
+        "b      2b\n"
+        "5:\n\t"
+        "cmp    %[w], #0\n\t"
+        "ite    gt\n\t"
+        "movgt  %[w], %[q]\n\t"
+        "rsble  %[w], %[q], #0\n\t"
+        "b      4b\n"
+        "9:\n"
+        : [W] "+r" (W), [G] "+r" (G), [g0] "=&r" (g0), [g1] "=&r" (g1), [w] "=&r" (w),
+        [t] "=&r" (t)
+        : [end] "r" (end), [m] "r" (m), [c] "r" (128 << u), [u8] "r" (u + 8), [zero] "r" (0),
+        [q] "r" (Q_MAX), [q2] "r" (2 * Q_MAX)
+        : "cc", "memory");
+}
+
+// nearest_pairs_mla_thumb2 four parameters a turn, 10.25 instructions per parameter: one ldm
+// loads four gradient sums (into r4, r5, r6, r8: ldm takes registers in ascending order), and
+// the range test compares with 2 Q_MAX as Q_MAX << 1, which frees a register. G word-aligned;
+// end - W a multiple of 4 and > 0; the same m and u as there.
+#define NEAREST_MLA_STEP(G, NEXT, FIX) \
+    "asr    %[" G "], %[" G "], #8\n\t" \
+    "mla    %[" G "], %[" G "], %[m], %[c]\n\t" \
+    "asr    %[" G "], %[" G "], %[u8]\n\t" \
+    "ldrsh  %[w], [%[W]]\n\t" \
+    "sub    %[w], %[w], %[" G "]\n\t" \
+    "add    %[t], %[w], %[q]\n\t" \
+    "cmp    %[t], %[q], lsl #1\n\t" \
+    "bhi    " FIX "f\n" \
+    NEXT ":\n\t" \
+    "strh   %[w], [%[W]], #2\n\t"
+#define NEAREST_MLA_FIX(FIX, NEXT) \
+    FIX ":\n\t" \
+    "cmp    %[w], #0\n\t" \
+    "ite    gt\n\t" \
+    "movgt  %[w], %[q]\n\t" \
+    "rsble  %[w], %[q], #0\n\t" \
+    "b      " NEXT "b\n"
+static void nearest_quads_mla_thumb2(int16_t *W, int32_t *G, const int16_t *end, int32_t m,
+    int32_t u) {
+    register int32_t g0 __asm__("r4");
+    register int32_t g1 __asm__("r5");
+    register int32_t g2 __asm__("r6");
+    register int32_t g3 __asm__("r8");
+    int32_t w, t;
+    __asm__ volatile (
+        "1:\n\t"
+        "ldm    %[G], {%[g0], %[g1], %[g2], %[g3]}\n\t"   // g = G[p]; G[p] = 0 (four of each)
+        "strd   %[zero], %[zero], [%[G]], #8\n\t"
+        "strd   %[zero], %[zero], [%[G]], #8\n\t"
+        NEAREST_MLA_STEP("g0", "2", "3")
+        NEAREST_MLA_STEP("g1", "4", "5")
+        NEAREST_MLA_STEP("g2", "6", "7")
+        NEAREST_MLA_STEP("g3", "8", "9")
+        "cmp    %[W], %[end]\n\t"
+        "bne    1b\n\t"
+        "b      10f\n"
+        NEAREST_MLA_FIX("3", "2")
+        NEAREST_MLA_FIX("5", "4")
+        NEAREST_MLA_FIX("7", "6")
+        NEAREST_MLA_FIX("9", "8")
+        "10:\n"
+        : [W] "+r" (W), [G] "+r" (G), [g0] "=&r" (g0), [g1] "=&r" (g1), [g2] "=&r" (g2),
+        [g3] "=&r" (g3), [w] "=&r" (w), [t] "=&r" (t)
+        : [end] "r" (end), [m] "r" (m), [c] "r" (128 << u), [u8] "r" (u + 8), [zero] "r" (0),
+        [q] "r" (Q_MAX)
+        : "cc", "memory");
+}
+
 static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
     int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s) {
+    size_t quads = n & ~(size_t)3;
     size_t pairs = n & ~(size_t)1;
-    if (pairs && ((uintptr_t)G & 3) == 0) {
+    if (pairs && ((uintptr_t)G & 3) == 0 && m >= 0 && m <= 255 && u <= 16) {
+        if (quads) {
+            nearest_quads_mla_thumb2(W, G, W + quads, m, u);
+            W += quads;
+            G += quads;
+            n -= quads;
+            pairs -= quads;
+            if (!pairs) {
+                return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
+            }
+        }
+        nearest_pairs_mla_thumb2(W, G, W + pairs, m, u);
+        W += pairs;
+        G += pairs;
+        n -= pairs;
+    } else if (pairs && ((uintptr_t)G & 3) == 0) {
         nearest_pairs_thumb2(W, G, W + pairs, m, u);
         W += pairs;
         G += pairs;
@@ -523,7 +783,25 @@ static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, 
     return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
 }
 #else
-UPDATE_COPY(update_plain_small, 0, 0, 0, 1)
+// Plain SGD with round-to-nearest and t_small elsewhere: the rounding folded into the shift as
+// in nearest_pairs_mla_thumb2 (for 0 <= m <= 255 and u <= 16, which keep the sum in int32),
+// one add per parameter fewer.
+static int32_t update_plain_small(int16_t *W, int32_t *G, int32_t *V, size_t n, int32_t m,
+    int32_t u, int32_t mu, int32_t c_m, int32_t c_s, int32_t s) {
+    if (m < 0 || m > 255 || u > 16) {
+        return update_k(W, G, V, n, m, u, mu, c_m, c_s, s, 0, 0, 0, 1);
+    }
+    int32_t c = 128 << u;
+    int32_t u8 = u + 8;
+    int16_t *end = W + n;
+    while (W != end) {
+        int32_t g = *G;
+        *G++ = 0;
+        store_sat16(W, *W - (((g >> 8) * m + c) >> u8));
+        W++;
+    }
+    return s;
+}
 #endif
 UPDATE_COPY(update_plain_stochastic, 0, 0, 1, 0)
 UPDATE_COPY(update_plain_small_stochastic, 0, 0, 1, 1)
@@ -690,7 +968,10 @@ static mp_obj_t matvec(size_t n_args, const mp_obj_t *args) {
     need(len_b, n_out);
     need(len_z, n_out);
     need2(len_w, n_out, n_in);
-    matvec_c(W, B, x, n_in, n_out, one, k, s, z);
+    // two rows at a time only when no z[j] is read after it is written
+    int pairs = !overlaps(z, n_out, x, n_in) && !overlaps(z, n_out, W, n_in * n_out)
+        && !overlaps(z, n_out, B, n_out);
+    matvec_c(W, B, x, n_in, n_out, one, k, s, z, pairs);
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(matvec_obj, 9, 9, matvec);
@@ -949,10 +1230,8 @@ static void copy_in(mp_obj_t x, int16_t *a0, size_t n) {
     }
 }
 
-static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
-    // forward_net(net, x): Net.forward(x)
-    net_t net;
-    net_get(self, &net);
+static void forward_c(net_t *np, mp_obj_t x) {
+    net_t net = *np;
     size_t n0 = p_size(LP(&net, 0, P_N_IN));
     copy_in(x, net_out16(&net, F_A, 0, n0), n0);
     int32_t alpha = net.P[P_ALPHA];
@@ -968,10 +1247,19 @@ static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
         int16_t *z = net_out16(&net, F_Z, l, kind == SOFTMAX && n_out == 0 ? 1 : n_out);
         int16_t *a1 = net_out16(&net, F_A, l + 1, n_out);
         int32_t k = p_guard(LP(&net, l, P_K_F), n_out > 0);
+        int pairs = !overlaps(z, n_out, a, n_in) && !overlaps(z, n_out, W, n_in * n_out)
+            && !overlaps(z, n_out, B, n_out);
         matvec_c(W, B, a, n_in, n_out, LP(&net, l, P_ONE), k,
-            p_clamp(LP(&net, l, P_S_F), -16, 32), z);
+            p_clamp(LP(&net, l, P_S_F), -16, 32), z, pairs);
         act_fwd_c(kind, z, a1, n_out, alpha);
     }
+}
+
+static mp_obj_t forward_net(mp_obj_t self, mp_obj_t x) {
+    // forward_net(net, x): Net.forward(x)
+    net_t net;
+    net_get(self, &net);
+    forward_c(&net, x);
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(forward_net_obj, forward_net);
@@ -1020,7 +1308,7 @@ static int32_t target_at(const target_t *t, size_t j) {
 }
 
 // Net.score: the output delta into D[L-1], the loss (returned), net.good
-static int32_t score_c(mp_obj_t self, net_t *net, mp_obj_t t_obj) {
+static int32_t score_c(net_t *net, mp_obj_t t_obj, int32_t *good_out) {
     size_t L = net->L;
     size_t n = p_size(LP(net, L - 1, P_N_OUT));
     const int16_t *a = net_in16(net, F_A, L, n);
@@ -1090,7 +1378,7 @@ static int32_t score_c(mp_obj_t self, net_t *net, mp_obj_t t_obj) {
             good = best == tbest;
         }
     }
-    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    *good_out = good;
     return loss;
 }
 
@@ -1098,16 +1386,20 @@ static mp_obj_t score_net(mp_obj_t self, mp_obj_t t) {
     // score_net(net, t) -> loss: Net.score(t)
     net_t net;
     net_get(self, &net);
-    return mp_obj_new_int(score_c(self, &net, t));
+    int32_t good;
+    int32_t loss = score_c(&net, t, &good);
+    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    return mp_obj_new_int(loss);
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(score_net_obj, score_net);
 
-static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
-    // backward_net(net, t) -> loss: Net.backward(t) from the score to the gradient sums (the
-    // caller keeps the counters and the update of a full sum)
-    net_t net;
-    net_get(self, &net);
-    int32_t loss = score_c(self, &net, t);
+// Net.backward from the score to the gradient sums: the loss, net.good stored
+static int32_t backward_c(mp_obj_t self, net_t *np, mp_obj_t t, int32_t *good_out) {
+    net_t net = *np;
+    int32_t good;
+    int32_t loss = score_c(&net, t, &good);
+    mp_store_attr(self, MP_QSTR_good, MP_OBJ_NEW_SMALL_INT(good));
+    *good_out = good;
     size_t L = net.L;
     int32_t alpha = net.P[P_ALPHA];
     if (net.P[P_LOSS] == MSE) {
@@ -1150,7 +1442,16 @@ static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
             outer_acc_c(G, GB, d, x, n_in, rows, LP(&net, l, P_ONE), kg);
         }
     }
-    return mp_obj_new_int(loss);
+    return loss;
+}
+
+static mp_obj_t backward_net(mp_obj_t self, mp_obj_t t) {
+    // backward_net(net, t) -> loss: Net.backward(t) from the score to the gradient sums (the
+    // caller keeps the counters and the update of a full sum)
+    net_t net;
+    net_get(self, &net);
+    int32_t good;
+    return mp_obj_new_int(backward_c(self, &net, t, &good));
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(backward_net_obj, backward_net);
 
@@ -1158,11 +1459,9 @@ static int32_t attr_i32(mp_obj_t self, qstr name) {
     return arg_i32(mp_load_attr(self, name));
 }
 
-static mp_obj_t update_net(mp_obj_t self) {
-    // update_net(net): Net.update() for count > 0 (the caller tests it and clears count)
-    net_t net;
-    net_get(self, &net);
-    int32_t count = attr_i32(self, MP_QSTR_count);
+// Net.update's arithmetic for count >= 1 samples (count stays as it is)
+static void update_net_c(mp_obj_t self, net_t *np, int32_t count) {
+    net_t net = *np;
     int32_t lr_m = attr_i32(self, MP_QSTR_lr_m);
     if (count < 1 || lr_m < 0 || lr_m > 255) {
         mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: update_net needs count >= 1"));
@@ -1204,9 +1503,66 @@ static mp_obj_t update_net(mp_obj_t self) {
             rng[0] = s;
         }
     }
+}
+
+static mp_obj_t update_net(mp_obj_t self) {
+    // update_net(net): Net.update() for count > 0 (the caller tests it and clears count)
+    net_t net;
+    net_get(self, &net);
+    update_net_c(self, &net, attr_i32(self, MP_QSTR_count));
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(update_net_obj, update_net);
+
+static mp_int_t attr_int(mp_obj_t self, qstr name) {
+    return arg_int(mp_load_attr(self, name));
+}
+
+static void attr_store(mp_obj_t self, qstr name, mp_int_t v) {
+    mp_store_attr(self, name, mp_obj_new_int(v));
+}
+
+// Net.update() with its test of count and its clearing of count
+static void update_pending(mp_obj_t self, net_t *net) {
+    mp_obj_t count = mp_load_attr(self, MP_QSTR_count);
+    if (arg_int(count) == 0) {
+        return;
+    }
+    update_net_c(self, net, arg_i32(count));
+    attr_store(self, MP_QSTR_count, 0);
+}
+
+static mp_obj_t learn_net(mp_obj_t self, mp_obj_t x, mp_obj_t t) {
+    // learn_net(net, x, t) -> loss: Net.learn(x, t), the whole sample in one call: forward,
+    // Net.backward with its counters (and the update of a full sum first), the update at the
+    // end of a batch. The statements of net.py in their order, on the same attributes.
+    net_t net;
+    net_get(self, &net);
+    forward_c(&net, x);
+    // backward
+    if (attr_int(self, MP_QSTR_count) >= attr_int(self, MP_QSTR_batch_max)) {
+        update_pending(self, &net);
+    }
+    int32_t good;
+    int32_t loss = backward_c(self, &net, t, &good);
+    mp_int_t count = attr_int(self, MP_QSTR_count) + 1;
+    attr_store(self, MP_QSTR_count, count);
+    attr_store(self, MP_QSTR_grad_count, count);
+    // counters saturate instead of leaving the small-int range
+    mp_int_t seen = attr_int(self, MP_QSTR_seen);
+    if (seen < SMALL_MAX) {
+        attr_store(self, MP_QSTR_seen, seen + 1);
+        attr_store(self, MP_QSTR_correct, attr_int(self, MP_QSTR_correct) + good);
+    }
+    mp_int_t sum = attr_int(self, MP_QSTR_loss_sum);
+    attr_store(self, MP_QSTR_loss_sum, loss < SMALL_MAX - sum ? sum + loss : SMALL_MAX);
+    // learn: update after `batch` samples
+    if (count >= attr_int(self, MP_QSTR_batch)) {
+        update_pending(self, &net);
+    }
+    return mp_obj_new_int(loss);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(learn_net_obj, learn_net);
 
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
@@ -1222,5 +1578,6 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_score_net, MP_OBJ_FROM_PTR(&score_net_obj));
     mp_store_global(MP_QSTR_backward_net, MP_OBJ_FROM_PTR(&backward_net_obj));
     mp_store_global(MP_QSTR_update_net, MP_OBJ_FROM_PTR(&update_net_obj));
+    mp_store_global(MP_QSTR_learn_net, MP_OBJ_FROM_PTR(&learn_net_obj));
     MP_DYNRUNTIME_INIT_EXIT
 }

@@ -9,7 +9,9 @@ the board can import (pure Python, viper, native). It prints instructions per ca
 multiply-accumulate (MAC) and per parameter. A step of 64-32-10 has 5,056 MACs: forward
 64*32 + 32*10, backward 32*10 (the first layer sends no error back), weight gradients
 64*32 + 32*10 (biases not counted). Figures are instructions, not cycles: a Cortex-M3 runs
-about 1.1-1.5 cycles per instruction. Runs repeat to within a few per mille.
+about 1.1-1.5 cycles per instruction. Runs repeat to within a few per cent. For the native
+set it also splits the step into the one native call (learn_net) and the engine's Python
+around it.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ _STEP = """
 for hidden, batch in {steps}:
     code = fixed.TANH if hidden == "tanh" else fixed.RELU
     out = []
+    inner = None
     for name, K in SETS:
         net = make_net(K, code, batch)
         def learn(K, n):
@@ -143,7 +146,16 @@ for hidden, batch in {steps}:
             n *= 2
         n *= 2
         out.append("%.3f" % ((ticks(learn, K, n) - ticks(empty, K, n)) / n))
+        if name == "native" and hasattr(K, "learn_net"):
+            # the same steps with learn_net called directly: net.learn less this is the
+            # engine's Python around the native call
+            def direct(K, n):
+                for i in range(n):
+                    K.learn_net(net, X, T)
+            inner = (ticks(direct, K, n) - ticks(empty, K, n)) / n
     print("S %s %d %s" % (hidden, batch, " ".join(out)))
+    if inner is not None:
+        print("N %s %d %.3f" % (hidden, batch, inner))
 """
 
 
@@ -167,7 +179,7 @@ def measure(kind: str, timeout: float = 1800) -> dict:
     if code != 0 or timed_out:
         why = "timed out" if timed_out else f"exit {code}"
         raise RuntimeError(f"benchmark on {kind} failed ({why}):\n{out[-3000:]}")
-    result: dict = {"sets": [], "kernels": {}, "steps": {}}
+    result: dict = {"sets": [], "kernels": {}, "steps": {}, "inner": {}}
     for line in out.splitlines():
         f = line.split()
         if f[:1] == ["SETS"]:
@@ -176,6 +188,8 @@ def measure(kind: str, timeout: float = 1800) -> dict:
             result["kernels"][int(f[1])] = [float(v) for v in f[2:]]
         elif f[:1] == ["S"]:
             result["steps"][(f[1], int(f[2]))] = [float(v) for v in f[3:]]
+        elif f[:1] == ["N"]:
+            result["inner"][(f[1], int(f[2]))] = float(f[3])
     return result
 
 
@@ -194,11 +208,28 @@ def report(kind: str, r: dict) -> str:
                       *(f"{k * 1000 / MACS_PER_STEP:,.1f}" for k in ks)])
     sheader = ["training step (per sample)", *(f"{s} instr" for s in sets),
                *(f"{s} /MAC" for s in sets)]
-    return "\n".join([
+    parts = [
         f"{kind} (qemu -icount shift=0; instructions, not cycles)",
         f"Training step of 64-32-10, softmax cross-entropy, {MACS_PER_STEP:,} MACs per sample",
         _table(sheader, srows),
         "",
+    ]
+    if r.get("inner"):
+        native = sets.index("native")
+        nrows = []
+        for key, inner in r["inner"].items():
+            step = r["steps"][key][native]
+            nrows.append([f"64-32-10 {key[0]}, batch {key[1]}", f"{step * 1000:,.0f}",
+                          f"{inner * 1000:,.0f}", f"{(step - inner) * 1000:,.0f}",
+                          f"{inner * 1000 / MACS_PER_STEP:,.1f}"])
+        parts += [
+            "Native step: inside the one native call (learn_net: C and the attribute reads and "
+            "writes it makes) and the engine's Python around it (the method call of Net.learn)",
+            _table(["training step (per sample)", "native instr", "in learn_net", "engine",
+                    "learn_net /MAC"], nrows),
+            "",
+        ]
+    return "\n".join(parts + [
         "Kernels at the shapes of that net",
         _table(kheader, krows),
     ])

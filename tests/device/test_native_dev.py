@@ -218,18 +218,19 @@ def test_outer_acc():
     for kg in GUARDS:
         for n_in in range(10):
             check_outer_acc(r, n_in, 3, 1 << 14, kg)
-    # a full batch of extreme samples from zero: the sums reach the edge of the range
-    kg = 3
-    G1, G2 = pair("i", [0] * 4)
-    GB1, GB2 = pair("i", [0] * 2)
-    for t in range(1 << kg):
-        sign = Q if t & 1 else -Q
-        d = array("h", [sign, -sign])
-        x = array("h", [sign, Q])
-        pk.outer_acc(G1, GB1, d, x, 2, 2, 1 << 14, kg)
-        nk.outer_acc(G2, GB2, d, x, 2, 2, 1 << 14, kg)
-    same("outer_acc full batch G", G1, G2)
-    same("outer_acc full batch GB", GB1, GB2)
+    # a full batch of extreme samples from zero: the sums reach the edge of the range, in rows
+    # of 2 (the plain loop) and of 19 (two turns of the unrolled loop and a remainder)
+    for kg, n_in in ((3, 2), (0, 19), (3, 19), (7, 19)):
+        G1, G2 = pair("i", [0] * (2 * n_in))
+        GB1, GB2 = pair("i", [0] * 2)
+        for t in range(1 << kg):
+            sign = Q if t & 1 else -Q
+            d = array("h", [sign, -sign])
+            x = array("h", [sign if i & 1 else Q for i in range(n_in)])
+            pk.outer_acc(G1, GB1, d, x, n_in, 2, 1 << 14, kg)
+            nk.outer_acc(G2, GB2, d, x, n_in, 2, 1 << 14, kg)
+        same("outer_acc full batch G kg=%d" % kg, G1, G2)
+        same("outer_acc full batch GB kg=%d" % kg, GB1, GB2)
 
 
 Z_EDGES = (-Q, Q, -32768, 0, -1, 1, -32768 + 512, 32767 - 511, -4096, 4096, 511, 512, -512, 513)
@@ -368,8 +369,8 @@ def test_update():
     need_native()
     r = Rand(7)
     for mode in (fixed.NEAREST, fixed.STOCHASTIC):
-        for u in (0, 1, 7, 8, 9, 10, 16, 22, 23, 24, 29, 30, 31, 32, 45, 64, 70):
-            for m in (0, 128, 200, 255, 256):
+        for u in (0, 1, 7, 8, 9, 10, 15, 16, 17, 22, 23, 24, 29, 30, 31, 32, 45, 64, 70):
+            for m in (-256, -255, -1, 0, 1, 128, 200, 255, 256):
                 check_update(r, 11, m, u, 0, 0, 0, mode, False, G_LO, G_HI, u == 9)
         for mu in (0, 1, 128, 255):
             for c_m, c_s in C_DECAY:
@@ -382,6 +383,7 @@ def test_update():
     for n in range(10):  # every remainder of an unrolled loop, and n = 0
         for mode in (fixed.NEAREST, fixed.STOCHASTIC):
             check_update(r, n, 256, 9, 0, 0, 0, mode, False)
+            check_update(r, n, 200, 9, 0, 0, 0, mode, False)
             check_update(r, n, 200, 10, 77, 3, 9, mode, True)
 
 
@@ -390,8 +392,8 @@ def test_update_every_int32_gradient():
     need_native()
     r = Rand(8)
     for mode in (fixed.NEAREST, fixed.STOCHASTIC):
-        for u in (0, 5, 8, 9, 12, 22, 23, 31, 40):
-            for m in (128, 256):
+        for u in (0, 5, 8, 9, 12, 16, 17, 22, 23, 31, 40):
+            for m in (-255, 128, 255, 256):
                 check_update(r, 23, m, u, 0, 0, 0, mode, False, I32_LO, I32_HI)
                 check_update(r, 23, m, u, 200, 255, 9, mode, True, I32_LO, I32_HI)
 
@@ -496,6 +498,14 @@ def test_aliased_buffers():
             pk.matvec(W, B, x1, n, n, 1 << 14, k, s, x1)  # z is x
             nk.matvec(W, B, x2, n, n, 1 << 14, k, s, x2)
             same("matvec z=x n=%d s=%d" % (n, s), x1, x2)
+            W1, W2 = pair("h", list(W))
+            pk.matvec(W1, B, x1, n, n, 1 << 14, k, s, W1)  # z is the start of W
+            nk.matvec(W2, B, x1, n, n, 1 << 14, k, s, W2)
+            same("matvec z=W n=%d s=%d" % (n, s), W1, W2)
+            B1, B2 = pair("h", list(B))
+            pk.matvec(W, B1, x1, n, n, 1 << 14, k, s, B1)  # z is B
+            nk.matvec(W, B2, x1, n, n, 1 << 14, k, s, B2)
+            same("matvec z=B n=%d s=%d" % (n, s), B1, B2)
             d1, d2 = pair("h", r.values(n, -Q, Q, (-Q, Q)))
             pk.matvec_t(W, d1, n, n, k, s, d1)  # e is d
             nk.matvec_t(W, d2, n, n, k, s, d2)
