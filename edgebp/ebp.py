@@ -246,6 +246,11 @@ class Loader:
         need = ram_need(sizes, momentum)
         free = self.mem_free()
         if need > free:
+            # garbage is free RAM too: MicroPython collects only when an allocation fails, so
+            # what imports and file transfers left behind is counted as used until then
+            gc.collect()
+            free = self.mem_free()
+        if need > free:
             raise NoRoom("net needs about %d bytes of RAM, %d free" % (need, free), need, free)
 
     def _feed_params(self, buf, i, end):

@@ -58,6 +58,14 @@ def _board_of(item: pytest.Item) -> str | None:
                  if isinstance(v, str) and v in mprun.BOARDS), None)
 
 
+def pytest_report_header() -> str:
+    """Which runtimes this run has, the emulated boards named."""
+    boards = os.environ.get(qemu.ENV)
+    where = (f"emulated boards {', '.join(mprun.BOARDS)} from {boards}" if boards
+             else f"emulated boards off (set {qemu.ENV} to a directory with qemu-board)")
+    return f"edgebp runtimes: {', '.join(mprun.HOSTS)}; {where}"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Within each module, the tests on a board run after the others, grouped by board, in
     their order otherwise: a board then boots once per module, and the one before it can be

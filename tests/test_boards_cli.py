@@ -248,12 +248,13 @@ def test_train_iris_with_val_then_eval(board, iris_net, tmp_path, capsys):
     assert result["loss"] == loss
 
 
-def test_bench_on_the_board_runs_viper_without_allocating(board, capsys):
+def test_bench_on_the_board_runs_every_kernel_set_without_allocating(board, capsys):
     out = run(capsys, "bench", "--port", board.port, "--runtime", "cpython", "--steps", 10,
               "--samples", 20)
     rows = [ln.split() for ln in out.splitlines() if ln.startswith(f"board {board.port} ")]
-    # runtime (2 words), kernels, us/step, MMAC/s, B alloc/step, ...
-    assert sorted(r[2] for r in rows) == ["pure", "viper"]
+    # runtime (2 words), kernels, us/step, MMAC/s, B alloc/step, ...; deploy sent the viper
+    # kernels and the native build for the board's architecture
+    assert sorted(r[2] for r in rows) == ["native", "pure", "viper"]
     assert all(r[5] == "0" for r in rows)
 
 

@@ -4,8 +4,8 @@
 
 For the stated net, 64-32-10 (tanh hidden layer, softmax cross-entropy, batch 1), on every
 runtime it can reach (CPython running the core, the WebAssembly MicroPython, the unix
-MicroPython with the pure and the viper kernels, and a board on a port whose REPL has the
-core deployed):
+MicroPython and the emulated boards with the pure, the viper and the native kernels where each
+loads, and a board on a port whose REPL has the core deployed):
   us/step and MMAC/s   one learn() (forward, backward, update: MACS_PER_STEP multiply-
                        accumulates), the best of three timed loops of --steps steps
   B alloc/step         gc.mem_alloc() before and after a loop of steps, divided by the steps
@@ -55,6 +55,11 @@ try:
     KERNELS.append(("viper", kernels_viper))
 except (ImportError, SyntaxError, ValueError):
     pass
+try:
+    from edgebp import kernels_native  # where a build for this architecture is on the path
+    KERNELS.append(("native", kernels_native))
+except (ImportError, ValueError):
+    pass
 
 if hasattr(time, "ticks_us"):
     def now():
@@ -89,6 +94,7 @@ def loop(net, n):
         i += 1
     return since(t0)
 
+a0 = alloc = best = 0  # made before the measuring: a new global may grow the dict
 for name, K in KERNELS:
     net = make(K)
     loop(net, 3)
@@ -129,16 +135,21 @@ def _net_file() -> bytes:
 
 
 def _step_rows(label: str, stdout: str, steps: int, measured: int | None,
-               word: int | None, fused: bool = False) -> list[list[str]]:
-    # fused: the net was measured as the runtime loads it, with the native kernels' tables
+               word: int | None, measured_with: str = "") -> list[list[str]]:
+    # measured_with: the kernel set the runtime loads a net with (kern.select()), whose row
+    # the measured bytes belong to; the native kernels' fused step keeps tables of its own
     rows = []
     for kernels, us, alloc in _parse_steps(stdout, steps):
-        p = planner.plan(SIZES, word=word, fused=fused) if word else None
+        p = planner.plan(SIZES, word=word, fused=kernels == "native") if word else None
         rows.append([
-            label, kernels, f"{us:.1f}", f"{MACS_PER_STEP / us:.2f}",
+            # a step shorter than the runtime's clock resolution reads as 0 (a few steps on
+            # a board whose ticks_us moves in coarse steps): no rate from that
+            label, kernels, f"{us:.1f}" if us > 0 else "< clock",
+            f"{MACS_PER_STEP / us:.2f}" if us > 0 else "n/a",
             "n/a" if alloc < 0 else f"{alloc:g}",
             str(p.net) if p else "n/a",
-            str(measured) if measured is not None else "n/a",
+            str(measured) if measured is not None and {"pure": "python"}.get(kernels, kernels) == measured_with
+            else "n/a",
             str(p.minimum) if p else "n/a",
             f"{p.net / p.minimum:.2f}x" if p else "n/a",
         ])
@@ -151,11 +162,11 @@ def bench_runtime(runtime: str, steps: int) -> list[list[str]]:
     if not r.ok:
         raise RuntimeError(f"{runtime}: {r.stdout}{r.stderr}")
     measured = word = None
-    fused = False
+    measured_with = ""
     if runtime != "cpython":
         use = heap.measure_load(runtime, _net_file())
-        measured, word, fused = use.net, use.word, use.kernels == "native"
-    return _step_rows(runtime, r.stdout, steps, measured, word, fused)
+        measured, word, measured_with = use.net, use.word, use.kernels
+    return _step_rows(runtime, r.stdout, steps, measured, word, measured_with)
 
 
 def bench_port(port: str, steps: int) -> list[list[str]]:
