@@ -127,6 +127,11 @@ def test_serving_train_frames_allocates_nothing_and_matches_the_host():
     for l in range(net.L):
         assert list(net.W[l]) == fx.W[l], "weights of layer %d" % (l + 1)
         assert list(net.B[l]) == fx.B[l]
+    # a slice of the last answer, fetched again, allocates nothing either
+    last = got[-1][0]
+    s.push(wire.frame(last, wire.AGAIN, b"\x00\x00\x08"))
+    assert no_alloc(step) is True
+    assert replies(s)[-1] == (last, wire.PART, bytes([wire.ACK, 1, 0, 0, 0]) + got[-1][2])
 
 
 def test_serving_eval_frames_allocates_nothing():
