@@ -1,15 +1,25 @@
-# The wire codec shared by the board and the host: CRC-16, COBS framing, message numbers.
+# The wire codec shared by the board and the host: CRC-32, COBS framing, message numbers.
+# (CRC-16 here is for the file formats, edgebp/ebp.py and edgebp/ckpt.py.)
 #
 # A frame on the wire is COBS(raw) followed by one 0x00 delimiter, where
-#   raw = [seq u8][type u8][payload 0..max_payload][crc u16 LE]
-# and crc is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of seq, type and payload.
-# COBS leaves no zero byte inside a frame, so a receiver that lost its place resynchronises at
-# the next 0x00; a run of zeros (the "flush") ends any half-received frame and is otherwise
-# ignored (an empty frame).
+#   raw = [seq u8][type u8][payload 0..max_payload][crc u32 LE]
+# and crc is CRC-32 (the zlib/Ethernet one: reflected poly 0xEDB88320, init and final xor
+# 0xFFFFFFFF) of seq, type and payload. COBS leaves no zero byte inside a frame, so a receiver
+# that lost its place resynchronises at the next 0x00; a run of zeros (the "flush") ends any
+# half-received frame and is otherwise ignored (an empty frame).
 #
-# Every value fits a MicroPython small int; the CRC table is an array('H'). Decoder and encode()
-# work in caller-supplied preallocated bytearrays and allocate nothing, so the board can serve a
-# training batch with the heap locked. frame() and parse() are host conveniences that allocate.
+# Why 32 bits: a bad cable damages many frames, and with a 16-bit check about one damaged
+# frame in 65536 passes (more where COBS damage appends zeros: a CRC without a final xor is
+# unchanged by a zero byte after a zero remainder). A corrupted COBS code byte moves or
+# removes zeros and a lost delimiter splices two frames; no length field would catch the
+# first, and every class of damage, bit errors included, passes CRC-32 with a chance near
+# 2**-32 (host/bench/wirefuzz.py measures both).
+#
+# Every value fits a MicroPython small int: the CRC-32 is kept as its low byte and its high
+# 24 bits, with a bytearray and an array('i') of 24-bit values as tables. Decoder and encode()
+# work in caller-supplied preallocated bytearrays and allocate nothing, so the board can serve
+# a training batch with the heap locked. frame() and parse() are host conveniences that
+# allocate.
 #
 # Sequence numbers and flow: an answer carries the number of the frame it answers. The host may
 # send `credits` frames (from INFO and ACK) ahead of the answers; the board processes frames in
@@ -19,6 +29,9 @@
 #
 # Multi-byte fields are little-endian. Payloads (host -> board, then the board's reply):
 #   HELLO        [proto u8]                           -> INFO
+#   AGAIN        [offset u16][count u8]               -> PART: payload bytes offset.. of the
+#                kept answer to frame seq (not processed again), for a host that lost a long
+#                answer; a frame not processed yet gets a link ERROR naming it
 #   LOAD_BEGIN   [total u32]                          -> ACK
 #   LOAD_CHUNK   [offset u32][bytes of the .ebp]      -> ACK
 #   LOAD_COMMIT  []                                   -> ACK
@@ -49,6 +62,8 @@
 #           [kernels u8]: the kernel set its nets run (0 pure Python, 1 viper, 2 native),
 #           [by_address u8]: 1 if the blocks are listed lowest address first, 0 if largest
 #           first; for the host's memory planner
+#   PART    [kind u8][total u16][offset u16][payload bytes offset..offset+count of the kept
+#           answer, fewer at its end]   (kind and total: the kept answer's type and length)
 #   DATA    [layer u8][part u8][offset u32][count u16][values]
 #   COUNTS  [seen u32][correct u32][loss u32][e_seen u32][e_correct u32][e_loss u32]
 #           [pending u16]                           (losses are sums of Q12 values)
@@ -60,9 +75,9 @@
 
 from edgebp.fixed import const
 
-PROTOCOL = const(1)
+PROTOCOL = const(2)  # 1: frames sealed with CRC-16
 HEADER = const(2)  # seq, type
-TRAILER = const(2)  # crc
+TRAILER = const(4)  # crc
 FLUSH_LEN = const(256)  # zeros that end any frame the board is still waiting on
 
 # requests
@@ -80,6 +95,7 @@ BYE = const(0x0B)
 CHECKPOINT = const(0x0C)
 RESUME = const(0x0D)
 DROP = const(0x0E)
+AGAIN = const(0x0F)
 # replies
 ACK = const(0x80)
 ERROR = const(0x81)
@@ -87,13 +103,15 @@ INFO = const(0x82)
 DATA = const(0x83)
 COUNTS = const(0x84)
 CKPT = const(0x85)
+PART = const(0x86)
 
 TYPE_NAMES = {
     HELLO: "HELLO", LOAD_BEGIN: "LOAD_BEGIN", LOAD_CHUNK: "LOAD_CHUNK",
     LOAD_COMMIT: "LOAD_COMMIT", TRAIN: "TRAIN", EVAL: "EVAL", GET_WEIGHTS: "GET_WEIGHTS",
     GET_GRADS: "GET_GRADS", SET_HYPER: "SET_HYPER", STATS: "STATS", BYE: "BYE",
-    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME", DROP: "DROP",
+    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME", DROP: "DROP", AGAIN: "AGAIN",
     ACK: "ACK", ERROR: "ERROR", INFO: "INFO", DATA: "DATA", COUNTS: "COUNTS", CKPT: "CKPT",
+    PART: "PART",
 }
 
 # TRAIN / EVAL flags
@@ -172,17 +190,66 @@ def crc16(buf, start, end, crc=0xFFFF):
     return crc
 
 
+def _make_table32():
+    # T[k] = CRC-32 step of byte k, split as its low 8 bits and its high 24 (a 32-bit
+    # value is no small int on a board; 24 bits are)
+    from array import array
+
+    lo = bytearray(256)
+    hi = array("i", bytes(1024))
+    for k in range(256):
+        c = k
+        h = 0
+        for _ in range(8):
+            if c & 1:
+                c = ((c >> 1) | ((h & 1) << 7)) ^ 0x20
+                h = (h >> 1) ^ 0xEDB883
+            else:
+                c = (c >> 1) | ((h & 1) << 7)
+                h >>= 1
+        lo[k] = c
+        hi[k] = h
+    return lo, hi
+
+
+CRC32_LO, CRC32_HI = _make_table32()
+
+
+def crc32_put(buf, start, end, dst, at):
+    # Write the CRC-32 of buf[start:end] into dst[at:at+4], little-endian; allocates nothing.
+    # The remainder is kept as its low byte `lo` and its high 24 bits `hi`: a step is then
+    # crc >> 8 ^ T[lo ^ b], which is (hi & 0xFF) ^ T_lo and hi >> 8 ^ T_hi.
+    tl = CRC32_LO
+    th = CRC32_HI
+    lo = 0xFF
+    hi = 0xFFFFFF
+    for i in range(start, end):
+        k = lo ^ buf[i]
+        lo = (hi & 0xFF) ^ tl[k]
+        hi = (hi >> 8) ^ th[k]
+    hi ^= 0xFFFFFF
+    dst[at] = lo ^ 0xFF
+    dst[at + 1] = hi & 0xFF
+    dst[at + 2] = (hi >> 8) & 0xFF
+    dst[at + 3] = hi >> 16
+
+
+def crc32(buf, start, end):
+    # the CRC-32 as one int (host side: on a board it is no small int)
+    b = bytearray(4)
+    crc32_put(buf, start, end, b, 0)
+    return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
+
+
 def encoded_max(n):
     # COBS adds one code byte per 254 data bytes plus one; then the delimiter
     return n + n // 254 + 2
 
 
 def seal(buf, n):
-    # append the CRC of buf[0:n]; returns the new length
-    c = crc16(buf, 0, n)
-    buf[n] = c & 0xFF
-    buf[n + 1] = c >> 8
-    return n + 2
+    # append the CRC-32 of buf[0:n]; returns the new length
+    crc32_put(buf, 0, n, buf, n)
+    return n + TRAILER
 
 
 def encode(src, n, dst):
@@ -216,7 +283,8 @@ class Decoder:
     """Incremental COBS decoder: feed bytes, get whole CRC-checked frames in `frame`.
 
     After feed() stops at a delimiter, `result` is the frame length without the CRC
-    (seq + type + payload, >= 2), 0 for an empty frame, or -code (E_FRAME, E_LONG, E_CRC).
+    (seq + type + payload, >= 2), 0 for an empty frame, or -code (E_FRAME, E_LONG, E_CRC);
+    `last` is the number of bytes decoded into `frame` (the CRC included).
     """
 
     def __init__(self, size, chunk=255):
@@ -225,6 +293,8 @@ class Decoder:
         self.pos = 0
         self.end = 0
         self.result = INCOMPLETE
+        self.last = 0
+        self.chk = bytearray(TRAILER)  # the CRC the frame should end in
         self._reset()
 
     def _reset(self):
@@ -254,10 +324,15 @@ class Decoder:
                     r = 0
                 elif n < HEADER + TRAILER:
                     r = -E_FRAME
-                elif crc16(f, 0, n - 2) != f[n - 2] | (f[n - 1] << 8):
-                    r = -E_CRC
                 else:
-                    r = n - 2
+                    c = self.chk
+                    m = n - TRAILER
+                    crc32_put(f, 0, m, c, 0)
+                    if c[0] != f[m] or c[1] != f[m + 1] or c[2] != f[m + 2] or c[3] != f[m + 3]:
+                        r = -E_CRC
+                    else:
+                        r = m
+                self.last = n
                 self._reset()
                 self.result = r
                 return i

@@ -10,7 +10,9 @@
 # host's retransmission after a lost answer) gets it again without being processed twice. A
 # frame that is damaged or ahead of the expected number is answered with an ERROR carrying
 # the expected number (once per gap, so a burst of frames after a lost one costs one answer;
-# an empty frame, which the host sends to resynchronise, re-arms it).
+# an empty frame, which the host sends to resynchronise, re-arms it). AGAIN asks for a slice of
+# the kept answer, so a host on a bad line can fetch a long answer in pieces short enough to
+# arrive whole; the slice goes out through the link buffers, which keeps the answer intact.
 #
 # Checkpoints (edgebp/ckpt.py) go to the directory `root` of the board's filesystem: on
 # CHECKPOINT, and once CHECKPOINT set a period, right after every `every`-th weight update
@@ -58,6 +60,8 @@ from edgebp.wire import (
     F_UPDATE,
     HEADER,
     INFO,
+    PART,
+    TRAILER,
 )
 
 _TEXT_MAX = const(60)
@@ -95,12 +99,14 @@ class Server:
             except MemoryError:
                 pass
         self.kernels = kernels
-        size = HEADER + max_payload + 2
+        size = HEADER + max_payload + TRAILER
         self.dec = wire.Decoder(size)
-        self.out = bytearray(size)  # the answer being built
+        self.out = bytearray(size)  # the answer being built, then the last answer
+        self.out_n = 0
         self.tx = bytearray(wire.encoded_max(size))  # the last answer, encoded
         self.tx_n = 0
-        self.lout = bytearray(HEADER + 2 + _TEXT_MAX + 2)  # link errors: keep tx intact
+        # link errors and slices of the last answer: keep out and tx intact
+        self.lout = bytearray(HEADER + 2 + _TEXT_MAX + TRAILER)
         self.ltx = bytearray(wire.encoded_max(len(self.lout)))
         self.expect = 0
         self.naked = -1  # expected seq of the last link error sent
@@ -144,7 +150,8 @@ class Server:
         if r == EOF:
             return False
         if r < 0:
-            self.link_error(-r)
+            if not self.old_hello():
+                self.link_error(-r)
             return True
         if r == 0:
             self.naked = -1
@@ -152,9 +159,16 @@ class Server:
         f = self.dec.frame
         seq = f[0]
         kind = f[1]
+        d = (seq - self.expect) & 0xFF
+        if kind == wire.AGAIN:
+            if d == 255 and self.tx_n:
+                self.part(seq, r - HEADER)
+            elif d == 0:
+                self.link_error(E_SEQ)  # not processed yet: the host sends it again
+            return True
         if kind == wire.HELLO:
             self.expect = seq  # a new session: its first number is the expected one
-        d = (seq - self.expect) & 0xFF
+            d = 0
         if d:
             if d < 128:
                 self.link_error(E_SEQ)
@@ -213,6 +227,7 @@ class Server:
         out[0] = seq
         out[1] = kind
         m = wire.seal(out, HEADER + n)
+        self.out_n = m
         self.tx_n = wire.encode(out, m, self.tx)
         self.wr(self.tx, self.tx_n)
 
@@ -242,6 +257,54 @@ class Server:
             out[3 + i] = text[i]
         m = wire.seal(out, 3 + len(text))
         self.wr(self.ltx, wire.encode(out, m, self.ltx))
+
+    def part(self, seq, n):
+        # AGAIN [offset u16][count u8]: PART [kind][total u16][offset u16] + payload bytes
+        if n != 3:
+            return
+        f = self.dec.frame
+        off = f[HEADER] | (f[HEADER + 1] << 8)
+        count = f[HEADER + 2]
+        total = self.out_n - HEADER - TRAILER
+        out = self.lout
+        room = len(out) - HEADER - 5 - TRAILER
+        if off > total:
+            off = total
+        if count > total - off:
+            count = total - off
+        if count > room:
+            count = room
+        src = self.out
+        out[0] = seq
+        out[1] = PART
+        out[2] = src[1]
+        _put16(out, 3, total)
+        _put16(out, 5, off)
+        for i in range(count):
+            out[7 + i] = src[HEADER + off + i]
+        m = wire.seal(out, 7 + count)
+        self.wr(self.ltx, wire.encode(out, m, self.ltx))
+
+    def old_hello(self):
+        # A host of protocol 1 says HELLO in 5 bytes sealed with CRC-16. Answer it in its own
+        # format, an INFO with this protocol's number and nothing else, so that it can say
+        # which side to update instead of finding no board.
+        f = self.dec.frame
+        if self.dec.last != 5 or f[1] != wire.HELLO or wire.crc16(f, 0, 3) != f[3] | (f[4] << 8):
+            return False
+        out = self.lout
+        out[0] = f[0]
+        out[1] = INFO
+        out[2] = wire.PROTOCOL
+        out[3] = self.credits
+        _put16(out, 4, self.max_payload)
+        for i in range(6, 14):
+            out[i] = 0  # free RAM unknown, no net, three empty strings
+        c = wire.crc16(out, 0, 14)
+        out[14] = c & 0xFF
+        out[15] = c >> 8
+        self.wr(self.ltx, wire.encode(out, 16, self.ltx))
+        return True
 
     # -- requests --
 

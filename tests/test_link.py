@@ -4,8 +4,10 @@ Whatever the line, the board trains exactly as the core Net trains under CPython
 sample order: the weights are compared bit for bit.
 """
 
+import binascii
 import os
 import struct
+import time
 import tty
 from types import SimpleNamespace
 
@@ -14,20 +16,24 @@ import pytest
 
 from conftest import require_runtime
 from edgebp import wire
+from edgebp.firmware.server import Server
+from edgebp.host.boards import link as link_module
 from edgebp.host.boards.link import (
     DeviceError,
     Link,
     LinkError,
+    VersionError,
     find_port,
     list_boards,
     open_serial,
 )
 from edgebp.host.boards.lossy import LossySerial
-from edgebp.host.boards.session import Session, SessionError
+from edgebp.host.boards.session import Session, SessionError, _parse_info
 from edgebp.host.boards.sim import InProcessBoard
 from edgebp.host.nets import ebpfile
 from edgebp.host.nets.qnet import Hyper
 from test_ebp import HYPER, make_data, make_qnet
+from test_server import Board, Pipe
 
 
 def same_as(ref, W, B):
@@ -199,7 +205,7 @@ def test_port_discovery():
 
 def test_link_over_loop_url_sees_its_own_frames():
     # loop:// echoes: a frame comes back as sent, which is not an answer to it
-    link = Link(open_serial("loop://"), timeout=0.05, retries=1)
+    link = Link(open_serial("loop://"), timeout=0.05, retries=1, give_up=0.2)
     with pytest.raises(LinkError):
         link.request(wire.STATS, b"\x00")
     link.close()
@@ -227,3 +233,173 @@ def test_missing_firmware_is_reported_from_the_traceback():
         with pytest.raises(SessionError, match="could not start the edgebp server: "
                            "ImportError: no module named 'edgebp.firmware'"):
             Session(board.url, timeout=0.2, start=True)
+
+
+# -- a bad line: the link keeps going, and when it stops it blames the line --
+
+def test_five_percent_lost_damaged_and_doubled_each_way_gives_the_same_weights():
+    # Each byte is lost, damaged or doubled with chance 0.15 both ways, so a frame of n bytes
+    # arrives whole with 0.85**n: 4% for a 20-byte TRAIN frame, 3e-5 for the INFO answer to
+    # HELLO in one piece. Copies of each frame and answers fetched in slices get through.
+    def lossy(ser):
+        return LossySerial(ser, drop=0.05, corrupt=0.05, duplicate=0.05, seed=4)
+
+    with InProcessBoard("pty") as board:
+        with Session(board.url, timeout=0.01, retries=3, frame_bytes=16, wrap=lossy,
+                     connect_timeout=30) as s:
+            assert s.info.board == "sim" and s.info.runtime.startswith("cpython")
+            train_and_compare(s, "mse", n=10, epochs=1, sizes=(2, 3, 1))
+            damage = s.link.ser.damage
+            assert min(damage.dropped, damage.corrupted, damage.duplicated) > 0.04 * (
+                damage.passed + damage.dropped + damage.corrupted + damage.duplicated)
+            assert s.counters.parts > 0 and s.counters.bad > s.counters.good
+        assert board.error is None
+
+
+class FastClock:
+    """Monotonic time running `speed` times faster than the real one."""
+
+    def __init__(self, speed):
+        self.speed = speed
+        self.t0 = time.monotonic()
+
+    def __call__(self):
+        return self.t0 + (time.monotonic() - self.t0) * self.speed
+
+
+def test_training_goes_on_after_a_30_second_stall(monkeypatch):
+    # The link's clock and the stall run 20 times faster than real time: the stall is 30 s of
+    # the clock the link waits and gives up by (1.5 s real), with the default give-up time
+    # and a 0.4 s timeout (20 ms real); the board itself has no clock.
+    clock = FastClock(20)
+    monkeypatch.setattr(link_module, "_now", clock)
+    with InProcessBoard("pty") as board:
+        def cable(ser):
+            return LossySerial(ser, clock=clock)
+
+        with Session(board.url, timeout=0.4, frame_bytes=32, wrap=cable) as s:
+            ser = s.link.ser
+            stalled = []
+
+            def progress(done, total):
+                if done >= 8 and not stalled:
+                    ser.stall(30.0)
+                    stalled.append(clock())
+
+            q = make_qnet("mse", sizes=(4, 5, 1))
+            X, T = make_data(q, 24)
+            s.load(q, HYPER)
+            s.train(X, T, progress=progress)
+            assert clock() - stalled[0] >= 30.0 and ser.damage.stalled > 0
+            ref = q.build(HYPER)
+            for i in range(24):
+                ref.learn(X[i].tolist(), T[i].tolist())
+            assert same_as(ref, *s.get_weights())
+        assert board.error is None
+
+
+def test_a_line_that_loses_too_much_is_blamed_not_the_board():
+    def hopeless(ser):
+        return LossySerial(ser, drop=0.3, corrupt=0.3, duplicate=0.2, seed=1)
+
+    with InProcessBoard("pty") as board:
+        with pytest.raises(SessionError, match=r"hello: HELLO: serial link failing: (\d+) of "
+                           r"\1 frames damaged or lost in 0\.\d s .*check the cable"):
+            Session(board.url, timeout=0.01, wrap=hopeless, connect_timeout=0.5)
+
+
+def test_a_stopped_line_after_answers_is_blamed_not_the_board():
+    with InProcessBoard("pty") as board:
+        with Session(board.url, timeout=0.02, give_up=0.3, wrap=LossySerial) as s:
+            s.link.ser.stall(60)
+            with pytest.raises(SessionError, match=r"stats: STATS: serial link silent: no "
+                               r"answer to \d+ frames in 0\.\d s, after 1 answers before"):
+                s.stats()
+
+
+# -- protocol versions: a board and a host of different versions say so --
+
+def old_frame(seq, kind, payload):
+    # a frame of protocol 1: sealed with CRC-16/CCITT-FALSE
+    raw = bytes([seq, kind]) + payload
+    raw += struct.pack("<H", binascii.crc_hqx(raw, 0xFFFF))
+    out = bytearray(wire.encoded_max(len(raw)))
+    return bytes(out[:wire.encode(raw, len(raw), out)])
+
+
+class OldBoard:
+    """A serial-like board of protocol 1: every frame of protocol 2 fails its CRC-16, and it
+    answers each with a link error, as its server did."""
+
+    timeout = 0.01
+
+    def __init__(self):
+        self.out = b""
+
+    def write(self, data):
+        for piece in bytes(data).split(b"\x00"):
+            if piece:
+                self.out += old_frame(0, wire.ERROR, bytes([wire.E_CRC]) + b"crc mismatch")
+        return len(data)
+
+    def read(self, n=1):
+        got, self.out = self.out[:n], self.out[n:]
+        return got
+
+    @property
+    def in_waiting(self):
+        return len(self.out)
+
+    def close(self):
+        pass
+
+
+def test_a_board_of_protocol_1_is_refused_by_name():
+    link = Link(OldBoard(), timeout=0.01)
+    with pytest.raises(VersionError, match="the board speaks protocol 1 .frames sealed with "
+                       "CRC-16., this host 2: deploy the matching firmware"):
+        link.request(wire.HELLO, bytes([wire.PROTOCOL]))
+
+
+def test_a_host_of_protocol_1_gets_an_info_it_can_refuse():
+    pipe = Pipe()
+    server = Server(pipe, pipe, 256, 4, "test")
+    pipe.inp += old_frame(7, wire.HELLO, b"\x01")
+    assert server.step()
+    # the answer is sealed with protocol 1's CRC-16 (not the CRC-32: the decoder refuses it),
+    # an INFO that a host of protocol 1 parses, saying protocol 2
+    dec = wire.Decoder(256)
+    dec.feed(pipe.out, 0, len(pipe.out))
+    assert dec.result == -wire.E_CRC
+    raw = bytes(dec.frame[:dec.last])
+    assert binascii.crc_hqx(raw[:-2], 0xFFFF) == struct.unpack("<H", raw[-2:])[0]
+    assert raw[:2] == bytes([7, wire.INFO])
+    info = _parse_info(raw[2:-2])
+    assert (info.protocol, info.firmware, info.sizes) == (2, "", None)
+    # and the board goes on serving protocol 2
+    pipe.inp += wire.frame(0, wire.HELLO, bytes([wire.PROTOCOL]))
+    pipe.out.clear()
+    assert server.step()
+    dec.feed(pipe.out, 0, len(pipe.out))
+    assert dec.result > 0 and dec.frame[1] == wire.INFO
+
+
+def test_again_fetches_slices_of_the_kept_answer_and_leaves_it_kept():
+    b = Board()
+    b.ask(wire.HELLO, bytes([wire.PROTOCOL]))
+    seq, kind, counts = b.ask(wire.STATS, b"\x00")
+    assert kind == wire.COUNTS and len(counts) == 26
+
+    def part(off, count, seq=seq):
+        return b.send(wire.AGAIN, struct.pack("<HB", off, count), seq=seq)
+
+    assert part(0, 10) == [(seq, wire.PART, struct.pack("<BHH", wire.COUNTS, 26, 0) + counts[:10])]
+    assert part(20, 200) == [(seq, wire.PART, struct.pack("<BHH", wire.COUNTS, 26, 20)
+                              + counts[20:])]
+    assert part(300, 5) == [(seq, wire.PART, struct.pack("<BHH", wire.COUNTS, 26, 26))]
+    # not done yet: the board names the frame it expects; nor is AGAIN done as a request
+    (err,) = part(0, 10, seq=seq + 1)
+    assert err[:2] == (seq + 1, wire.ERROR) and err[2][0] == wire.E_SEQ
+    # the kept answer is still whole for a repeat, and the numbering goes on
+    assert b.send(wire.STATS, b"\x00", seq=seq) == [(seq, wire.COUNTS, counts)]
+    assert b.ask(wire.STATS, b"\x00")[:2] == (seq + 1, wire.COUNTS)

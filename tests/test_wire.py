@@ -1,6 +1,9 @@
-"""The wire codec: CRC-16, COBS framing, the incremental decoder; and its device-side module."""
+"""The wire codec: CRC-16, CRC-32, COBS framing, the incremental decoder; and its device-side
+module."""
 
 import binascii
+import struct
+import zlib
 from array import array
 
 import pytest
@@ -24,6 +27,48 @@ def test_crc16_matches_binascii(data, init):
 
 def test_crc_table_stays_in_16_bits():
     assert isinstance(wire.CRC_TABLE, array) and max(wire.CRC_TABLE) <= 0xFFFF
+    assert isinstance(wire.CRC32_LO, bytearray) and len(wire.CRC32_LO) == 256
+    hi = wire.CRC32_HI
+    assert isinstance(hi, array) and len(hi) == 256 and 0 <= min(hi) and max(hi) < 1 << 24
+
+
+def test_crc32_is_the_zlib_one():
+    # the published check value of CRC-32 (ISO-HDLC), and zlib on random data
+    assert wire.crc32(b"123456789", 0, 9) == 0xCBF43926
+
+
+@given(st.binary(max_size=300), st.integers(0, 300), st.integers(0, 300))
+def test_crc32_matches_zlib(data, a, b):
+    a, b = min(a, b, len(data)), min(max(a, b), len(data))
+    assert wire.crc32(data, a, b) == zlib.crc32(data[a:b])
+    buf = bytearray(6)
+    wire.crc32_put(data, a, b, buf, 1)
+    assert bytes(buf[1:5]) == struct.pack("<I", zlib.crc32(data[a:b])) and buf[0] == buf[5] == 0
+
+
+def test_frames_end_in_the_crc32_of_seq_type_and_payload():
+    dec = wire.Decoder(64)
+    enc = wire.frame(7, wire.TRAIN, b"\x01\x00\x05")
+    dec.feed(enc, 0, len(enc))
+    assert dec.result == 5 and dec.last == 9
+    assert bytes(dec.frame[5:9]) == struct.pack("<I", zlib.crc32(b"\x07\x05\x01\x00\x05"))
+
+
+def test_a_doubled_byte_is_refused_where_crc16_let_it_pass():
+    # Protocol 1 accepted this: CRC-16 without a final xor stays 0 through a zero byte, so
+    # 04d20acf010100 (seq d2, STATS, payload cf, CRC 0000) with a code byte doubled decoded
+    # as payload cf 00 with a valid CRC
+    assert binascii.crc_hqx(bytes.fromhex("d20acf"), 0xFFFF) == 0
+    assert binascii.crc_hqx(bytes.fromhex("d20acf00"), 0xFFFF) == 0
+    # the same frames sealed with CRC-32, and frames full of zeros: every byte doubled in
+    # turn is refused
+    msgs = [(0xD2, wire.STATS, b"\xcf"), (0xD2, wire.STATS, b"\xcf\x00"), (0, wire.ACK, b"\x00"),
+            (3, wire.TRAIN, bytes(12)), (9, wire.DATA, bytes(range(0, 40, 3)) * 2)]
+    for m in msgs:
+        ok = wire.frame(*m)
+        for i in range(len(ok) - 1):
+            results, frames = decode_all(ok[:i] + ok[i:i + 1] + ok[i:])
+            assert frames == [] and results and results[0] < 0, (m, i)
 
 
 def cobs(data):
@@ -78,7 +123,7 @@ def test_frames_survive_any_split(msgs, step):
     for m in msgs:
         enc = wire.frame(*m)
         assert b"\x00" not in enc[:-1] and enc[-1] == 0
-        assert len(enc) <= wire.encoded_max(len(m[2]) + 4)
+        assert len(enc) <= wire.encoded_max(len(m[2]) + 2 + wire.TRAILER)
     results, frames = decode_all(stream, step=step)
     assert frames == [(s, k, p) for s, k, p in msgs]
     assert results == [2 + len(p) for _, _, p in msgs]
@@ -154,7 +199,7 @@ def device_fixture():
     q = make_qnet("ce", sizes=(6, 5, 3))
     X, T = make_data(q, 12)
     net = ebpfile.to_bytes(q, HYPER, trailer=False)
-    frames = [wire.frame(0, wire.HELLO, b"\x01"),
+    frames = [wire.frame(0, wire.HELLO, bytes([wire.PROTOCOL])),
               wire.frame(1, wire.LOAD_BEGIN, len(net).to_bytes(4, "little")),
               wire.frame(2, wire.LOAD_CHUNK, bytes(4) + net),
               wire.frame(3, wire.LOAD_COMMIT)]

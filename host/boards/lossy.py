@@ -2,12 +2,15 @@
 
 Each byte that passes (written, and read if `reads` is set) is dropped with probability
 `drop`, replaced by a different value with probability `corrupt`, or sent twice with
-probability `duplicate`. Each direction has its own generator seeded from `seed`.
+probability `duplicate`. Each direction has its own generator seeded from `seed`. stall(t)
+loses everything in both directions for t seconds of `clock`, as a cable pulled and put back.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -17,11 +20,13 @@ class Damage:
     corrupted: int = 0
     duplicated: int = 0
     passed: int = 0
+    stalled: int = 0  # bytes lost in a stall
 
 
 class LossySerial:
     def __init__(self, inner, drop: float = 0.0, corrupt: float = 0.0, duplicate: float = 0.0,
-                 seed: int = 0, reads: bool = True):
+                 seed: int = 0, reads: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
         for name, p in (("drop", drop), ("corrupt", corrupt), ("duplicate", duplicate)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} rate {p} outside [0, 1)")
@@ -31,8 +36,16 @@ class LossySerial:
         self._rng_out = random.Random(seed * 2 + 1)
         self._rng_in = random.Random(seed * 2 + 2)
         self.damage = Damage()
+        self.clock = clock
+        self.stall_until = float("-inf")
+
+    def stall(self, seconds: float) -> None:
+        self.stall_until = self.clock() + seconds
 
     def _mangle(self, data: bytes, rng: random.Random) -> bytes:
+        if self.clock() < self.stall_until:
+            self.damage.stalled += len(data)
+            return b""
         drop, corrupt, duplicate = self.rates
         out = bytearray()
         d = self.damage

@@ -32,6 +32,7 @@ from edgebp.host.boards.link import (
     LinkError,
     NoReplError,
     ProtocolError,
+    VersionError,
     back_to_repl,
     find_port,
     open_serial,
@@ -185,9 +186,12 @@ def _open_sim(spec: str):
 class Session:
     def __init__(self, port: str = "auto", *, baudrate: int = 115200, timeout: float = 1.0,
                  retries: int = 10, frame_bytes: int = 512, wrap=None,
-                 connect_timeout: float = 5.0, start: bool = False):
+                 connect_timeout: float = 5.0, start: bool = False, give_up: float = 60.0):
         """Open `port` and say HELLO. `wrap(serial) -> serial-like` interposes on the port
         (host/boards/lossy.py); `frame_bytes` bounds the frames sent (the board's limit also does).
+        A request waits `timeout` for its answer before it is sent again, and fails after
+        `give_up` seconds without progress (and at least `retries` tries); saying HELLO at the
+        start fails after `connect_timeout`.
         start=True starts the server from the board's REPL unless it already answers, and
         bye() then leaves the board at its REPL prompt."""
         self.board = None
@@ -210,7 +214,7 @@ class Session:
                 if wrap is not None:
                     ser = wrap(ser)
                 self.link = Link(ser, timeout=timeout, retries=retries,
-                                 baudrate=baudrate if is_uart else None)
+                                 baudrate=baudrate if is_uart else None, give_up=give_up)
                 if start:
                     self._start(ser)
                 self.link.resync()
@@ -231,7 +235,8 @@ class Session:
         except NoReplError as e:
             self.link.resync()
             try:
-                self.link.request(wire.HELLO, bytes([wire.PROTOCOL]), timeout=0.3, tries=2)
+                self.link.request(wire.HELLO, bytes([wire.PROTOCOL]), timeout=0.3, tries=2,
+                                  give_up=0)
             except ProtocolError:
                 raise e from None
 
@@ -285,10 +290,10 @@ class Session:
         """Ask the board who it is (also restarts its sequence numbering)."""
         with self._errors("hello"):
             assert self.link is not None
-            tries = None
-            if wait is not None:
-                tries = max(self.link.retries, int(wait / max(self.link.timeout, 0.05)) + 1)
-            r = self._request(wire.HELLO, bytes([wire.PROTOCOL]), tries=tries)
+            try:
+                r = self._request(wire.HELLO, bytes([wire.PROTOCOL]), give_up=wait)
+            except VersionError as e:
+                raise SessionError(str(e)) from e
             if r.kind != wire.INFO:
                 raise ProtocolError(f"HELLO answered with {wire.TYPE_NAMES.get(r.kind)}")
             try:
@@ -616,7 +621,8 @@ class Session:
             if self.wrap is not None:
                 ser = self.wrap(ser)
             self.link = Link(ser, timeout=old.timeout, retries=old.retries,
-                             baudrate=old.baudrate, counters=old.counters)
+                             baudrate=old.baudrate, counters=old.counters,
+                             give_up=old.give_up)
             if self._started:
                 self._start(ser)
             self.link.resync()

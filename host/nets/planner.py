@@ -336,7 +336,7 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
     o = Heap(word)  # the server's, allocated when it starts
     frame = wire.HEADER + max_payload + wire.TRAILER
     link = wire.HEADER + 2 + 60 + wire.TRAILER  # link-error answers (server.py _TEXT_MAX)
-    server = (o.array(frame, 1) + o.array(255, 1) + o.array(frame, 1)
+    server = (o.array(frame, 1) + o.array(255, 1) + o.array(wire.TRAILER, 1) + o.array(frame, 1)
               + o.array(wire.encoded_max(frame), 1) + o.array(link, 1)
               + o.array(wire.encoded_max(link), 1))
     return Plan(sizes, momentum, word, parts, sample=sample, server=server, loader=loader,

@@ -64,30 +64,40 @@ def test_crc16_check_value():
     assert wire.crc16(b"123456789", 0, 9) == 0x29B1
 
 
+def test_crc32_check_value():
+    # in bytes: the CRC-32 is no small int on a board
+    b = bytearray(4)
+    wire.crc32_put(b"123456789", 0, 9, b, 0)
+    assert list(b) == [0x26, 0x39, 0xF4, 0xCB]
+
+
 def test_cobs_round_trip():
     raw = bytearray(300)
     for i in range(300):
         raw[i] = (i * 7) % 5 * 60  # zeros and blocks of every length
     enc = bytearray(wire.encoded_max(300))
     dec = wire.Decoder(400)
-    m = wire.seal(raw, 298)
+    m = wire.seal(raw, 296)
     n = wire.encode(raw, m, enc)
     dec.feed(enc, 0, n)
-    assert dec.result == 298
-    for i in range(298):
+    assert dec.result == 296
+    for i in range(296):
         assert dec.frame[i] == raw[i]
 
 
 def test_encode_and_decode_allocate_nothing():
     raw = bytearray(200)
-    for i in range(198):
+    for i in range(196):
         raw[i] = i & 0x3F
-    m = wire.seal(raw, 198)
+    m = wire.seal(raw, 196)
     enc = bytearray(wire.encoded_max(200))
     dec = wire.Decoder(256)
     n = no_alloc(wire.encode, raw, m, enc)
     no_alloc(dec.feed, enc, 0, n)
-    assert dec.result == 198
+    assert dec.result == 196
+    enc[5] ^= 0x40  # a damaged frame is refused without allocating either
+    no_alloc(dec.feed, enc, 0, n)
+    assert dec.result == -wire.E_CRC
 
 
 def test_parser_loads_the_host_file_in_pieces():
@@ -117,6 +127,11 @@ def test_serving_train_frames_allocates_nothing_and_matches_the_host():
     for l in range(net.L):
         assert list(net.W[l]) == fx.W[l], "weights of layer %d" % (l + 1)
         assert list(net.B[l]) == fx.B[l]
+    # a slice of the last answer, fetched again, allocates nothing either
+    last = got[-1][0]
+    s.push(wire.frame(last, wire.AGAIN, b"\x00\x00\x08"))
+    assert no_alloc(step) is True
+    assert replies(s)[-1] == (last, wire.PART, bytes([wire.ACK, 1, 0, 0, 0]) + got[-1][2])
 
 
 def test_serving_eval_frames_allocates_nothing():
@@ -132,7 +147,7 @@ def test_serving_eval_frames_allocates_nothing():
         raw = bytearray(dec.frame[0:dec.result])
         raw[1] = wire.EVAL
         m = len(raw)
-        raw.extend(b"\x00\x00")
+        raw.extend(bytes(wire.TRAILER))
         m = wire.seal(raw, m)
         enc = bytearray(wire.encoded_max(m))
         frames.append(enc[:wire.encode(raw, m, enc)])
