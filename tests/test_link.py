@@ -7,6 +7,7 @@ sample order: the weights are compared bit for bit.
 import binascii
 import os
 import struct
+import threading
 import time
 import tty
 from types import SimpleNamespace
@@ -174,6 +175,35 @@ def test_no_board_on_the_line():
     try:
         with pytest.raises(SessionError, match="no answer from the board after 3 tries"):
             Session(os.ttyname(slave), timeout=0.02, retries=3, connect_timeout=0)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_server_that_stopped_is_named_by_its_traceback_not_blamed_on_the_link():
+    # a board whose server died (out of memory building its buffers) printed why on the line
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        # printed while the host says HELLO (what came before, the session drops as stale),
+        # again and again until the host gives up
+        done = threading.Event()
+
+        def board():
+            while not done.wait(0.01):
+                os.write(master, b'Traceback (most recent call last):\n  File "<stdin>", '
+                                 b'line 1, in <module>\nMemoryError: memory allocation '
+                                 b'failed, allocating 4120 bytes\n')
+
+        printing = threading.Thread(target=board)
+        printing.start()
+        try:
+            with pytest.raises(SessionError, match=r"the board's server stopped: MemoryError: "
+                                                   r"memory allocation failed, allocating 4120"):
+                Session(os.ttyname(slave), timeout=0.05, retries=3, connect_timeout=0)
+        finally:
+            done.set()
+            printing.join()
     finally:
         os.close(master)
         os.close(slave)

@@ -134,6 +134,9 @@ def _net_file() -> bytes:
     return ebpfile.board_part(q)
 
 
+_KERN = {"pure": "python"}  # the bench's names for kern.name()'s
+
+
 def _step_rows(label: str, stdout: str, steps: int, measured: int | None,
                word: int | None, measured_with: str = "") -> list[list[str]]:
     # measured_with: the kernel set the runtime loads a net with (kern.select()), whose row
@@ -148,7 +151,7 @@ def _step_rows(label: str, stdout: str, steps: int, measured: int | None,
             f"{MACS_PER_STEP / us:.2f}" if us > 0 else "n/a",
             "n/a" if alloc < 0 else f"{alloc:g}",
             str(p.net) if p else "n/a",
-            str(measured) if measured is not None and {"pure": "python"}.get(kernels, kernels) == measured_with
+            str(measured) if measured is not None and _KERN.get(kernels, kernels) == measured_with
             else "n/a",
             str(p.minimum) if p else "n/a",
             f"{p.net / p.minimum:.2f}x" if p else "n/a",

@@ -224,6 +224,19 @@ def back_to_repl(ser, timeout: float = 2.0, already: bytes = b"") -> bool:
     return data.endswith(b"\x04>")
 
 
+_RECENT = 512
+
+
+def _board_stopped(recent: bytes) -> str:
+    """The last line of a MicroPython traceback among the bytes last read, or ""."""
+    at = recent.rfind(b"Traceback (most recent call last)")
+    if at < 0:
+        return ""
+    lines = [ln.strip() for ln in recent[at:].decode("utf-8", "replace").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("Traceback", "File "))]
+    return lines[-1][:120] if lines else ""
+
+
 @dataclass
 class Counters:
     frames: int = 0  # frames sent, first time
@@ -268,6 +281,7 @@ class Link:
         self._dec = wire.Decoder(HOST_FRAME_MAX)
         self._buf = b""
         self._pos = 0
+        self._recent = b""  # the last bytes read: text the board printed, if it stopped
 
     # -- transport --
 
@@ -286,9 +300,11 @@ class Link:
             if not n and left < (getattr(self.ser, "timeout", None) or 0):
                 time.sleep(min(left, 0.002))
                 return b""
-            return self.ser.read(max(1, n))
+            data = self.ser.read(max(1, n))
         except (serial.SerialException, OSError) as e:
             raise LinkError(f"read failed: {e}") from None
+        self._recent = (self._recent + data)[-_RECENT:]
+        return data
 
     def wire_time(self, nbytes: int) -> float:
         return 10.0 * nbytes / self.baudrate if self.baudrate else 0.0
@@ -464,6 +480,10 @@ class Link:
 
     def _gave_up(self, name: str, tries: int, took: float, c0: Counters) -> ProtocolError:
         c = self.counters
+        stopped = _board_stopped(self._recent)
+        if stopped:
+            # not the link: the server ended (out of memory, say) and MicroPython said why
+            return ProtocolError(f"{name}: the board's server stopped: {stopped}")
         sent = c.written - c0.written
         if c.bytes_in == c0.bytes_in:
             if c.good:
