@@ -147,7 +147,7 @@ def _step_rows(label: str, stdout: str, steps: int, measured: int | None,
         rows.append([
             # a step shorter than the runtime's clock resolution reads as 0 (a few steps on
             # a board whose ticks_us moves in coarse steps): no rate from that
-            label, kernels, f"{us:.1f}" if us > 0 else "< clock",
+            label, kernels, f"{us:.1f}" if us > 0 else "n/a",
             f"{MACS_PER_STEP / us:.2f}" if us > 0 else "n/a",
             "n/a" if alloc < 0 else f"{alloc:g}",
             str(p.net) if p else "n/a",
