@@ -190,7 +190,10 @@ def cases():
         raise OSError("%(file)s is not on sys.path")
     try:
         import deflate  # MicroPython: inflated as it is read, a few KB at a time
-        return deflate.DeflateIO(raw, deflate.ZLIB, %(wbits)d)
+        # close=True: closing the stream closes the file. A board's littlefs keeps a list of
+        # its open files and MicroPython runs no finaliser on one left to the collector: its
+        # freed memory stays in that list, and the next write follows it.
+        return deflate.DeflateIO(raw, deflate.ZLIB, %(wbits)d, True)
     except ImportError:  # CPython
         import io
         import zlib
