@@ -189,6 +189,14 @@ def gauss_newton(net: FloatNet, X, T, chunk: int = CHUNK
 # -- Levenberg-Marquardt --
 
 
+def damped_step(G: np.ndarray, g: np.ndarray, mu: float) -> np.ndarray:
+    """The step -(G + mu I)^-1 g; for mu = 0 the Gauss-Newton step -G^+ g, the minimum-norm
+    least-squares solution, which is the limit of the damped step as mu -> 0."""
+    if mu == 0:
+        return -np.linalg.lstsq(G, g, rcond=None)[0]
+    return -np.linalg.solve(G + mu * np.eye(len(g)), g)
+
+
 @dataclass
 class LMRun:
     """What a Levenberg-Marquardt (or Gauss-Newton) run did, per iteration: the mean training
@@ -216,7 +224,7 @@ def levenberg_marquardt(net: FloatNet, X, T, iterations: int, mu: float = 1e-3,
     """Train `net` in place by Levenberg-Marquardt on the whole batch (X, T) for up to
     `iterations` iterations (see the module's docstring), or by undamped Gauss-Newton with
     gauss_newton_only=True. callback(iteration, net), if given, may return True to stop."""
-    P = _check_lm(net)
+    _check_lm(net)
     if not (mu > 0 and mu_up > 1 and mu_down > 1 and mu_max > mu):
         raise ValueError("need mu > 0, mu_up > 1, mu_down > 1 and mu_max > mu")
     X = np.asarray(X, np.float64).reshape(-1, net.sizes[0])
@@ -224,19 +232,18 @@ def levenberg_marquardt(net: FloatNet, X, T, iterations: int, mu: float = 1e-3,
     N = len(X)
     run = LMRun()
     seen = 0
-    eye = np.eye(P)
     for it in range(iterations):
         G, g, C = gauss_newton(net, X, T)
         seen += N
         theta = flat_params(net)
         if gauss_newton_only:
-            step = -np.linalg.lstsq(G, g, rcond=None)[0]
+            step = damped_step(G, g, 0.0)
             set_params(net, theta + step)
             C_new = net.loss(X, T)
             seen += N
         else:
             while True:
-                step = -np.linalg.solve(G + mu * eye, g)
+                step = damped_step(G, g, mu)
                 set_params(net, theta + step)
                 C_new = net.loss(X, T)
                 seen += N
