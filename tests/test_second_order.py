@@ -401,3 +401,23 @@ def test_adam_trains_xor_through_train():
 def test_adam_refuses_bad_settings(field, value):
     with pytest.raises(ValueError, match=field):
         Adam(**{field: value})
+
+
+# -- the benchmark runs (tiny budgets; no figure is asserted) --
+
+
+def test_optimiser_bench_prints_its_tables():
+    from edgebp.host.bench import optim
+
+    lines: list[str] = []
+    text = optim.run(seeds=1, sweep_seeds=1, budget=0.01, only=["XOR", "sin"], max_width=2,
+                     out=lines.append)
+    assert lines == [text]
+    for column in optim.COLUMNS + optim.SWEEP_COLUMNS:
+        assert column in text
+    rows = {tuple(line.split()[:1] + line.split()[3:4]) for line in text.splitlines()}
+    for problem in ("XOR", "sin"):
+        for method in optim.METHODS:
+            assert (problem, method) in rows
+    assert {("XOR", "smallest"), ("sin", "smallest")} <= {tuple(line.split()[:2])
+                                                         for line in text.splitlines()}

@@ -360,17 +360,19 @@ class FloatNet:
                 v += (1.0 - opt.beta2) * g * g
                 w -= opt.lr * (m / c1) / (np.sqrt(v / c2) + opt.eps)
 
-    def train(self, X, T, hyper, epochs: int, order_seed: int = 1) -> list[float]:
-        """Mini-batch training with `hyper` for `epochs` epochs in the order of
-        minibatches(N, hyper.batch, order_seed, epoch): SGD for a qnet.Hyper (lr, momentum,
-        weight_decay, batch), Adam for an `Adam` (its moments carry over between calls).
+    def train(self, X, T, hyper, epochs: int, order_seed: int = 1,
+              first_epoch: int = 0) -> list[float]:
+        """Mini-batch training with `hyper` for `epochs` epochs, numbered from first_epoch
+        (to continue a run), in the order of minibatches(N, hyper.batch, order_seed, epoch):
+        SGD for a qnet.Hyper (lr, momentum, weight_decay, batch), Adam for an `Adam` (its
+        moments carry over between calls).
         Returns the mean training loss of each epoch (measured during the epoch, before each
         batch's step, as the core accumulates it)."""
         X = np.asarray(X, np.float64).reshape(-1, self.sizes[0])
         T = np.asarray(T)
         N = len(X)
         history = []
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, first_epoch + epochs):
             total = 0.0
             for idx in minibatches(N, hyper.batch, order_seed, epoch):
                 total += float(self.losses(X[idx], T[idx]).sum())

@@ -25,7 +25,8 @@ Levenberg-Marquardt (`levenberg_marquardt`): each iteration forms G and g over t
 training set and solves (G + mu I) step = -g. A step that lowers the mean training loss is
 taken and mu is divided by mu_down (10); one that does not is rejected, mu is multiplied by
 mu_up (10) and the step is solved again, until one is taken or mu passes mu_max (then the loss
-is at a minimum to rounding and the run stops). mu starts at 1e-3. These are Marquardt's
+is at a minimum to rounding and the run stops); mu never goes below mu_min (1e-20), and a
+system singular to rounding counts as a rejected step. mu starts at 1e-3. These are Marquardt's
 (1963) factor of 10 and the start of Hagan & Menhaj (1994), MATLAB's trainlm. Gauss-Newton is
 the undamped limit mu -> 0: (G + mu I)^-1 g -> G^+ g (G's pseudo-inverse, as g lies in G's
 range), taken every iteration without a check, which `gauss_newton=True` does.
@@ -194,7 +195,10 @@ def damped_step(G: np.ndarray, g: np.ndarray, mu: float) -> np.ndarray:
     least-squares solution, which is the limit of the damped step as mu -> 0."""
     if mu == 0:
         return -np.linalg.lstsq(G, g, rcond=None)[0]
-    return -np.linalg.solve(G + mu * np.eye(len(g)), g)
+    try:
+        return -np.linalg.solve(G + mu * np.eye(len(g)), g)
+    except np.linalg.LinAlgError:  # singular to rounding: mu below G's rounding, no step
+        return np.full(len(g), np.nan)
 
 
 @dataclass
@@ -220,13 +224,14 @@ def _check_lm(net: FloatNet) -> int:
 
 def levenberg_marquardt(net: FloatNet, X, T, iterations: int, mu: float = 1e-3,
                         mu_up: float = 10.0, mu_down: float = 10.0, mu_max: float = 1e10,
-                        gauss_newton_only: bool = False, callback=None) -> LMRun:
+                        mu_min: float = 1e-20, gauss_newton_only: bool = False,
+                        callback=None) -> LMRun:
     """Train `net` in place by Levenberg-Marquardt on the whole batch (X, T) for up to
     `iterations` iterations (see the module's docstring), or by undamped Gauss-Newton with
     gauss_newton_only=True. callback(iteration, net), if given, may return True to stop."""
     _check_lm(net)
-    if not (mu > 0 and mu_up > 1 and mu_down > 1 and mu_max > mu):
-        raise ValueError("need mu > 0, mu_up > 1, mu_down > 1 and mu_max > mu")
+    if not (0 < mu_min <= mu < mu_max and mu_up > 1 and mu_down > 1):
+        raise ValueError("need 0 < mu_min <= mu < mu_max, mu_up > 1 and mu_down > 1")
     X = np.asarray(X, np.float64).reshape(-1, net.sizes[0])
     T = np.asarray(T)
     N = len(X)
@@ -245,10 +250,10 @@ def levenberg_marquardt(net: FloatNet, X, T, iterations: int, mu: float = 1e-3,
             while True:
                 step = damped_step(G, g, mu)
                 set_params(net, theta + step)
-                C_new = net.loss(X, T)
+                C_new = net.loss(X, T)  # nan for a step that could not be solved
                 seen += N
                 if C_new < C:
-                    mu /= mu_down
+                    mu = max(mu / mu_down, mu_min)
                     break
                 run.rejected += 1
                 mu *= mu_up
