@@ -79,6 +79,11 @@ class Problem:
         Ws, Bs = init_float_weights(spec, seed)
         return FloatNet(sizes, [self.hidden, self.out], self.loss, Ws, Bs)
 
+    def optimiser(self, method: str) -> Hyper | Adam:
+        if method == "Adam":
+            return self.adam
+        return self.momentum if method == "SGD+momentum" else self.sgd
+
     def held_out(self, net: FloatNet) -> str:
         if self.loss == "mse":
             return f"RMSE {math.sqrt(np.mean((net.forward(self.Xt) - self.Tt) ** 2)):.4f}"
@@ -127,7 +132,7 @@ def problems() -> list[Problem]:
 def _settings(p: Problem, method: str) -> str:
     if method == "LM":
         return "mu 1e-3, x10 / /10"
-    h = {"SGD": p.sgd, "SGD+momentum": p.momentum, "Adam": p.adam}[method]
+    h = p.optimiser(method)
     text = f"lr {h.lr:g}, batch {h.batch}"
     return text + (", momentum 0.9" if method == "SGD+momentum" else "")
 
@@ -143,7 +148,7 @@ def train_to_target(p: Problem, net: FloatNet, method: str, epochs: int, iterati
             if loss <= p.target:
                 return seen
         return None
-    hyper = {"SGD": p.sgd, "SGD+momentum": p.momentum, "Adam": p.adam}[method]
+    hyper = p.optimiser(method)
     reached = None
     for epoch in range(epochs):
         net.train(p.X, p.T, hyper, 1, order_seed=1, first_epoch=epoch)

@@ -107,6 +107,12 @@ def unflatten(net: FloatNet, v: np.ndarray) -> tuple[list[np.ndarray], list[np.n
 # -- Jacobians --
 
 
+def _fprimes(net: FloatNet) -> list[np.ndarray]:
+    # f'(z^l) per layer of the last forward pass; a softmax output has none (it is only
+    # differentiated through its loss), and is never asked for one here
+    return [np.empty(0) if d is None else d for d in net.derivatives()]
+
+
 def _output_seed(net: FloatNet, k: int, of: str) -> np.ndarray:
     # d(output_k)/dz^L for every sample, (n_L, N), from the last forward pass
     zL, aL = net.z[-1], net.a[-1]
@@ -117,7 +123,7 @@ def _output_seed(net: FloatNet, k: int, of: str) -> np.ndarray:
         seed[:] = -aL[k] * aL  # dp_k/dz_j = p_k (delta_kj - p_j)
         seed[k] += aL[k]
     else:
-        seed[k] = net.derivatives()[-1][k]
+        seed[k] = _fprimes(net)[-1][k]
     return seed
 
 
@@ -127,7 +133,7 @@ def jacobian(net: FloatNet, X, of: str = "output") -> np.ndarray:
     if of not in ("output", "logits"):
         raise ValueError(f"jacobian of 'output' or 'logits', not {of!r}")
     net.forward(X)
-    fprime = net.derivatives()
+    fprime = _fprimes(net)
     N = net.a[0].shape[1]
     nL = net.sizes[-1]
     J = np.empty((N, nL, param_count(net)))
@@ -159,7 +165,7 @@ def output_hessian(net: FloatNet, T, kind: str = "gauss_newton") -> np.ndarray:
     if net.loss_kind == fixed.BCE:
         d = a * (1.0 - a)
     else:
-        f1 = net.derivatives()[-1]
+        f1 = _fprimes(net)[-1]
         d = f1 * f1
         if kind == "exact":
             d = d + act_second_derivative(net.acts[-1], z, a, net.alpha) * (a - t)
@@ -283,11 +289,11 @@ def hessian_diagonal(net: FloatNet, X, T, kind: str = "exact", recursion: str = 
     if recursion not in RECURSIONS:
         raise ValueError(f"recursion must be one of {RECURSIONS}, not {recursion!r}")
     net.forward(X)
-    fprime = net.derivatives()
+    fprime = _fprimes(net)
     N = net.a[0].shape[1]
     H = output_hessian(net, T, kind)  # (N, n, n)
     h = np.diagonal(H, axis1=1, axis2=2).copy()  # (N, n), the diagonal recursion's
-    delta = net.output_delta(T, fprime)
+    delta = net.output_delta(T, net.derivatives())
     dW: list[np.ndarray] = [np.empty(0)] * net.L
     dB: list[np.ndarray] = [np.empty(0)] * net.L
     for l in range(net.L - 1, -1, -1):
