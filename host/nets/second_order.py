@@ -52,6 +52,7 @@ stochastic diagonal Levenberg-Marquardt ("Efficient BackProp", 1998) divides its
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,7 +212,8 @@ def damped_step(G: np.ndarray, g: np.ndarray, mu: float) -> np.ndarray:
 class LMRun:
     """What a Levenberg-Marquardt (or Gauss-Newton) run did, per iteration: the mean training
     loss after it, mu after it, and the samples it passed forward (N for the Jacobian pass,
-    which also runs n_L backward passes, plus N per trial step)."""
+    which also runs n_L backward passes, plus N per trial step whose system could be
+    solved)."""
 
     loss: list[float] = field(default_factory=list)
     mu: list[float] = field(default_factory=list)
@@ -255,9 +257,11 @@ def levenberg_marquardt(net: FloatNet, X, T, iterations: int, mu: float = 1e-3,
         else:
             while True:
                 step = damped_step(G, g, mu)
-                set_params(net, theta + step)
-                C_new = net.loss(X, T)  # nan for a step that could not be solved
-                seen += N
+                C_new = math.inf  # a step that could not be solved is rejected unseen
+                if np.isfinite(step).all():
+                    set_params(net, theta + step)
+                    C_new = net.loss(X, T)
+                    seen += N
                 if C_new < C:
                     mu = max(mu / mu_down, mu_min)
                     break
