@@ -187,10 +187,21 @@ def gauss_newton(net: FloatNet, X, T, chunk: int = CHUNK
         Xc, Tc = X[i : i + chunk], T[i : i + chunk]
         J = jacobian(net, Xc, of="logits")  # leaves the chunk's forward pass cached
         total += float(net.losses(Xc, Tc).sum())
-        H = output_hessian(net, Tc)
-        HJ = H @ J
-        G += J.reshape(-1, P).T @ HJ.reshape(-1, P)
-        g += np.einsum("nkp,kn->p", J, net.output_delta(Tc))
+        # output_hessian's H in factored form, so that G grows by large matrix products:
+        # H = diag(d) (mse, bce), or diag(p) - p p^T (softmax_ce) with d = p
+        a = net.a[-1].T  # (N, n_L)
+        if net.loss_kind == fixed.SOFTMAX_CE:
+            d = a
+        elif net.loss_kind == fixed.BCE:
+            d = a * (1.0 - a)
+        else:
+            d = _fprimes(net)[-1].T ** 2
+        A = (np.sqrt(d)[:, :, None] * J).reshape(-1, P)
+        G += A.T @ A
+        if net.loss_kind == fixed.SOFTMAX_CE:
+            u = np.einsum("nk,nkp->np", a, J)  # p^T J per sample
+            G -= u.T @ u
+        g += net.output_delta(Tc).T.reshape(-1) @ J.reshape(-1, P)
     return G / N, g / N, total / N
 
 
