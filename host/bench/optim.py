@@ -13,8 +13,8 @@ figure at the end of the budget (mean over seeds). A sample processed is one for
 backward pass of one sample for the first-order methods; LM's iteration processes every
 sample once for its Jacobian (a forward pass and n_out backward passes) and once more per
 trial step (a forward pass), and solves a P x P system per trial: its samples are far dearer,
-which the seconds column shows (wall time on this machine, all seeds; not a benchmark of
-speed, just for scale).
+which the CPU s column shows (the process's CPU time for all seeds, BLAS threads included,
+which other load on the machine disturbs less than wall time; for scale, not a benchmark).
 
 Table 2, the smallest hidden width that reliably (all of --sweep-seeds seeds) solves XOR
 (every sample on the right side, mean BCE <= 0.05) and fits sin on [-3, 3] to a training
@@ -45,7 +45,7 @@ from edgebp.host.nets.spec import init_float_weights, make_spec
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 METHODS = ("SGD", "SGD+momentum", "Adam", "LM")
 COLUMNS = ["problem", "net", "method", "settings", "budget", "samples to target",
-           "reached", "held-out", "seconds"]
+           "reached", "held-out", "CPU s"]
 SWEEP_COLUMNS = ["problem", "width", "LM solved", "SGD solved"]
 
 
@@ -189,14 +189,14 @@ def table(plist: list[Problem], seeds: int, budget: float) -> list[list[str]]:
         epochs, iterations = _scaled(p.epochs, budget), _scaled(p.iterations, budget)
         for method in METHODS:
             hits, figures = [], []
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for seed in range(seeds):
                 net = p.net(seed)
                 hit = train_to_target(p, net, method, epochs, iterations)
                 if hit is not None:
                     hits.append(hit)
                 figures.append(p.held_out(net))
-            seconds = time.perf_counter() - t0
+            seconds = time.process_time() - t0
             held = _mean_figure(figures)
             rows.append([p.name, "-".join(map(str, p.sizes)) + f" {p.hidden}/{p.out}", method,
                          _settings(p, method),
