@@ -26,10 +26,11 @@ training set and solves (G + mu I) step = -g. A step that lowers the mean traini
 taken and mu is divided by mu_down (10); one that does not is rejected, mu is multiplied by
 mu_up (10) and the step is solved again, until one is taken or mu passes mu_max (then the loss
 is at a minimum to rounding and the run stops); mu never goes below mu_min (1e-20), and a
-system singular to rounding counts as a rejected step. mu starts at 1e-3. These are Marquardt's
-(1963) factor of 10 and the start of Hagan & Menhaj (1994), MATLAB's trainlm. Gauss-Newton is
-the undamped limit mu -> 0: (G + mu I)^-1 g -> G^+ g (G's pseudo-inverse, as g lies in G's
-range), taken every iteration without a check, which `gauss_newton=True` does.
+system singular to rounding counts as a rejected step. mu starts at 1e-3. The factors are
+Marquardt's (1963) 10; start, factors and mu_max are the defaults of MATLAB's trainlm (after
+Hagan & Menhaj 1994). Gauss-Newton is the undamped limit mu -> 0: (G + mu I)^-1 g -> G^+ g
+(G's pseudo-inverse, as g lies in G's range), taken every iteration without a check, which
+`gauss_newton_only=True` does.
 
 Hessian diagonal (`hessian_diagonal`). A weight w_ij of layer l reaches the loss only through
 z^l_i, so d^2 C / dw_ij^2 = (a^l-1_j)^2 d^2 C / (dz^l_i)^2 exactly, and d^2 C / db_i^2 =
@@ -43,11 +44,11 @@ which keeps only the diagonal of each H^l:
     h^l-1_i = f'(z_i)^2 sum_k (W^l_ki)^2 h^l_k + f''(z_i) ((W^l)^T delta^l)_i
 It drops the off-diagonal terms sum_{k != m} W_ki W_mi H^l_km. So it is exact for the output
 layer, and for the layer below it too when H^L is diagonal (mse, bce: not softmax_ce, whose
-H^L = diag(p) - p p^T is full); deeper down it is an approximation (which can be negative
-where the true diagonal is not, or the reverse). kind="gauss_newton" drops the f'' terms (and
-the mse output's f''(a - t)): the diagonal of the Gauss-Newton matrix G above, exact with
-"full" (= diag(J^T H J)), and with "diagonal" the positive estimate that LeCun et al.'s
-stochastic diagonal Levenberg-Marquardt ("Efficient BackProp", 1998) divides its steps by.
+H^L = diag(p) - p p^T is full); deeper down it is an approximation. kind="gauss_newton"
+drops the f'' terms (and the mse output's f''(a - t)): the diagonal of the Gauss-Newton
+matrix G above, exact with "full" (= diag(J^T H J)), and with "diagonal" the non-negative
+estimate that LeCun et al.'s stochastic diagonal Levenberg-Marquardt ("Efficient BackProp",
+1998) divides its steps by.
 """
 
 from __future__ import annotations
