@@ -131,7 +131,7 @@ def problems() -> list[Problem]:
 
 def _settings(p: Problem, method: str) -> str:
     if method == "LM":
-        return "mu 1e-3, x10 / /10"
+        return "mu 1e-3, rejected x10, taken /10"
     h = p.optimiser(method)
     text = f"lr {h.lr:g}, batch {h.batch}"
     return text + (", momentum 0.9" if method == "SGD+momentum" else "")
