@@ -74,7 +74,7 @@ BAD_SPECS = [
     ("sizes", [4, 5000, 3], "sizes[1]"),
     ("sizes", [4, 2.5, 3], "sizes[1]"),
     ("activations", ["relu"], "activations"),
-    ("activations", ["swish", "softmax"], "activations[0]"),
+    ("activations", ["gelu", "softmax"], "activations[0]"),
     ("activations", ["softmax", "softmax"], "activations[0]"),
     ("loss", "hinge", "loss"),
     ("loss", "mse", "loss"),  # mse on a softmax output

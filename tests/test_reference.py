@@ -143,7 +143,7 @@ def test_pairings_the_core_rejects_are_rejected():
         with pytest.raises(ValueError):
             FloatNet([2, 2], acts, loss, W, B)
     with pytest.raises(ValueError):
-        FloatNet([2, 2], ["swish"], "mse", W, B)
+        FloatNet([2, 2], ["gelu"], "mse", W, B)
 
 
 # -- the optimiser --

@@ -52,7 +52,7 @@ from edgebp import fixed
 from edgebp.fixed import A_SHIFT_SQUASH, Q_MAX, Z_SHIFT_SQUASH, ceil_log2
 from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent
 from edgebp.host.nets.ranges import MSE_MIN_SHIFT, RangeError, check_ranges, core_layout, max_lr
-from edgebp.host.nets.reference import FloatNet
+from edgebp.host.nets.reference import ACT_NAMES, FLOAT_ONLY_ACTS, FloatNet
 from edgebp.host.nets.spec import Spec
 
 __all__ = [
@@ -255,8 +255,13 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
     set the activation and delta formats; without them samples are drawn from the declared
     ranges (mse targets: from target_range if declared, else zero). The formats admit
     learning rates up to lr_max (default: the hyper's, which defaults to the spec's). The
-    result passes check_ranges for the declared input range, or RangeError names the layer.
+    result passes check_ranges for the declared input range, or RangeError names the layer
+    (also for swish and mish, which only the float reference has).
     """
+    for l, act in enumerate(spec.acts):
+        if act in FLOAT_ONLY_ACTS:
+            raise RangeError([f"layer {l + 1}: {ACT_NAMES[act]} runs in the float64 reference "
+                              "only; the board has no kernel for it yet"])
     hyper = hyper or spec.hyper()
     offset, scale = input_normalisation(spec)
     out = target_normalisation(spec)

@@ -13,19 +13,32 @@ one-hot of the class; bce = -sum_j [t_j log p_j + (1 - t_j) log(1 - p_j)] on a s
 
 The optimiser has the core's semantics (edgebp.kernels.update): per parameter
     v = mu v + lr g + lr lambda w;   w -= v
-with g the mean gradient of a mini-batch. Training walks the samples in `epoch_order`, in
+with g the mean gradient of a mini-batch. The reference also has Adam (`Adam`, float only),
+and second-order methods (Levenberg-Marquardt, Hessian diagonals) in
+edgebp.host.nets.second_order.
+
+Activations are the core's (edgebp.fixed.ACT_NAMES, same codes) and two that only the float
+reference has so far, swish x sigmoid(x) (SWISH) and mish x tanh(softplus(x)) (MISH); the
+quantiser refuses a net that uses them. Training walks the samples in `epoch_order`, in
 batches of `hyper.batch`; the last batch of an epoch may be partial and its step uses the
 mean over the samples it has, as the core's Net.update() does.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edgebp import fixed
 from edgebp.fixed import seed30, xorshift30
 
-ACT_CODES = {name: i for i, name in enumerate(fixed.ACT_NAMES)}
+# codes past the core's: activations of the float reference only (no board kernels yet)
+SWISH = len(fixed.ACT_NAMES)
+MISH = SWISH + 1
+ACT_NAMES = (*fixed.ACT_NAMES, "swish", "mish")
+FLOAT_ONLY_ACTS = (SWISH, MISH)
+ACT_CODES = {name: i for i, name in enumerate(ACT_NAMES)}
 LOSS_CODES = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
 
 
@@ -39,7 +52,16 @@ def _code(value: int | str, codes: dict[str, int], what: str) -> int:
     return int(value)
 
 
-# -- activations: forward and derivative side by side --
+# -- activations: forward and derivatives side by side --
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
+
+
+def _mish_parts(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # (tanh(softplus z), sigmoid z): softplus' = sigmoid
+    return np.tanh(np.logaddexp(0.0, z)), _sigmoid(z)
 
 
 def act_forward(kind: int, z: np.ndarray, alpha: float) -> np.ndarray:
@@ -50,9 +72,13 @@ def act_forward(kind: int, z: np.ndarray, alpha: float) -> np.ndarray:
     if kind == fixed.LEAKY:
         return np.where(z > 0, z, alpha * z)
     if kind == fixed.SIGMOID:
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
+        return _sigmoid(z)
     if kind == fixed.TANH:
         return np.tanh(z)
+    if kind == SWISH:
+        return z * _sigmoid(z)
+    if kind == MISH:
+        return z * _mish_parts(z)[0]
     e = np.exp(z - z.max(axis=0))  # softmax over the units of each column
     return e / e.sum(axis=0)
 
@@ -69,6 +95,36 @@ def act_derivative(kind: int, z: np.ndarray, a: np.ndarray, alpha: float) -> np.
         return a * (1.0 - a)
     if kind == fixed.TANH:
         return 1.0 - a * a
+    if kind == SWISH:
+        # (z s)' = s + z s (1 - s), s = sigmoid z
+        s = _sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if kind == MISH:
+        # (z t)' = t + z t', t = tanh(softplus z), t' = (1 - t^2) s
+        t, s = _mish_parts(z)
+        return t + z * (1.0 - t * t) * s
+    raise ValueError("softmax is only differentiated through cross-entropy")
+
+
+def act_second_derivative(kind: int, z: np.ndarray, a: np.ndarray, alpha: float) -> np.ndarray:
+    """f''(z). Zero for the piecewise-linear units (their kink at 0 has no second derivative
+    that a Hessian of a finite sum could use: it is taken as 0 on both sides)."""
+    if kind in (fixed.IDENTITY, fixed.RELU, fixed.LEAKY):
+        return np.zeros_like(z)
+    if kind == fixed.SIGMOID:
+        return a * (1.0 - a) * (1.0 - 2.0 * a)  # s' = s (1 - s), s'' = s' (1 - 2 s)
+    if kind == fixed.TANH:
+        return -2.0 * a * (1.0 - a * a)  # t' = 1 - t^2, t'' = -2 t t'
+    if kind == SWISH:
+        # d/dz [s + z s (1 - s)] = 2 s (1 - s) + z s (1 - s)(1 - 2 s)
+        s = _sigmoid(z)
+        return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    if kind == MISH:
+        # d/dz [t + z (1 - t^2) s] = 2 (1 - t^2) s + z (1 - t^2) s ((1 - s) - 2 t s),
+        # using d/dz [(1 - t^2) s] = -2 t t' s + (1 - t^2) s (1 - s)
+        t, s = _mish_parts(z)
+        u = (1.0 - t * t) * s
+        return u * (2.0 + z * ((1.0 - s) - 2.0 * t * s))
     raise ValueError("softmax is only differentiated through cross-entropy")
 
 
@@ -104,6 +160,39 @@ def minibatches(n: int, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
     return [order[i : i + batch] for i in range(0, n, batch)]
 
 
+# -- Adam (float reference only) --
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba 2015) with bias correction, as the reference trainer's optimiser.
+
+    Per parameter, at step t = 1, 2, ... with g the mean gradient of the mini-batch plus
+    weight_decay * w (L2 decay added to the gradient, as in the paper's Algorithm 1, not
+    AdamW's decoupled form):
+        m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
+        w -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    """
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"Adam: lr must be positive, not {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"Adam: {name} must be in [0, 1), not {getattr(self, name)}")
+        if not self.eps >= 0 or not self.weight_decay >= 0:
+            raise ValueError("Adam: eps and weight_decay must not be negative")
+        if self.batch < 1:
+            raise ValueError(f"batch size must be at least 1, not {self.batch}")
+
+
 # -- the net --
 
 
@@ -132,6 +221,7 @@ class FloatNet:
         _check_kinds(self.acts, self.loss_kind)
         self.VW = [np.zeros_like(w) for w in self.W]
         self.VB = [np.zeros_like(b) for b in self.B]
+        self._adam_reset()
         self.z: list[np.ndarray] = []
         self.a: list[np.ndarray] = []
         self.error: list[np.ndarray] = []
@@ -247,21 +337,50 @@ class FloatNet:
                 v += lr * g + lr * weight_decay * w
                 w -= v
 
-    def train(self, X, T, hyper, epochs: int, order_seed: int = 1) -> list[float]:
-        """Mini-batch SGD with `hyper` (a qnet.Hyper: lr, momentum, weight_decay, batch) for
-        `epochs` epochs in the order of minibatches(N, hyper.batch, order_seed, epoch).
+    def _adam_reset(self) -> None:
+        # Adam's moments and step count (VW, VB above are SGD's velocities)
+        self.MW = [np.zeros_like(w) for w in self.W]
+        self.MB = [np.zeros_like(b) for b in self.B]
+        self.SW = [np.zeros_like(w) for w in self.W]
+        self.SB = [np.zeros_like(b) for b in self.B]
+        self.adam_t = 0
+
+    def adam_step(self, dW, dB, opt: Adam) -> None:
+        """One Adam step from mean gradients (see `Adam`)."""
+        self.adam_t += 1
+        c1 = 1.0 - opt.beta1**self.adam_t
+        c2 = 1.0 - opt.beta2**self.adam_t
+        for l in range(self.L):
+            for w, m, v, g in ((self.W[l], self.MW[l], self.SW[l], dW[l]),
+                               (self.B[l], self.MB[l], self.SB[l], dB[l])):
+                g = g + opt.weight_decay * w
+                m *= opt.beta1
+                m += (1.0 - opt.beta1) * g
+                v *= opt.beta2
+                v += (1.0 - opt.beta2) * g * g
+                w -= opt.lr * (m / c1) / (np.sqrt(v / c2) + opt.eps)
+
+    def train(self, X, T, hyper, epochs: int, order_seed: int = 1,
+              first_epoch: int = 0) -> list[float]:
+        """Mini-batch training with `hyper` for `epochs` epochs, numbered from first_epoch
+        (to continue a run), in the order of minibatches(N, hyper.batch, order_seed, epoch):
+        SGD for a qnet.Hyper (lr, momentum, weight_decay, batch), Adam for an `Adam` (its
+        moments carry over between calls).
         Returns the mean training loss of each epoch (measured during the epoch, before each
         batch's step, as the core accumulates it)."""
         X = np.asarray(X, np.float64).reshape(-1, self.sizes[0])
         T = np.asarray(T)
         N = len(X)
         history = []
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, first_epoch + epochs):
             total = 0.0
             for idx in minibatches(N, hyper.batch, order_seed, epoch):
                 total += float(self.losses(X[idx], T[idx]).sum())
                 dW, dB = self.backward(T[idx])  # the forward of losses() is cached
-                self.step(dW, dB, hyper.lr, hyper.momentum, hyper.weight_decay)
+                if isinstance(hyper, Adam):
+                    self.adam_step(dW, dB, hyper)
+                else:
+                    self.step(dW, dB, hyper.lr, hyper.momentum, hyper.weight_decay)
             history.append(total / N)
         return history
 
@@ -269,6 +388,9 @@ class FloatNet:
         net = FloatNet(self.sizes, self.acts, self.loss_kind, self.W, self.B, self.alpha)
         net.VW = [v.copy() for v in self.VW]
         net.VB = [v.copy() for v in self.VB]
+        for name in ("MW", "MB", "SW", "SB"):
+            setattr(net, name, [v.copy() for v in getattr(self, name)])
+        net.adam_t = self.adam_t
         return net
 
 

@@ -5,7 +5,10 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
     {
       "sizes": [64, 32, 10],                    layer widths, input first (1..8 layers)
       "activations": ["relu", "softmax"],       one per layer: identity, relu, leaky_relu,
-                                                sigmoid, tanh, softmax (output only)
+                                                sigmoid, tanh, softmax (output only); swish
+                                                and mish for the float64 reference only
+                                                (the quantiser refuses them: the board has
+                                                no kernels for them yet)
       "loss": "softmax_ce",                     mse, softmax_ce (softmax out), bce (sigmoid out)
       "input_range": {"min": 0, "max": 16},     one number or one per input feature
       "target_range": {"min": -1, "max": 1},    optional, mse only: one number or one per output
@@ -41,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.nets.qnet import ACT_CODES, LOSS_CODES, Hyper, mantissa_exponent
+from edgebp.host.nets.qnet import LOSS_CODES, Hyper, mantissa_exponent
+from edgebp.host.nets.reference import ACT_CODES, ACT_NAMES
 from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 
 _TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "normalise_targets",
@@ -201,7 +205,7 @@ def parse_spec(d: Any) -> Spec:
     if not isinstance(acts, list) or len(acts) != L:
         raise SpecError("activations", f"expected a list of {L} names (one per layer), "
                         f"got {acts!r}")
-    acts = [_name(a, f"activations[{i}]", fixed.ACT_NAMES) for i, a in enumerate(acts)]
+    acts = [_name(a, f"activations[{i}]", ACT_NAMES) for i, a in enumerate(acts)]
     for i, a in enumerate(acts[:-1]):
         if a == "softmax":
             raise SpecError(f"activations[{i}]", "softmax is for the output layer only")

@@ -1,0 +1,278 @@
+"""Optimisers of the float64 reference, compared: SGD, SGD with momentum, Adam and full
+Levenberg-Marquardt (edgebp.host.nets.second_order), on XOR, iris, digits 8x8 and y = sin x.
+
+    python -m edgebp.host.bench.optim [--seeds 5] [--sweep-seeds 10] [--budget 1.0]
+
+Float64 only: the board trains with SGD (+momentum) in fixed point and has none of Adam or LM.
+
+Table 1, per problem and method, over --seeds initialisations (the spec's initial weights,
+init_float_weights, seeds 0, 1, ...): the samples each method processed until the training
+loss, measured on the whole training set after each epoch (LM: iteration), first met the
+problem's target (median over the seeds that reached it, and how many did), and the held-out
+figure at the end of the budget (mean over seeds). A sample processed is one forward and
+backward pass of one sample for the first-order methods; LM's iteration processes every
+sample once for its Jacobian (a forward pass and n_out backward passes) and once more per
+trial step (a forward pass), and solves a P x P system per trial: its samples are far dearer,
+which the CPU s column shows (the process's CPU time for all seeds, BLAS threads included,
+which other load on the machine disturbs less than wall time; for scale, not a benchmark).
+
+Table 2, the smallest hidden width that reliably (all of --sweep-seeds seeds) solves XOR
+(every sample on the right side, mean BCE <= 0.05) and fits sin on [-3, 3] to a training
+RMSE of 0.05, for LM and for plain SGD, each within its budget; per width, how many seeds
+succeeded (widths above the first reliable one for both are not run).
+
+--budget scales every epoch and iteration budget (the tests run it tiny).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgebp.host.bench.kernels import _table
+from edgebp.host.nets import second_order as so
+from edgebp.host.nets.qnet import Hyper
+from edgebp.host.nets.reference import Adam, FloatNet
+from edgebp.host.nets.spec import init_float_weights, make_spec
+
+DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+METHODS = ("SGD", "SGD+momentum", "Adam", "LM")
+COLUMNS = ["problem", "net", "method", "settings", "budget", "samples to target",
+           "reached", "held-out", "CPU s"]
+SWEEP_COLUMNS = ["problem", "width", "LM solved", "SGD solved"]
+
+
+@dataclass
+class Problem:
+    name: str
+    hidden: str
+    out: str
+    loss: str
+    width: int
+    X: np.ndarray
+    T: np.ndarray
+    Xt: np.ndarray
+    Tt: np.ndarray
+    target: float  # training loss to reach
+    target_text: str
+    sgd: Hyper
+    momentum: Hyper
+    adam: Adam
+    epochs: int  # budget of the first-order methods
+    iterations: int  # budget of LM
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.X.shape[1], self.width, 1 if self.T.ndim == 2 else int(self.T.max()) + 1]
+
+    def net(self, seed: int, width: int | None = None) -> FloatNet:
+        sizes = self.sizes if width is None else [self.sizes[0], width, self.sizes[2]]
+        spec = make_spec(sizes=sizes, activations=[self.hidden, self.out], loss=self.loss,
+                         input_range={"min": -1, "max": 1})
+        Ws, Bs = init_float_weights(spec, seed)
+        return FloatNet(sizes, [self.hidden, self.out], self.loss, Ws, Bs)
+
+    def optimiser(self, method: str) -> Hyper | Adam:
+        if method == "Adam":
+            return self.adam
+        return self.momentum if method == "SGD+momentum" else self.sgd
+
+    def held_out(self, net: FloatNet) -> str:
+        if self.loss == "mse":
+            return f"RMSE {math.sqrt(np.mean((net.forward(self.Xt) - self.Tt) ** 2)):.4f}"
+        T = self.Tt[:, 0] if self.Tt.ndim == 2 else self.Tt
+        return f"{100 * np.mean(net.predict(self.Xt) == T):.2f}%"
+
+
+def _standardise(X: np.ndarray, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m, s = X.mean(axis=0), X.std(axis=0)
+    s[s == 0] = 1.0
+    return (X - m) / s, (Xt - m) / s
+
+
+def _csv(name: str) -> np.ndarray:
+    return np.loadtxt(DATA / name, delimiter=",", skiprows=1)
+
+
+def problems() -> list[Problem]:
+    xor = np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], np.float64)
+    y_xor = np.array([[0], [1], [1], [0]], np.float64)
+    iris, iris_t = _csv("iris_train.csv"), _csv("iris_test.csv")
+    Xi, Xit = _standardise(iris[:, :4], iris_t[:, :4])
+    digits, digits_t = _csv("digits_train.csv"), _csv("digits_test.csv")
+    Xd, Xdt = digits[:, :64] / 8 - 1, digits_t[:, :64] / 8 - 1  # pixels 0..16 to [-1, 1]
+    rng = np.random.default_rng(0)
+    xs = np.sort(rng.uniform(-3, 3, 64))[:, None]
+    xt = np.linspace(-3, 3, 201)[:, None]
+    return [
+        Problem("XOR", "tanh", "sigmoid", "bce", 4, xor, y_xor, xor, y_xor, 0.05,
+                "mean BCE 0.05", Hyper(lr=0.5), Hyper(lr=0.05, momentum=0.9),
+                Adam(lr=0.05), 2000, 100),
+        Problem("iris", "tanh", "softmax", "softmax_ce", 8, Xi, iris[:, 4].astype(np.int64),
+                Xit, iris_t[:, 4].astype(np.int64), 0.1, "mean CE 0.1",
+                Hyper(lr=0.05, batch=8), Hyper(lr=0.05, momentum=0.9, batch=8),
+                Adam(lr=0.01, batch=8), 300, 50),
+        Problem("digits", "tanh", "softmax", "softmax_ce", 8, Xd, digits[:, 64].astype(np.int64),
+                Xdt, digits_t[:, 64].astype(np.int64), 0.1, "mean CE 0.1",
+                Hyper(lr=0.05, batch=16), Hyper(lr=0.05, momentum=0.9, batch=16),
+                Adam(lr=0.01, batch=16), 60, 20),
+        Problem("sin", "tanh", "identity", "mse", 8, xs / 3, np.sin(xs), xt / 3, np.sin(xt),
+                0.5 * 0.05**2, "RMSE 0.05", Hyper(lr=0.1, batch=8),
+                Hyper(lr=0.1, momentum=0.9, batch=8), Adam(lr=0.01, batch=8), 3000, 200),
+    ]
+
+
+def _settings(p: Problem, method: str) -> str:
+    if method == "LM":
+        return "mu 1e-3, rejected x10, taken /10"
+    h = p.optimiser(method)
+    text = f"lr {h.lr:g}, batch {h.batch}"
+    return text + (", momentum 0.9" if method == "SGD+momentum" else "")
+
+
+def train_to_target(p: Problem, net: FloatNet, method: str, epochs: int, iterations: int
+                    ) -> int | None:
+    """Train net within the budget; the samples processed when the training loss first met
+    the target, or None."""
+    N = len(p.X)
+    if method == "LM":
+        run = so.levenberg_marquardt(net, p.X, p.T, iterations)
+        for loss, seen in zip(run.loss, run.samples, strict=True):
+            if loss <= p.target:
+                return seen
+        return None
+    hyper = p.optimiser(method)
+    reached = None
+    for epoch in range(epochs):
+        net.train(p.X, p.T, hyper, 1, order_seed=1, first_epoch=epoch)
+        if reached is None and net.loss(p.X, p.T) <= p.target:
+            reached = (epoch + 1) * N
+    return reached
+
+
+def _solves(p: Problem, method: str, width: int, seed: int, epochs: int, iterations: int
+            ) -> bool:
+    net = p.net(seed, width)
+    if method == "LM":
+        run = so.levenberg_marquardt(net, p.X, p.T, iterations,
+                                     callback=lambda it, n: _met(p, n))
+        return bool(run.loss) and _met(p, net)
+    for epoch in range(epochs):
+        net.train(p.X, p.T, p.sgd, 1, order_seed=1, first_epoch=epoch)
+        if _met(p, net):
+            return True
+    return False
+
+
+def _met(p: Problem, net: FloatNet) -> bool:
+    if net.loss(p.X, p.T) > p.target:
+        return False
+    if p.loss == "mse":
+        return True
+    return bool(np.all(net.predict(p.X) == p.T[:, 0]))
+
+
+def _scaled(n: int, budget: float) -> int:
+    return max(1, int(round(n * budget)))
+
+
+def table(plist: list[Problem], seeds: int, budget: float) -> list[list[str]]:
+    rows = []
+    for p in plist:
+        epochs, iterations = _scaled(p.epochs, budget), _scaled(p.iterations, budget)
+        for method in METHODS:
+            hits, figures = [], []
+            t0 = time.process_time()
+            for seed in range(seeds):
+                net = p.net(seed)
+                hit = train_to_target(p, net, method, epochs, iterations)
+                if hit is not None:
+                    hits.append(hit)
+                figures.append(p.held_out(net))
+            seconds = time.process_time() - t0
+            held = _mean_figure(figures)
+            rows.append([p.name, "-".join(map(str, p.sizes)) + f" {p.hidden}/{p.out}", method,
+                         _settings(p, method),
+                         f"{iterations} it" if method == "LM" else f"{epochs} ep",
+                         f"{int(np.median(hits)):,}" if hits else "-",
+                         f"{len(hits)}/{seeds}", held, f"{seconds:.1f}"])
+    return rows
+
+
+def _mean_figure(figures: list[str]) -> str:
+    if figures[0].startswith("RMSE"):
+        return f"RMSE {np.mean([float(f.split()[1]) for f in figures]):.4f}"
+    return f"{np.mean([float(f[:-1]) for f in figures]):.2f}%"
+
+
+def sweep(plist: list[Problem], seeds: int, budget: float, max_width: int = 12
+          ) -> list[list[str]]:
+    rows = []
+    for p in plist:
+        if p.name not in ("XOR", "sin"):
+            continue
+        epochs, iterations = _scaled(p.epochs, budget), _scaled(p.iterations, budget)
+        found: dict[str, int | None] = {"LM": None, "SGD": None}
+        for width in range(1, max_width + 1):
+            row = [p.name, str(width)]
+            for method in ("LM", "SGD"):
+                if found[method] is not None:
+                    row.append("")
+                    continue
+                ok = sum(_solves(p, method, width, s, epochs, iterations) for s in range(seeds))
+                row.append(f"{ok}/{seeds}")
+                if ok == seeds:
+                    found[method] = width
+            rows.append(row)
+            if all(v is not None for v in found.values()):
+                break
+        rows.append([p.name, "smallest", _found(found["LM"], max_width),
+                     _found(found["SGD"], max_width)])
+    return rows
+
+
+def _found(w: int | None, max_width: int) -> str:
+    return str(w) if w is not None else f"> {max_width}"
+
+
+def run(seeds: int = 5, sweep_seeds: int = 10, budget: float = 1.0, only: list[str] | None = None,
+        max_width: int = 12, out: Callable[[str], object] = print) -> str:
+    plist = [p for p in problems() if only is None or p.name in only]
+    if budget <= 0 or seeds < 1 or sweep_seeds < 1:
+        raise ValueError("budget must be positive and seeds at least 1")
+    text = "\n".join([
+        f"Float64 reference optimisers ({seeds} seeds; targets: " + "; ".join(
+            f"{p.name} {p.target_text}" for p in plist) + ")",
+        _table(COLUMNS, table(plist, seeds, budget)),
+        "",
+        f"Smallest hidden width solving XOR / fitting sin to RMSE 0.05 on all {sweep_seeds} "
+        "seeds (LM and plain SGD, the budgets above)",
+        _table(SWEEP_COLUMNS, sweep(plist, sweep_seeds, budget, max_width)),
+    ])
+    out(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgebp.host.bench.optim",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5, help="initialisations per method (table 1)")
+    ap.add_argument("--sweep-seeds", type=int, default=10, help="seeds per width (table 2)")
+    ap.add_argument("--budget", type=float, default=1.0, help="scale of every budget")
+    ap.add_argument("--problem", action="append", choices=[p.name for p in problems()],
+                    help="only these problems (repeatable)")
+    ap.add_argument("--max-width", type=int, default=12, help="widest hidden layer swept")
+    args = ap.parse_args(argv)
+    run(args.seeds, args.sweep_seeds, args.budget, args.problem, args.max_width)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
