@@ -54,10 +54,11 @@ def _fleet(args: argparse.Namespace) -> int:
         raise UserError(f"{len(args.board)} boards named for {args.clients} clients")
     settings = Settings(rounds=args.rounds, local_epochs=args.local_epochs,
                         clients=args.clients, partition=args.partition,
-                        per=args.shards_per_client, seed=hyper.seed, boards=list(args.board),
+                        per=args.classes_per_client,
+                        dominant=args.dominant, seed=hyper.seed, boards=list(args.board),
                         min_clients=args.min_clients, faults=list(args.fault))
     parts = part.split(wl.labels, args.clients, settings.partition, settings.seed,
-                       settings.per)
+                       settings.per, settings.dominant)
     named = ", ".join(f"{i}: {b}" for i, b in enumerate(args.board))
     print(f"net       {describe_net(qnet)} ({p.net_from})")
     print(f"data      {len(p.data)} samples ({p.data.name})"

@@ -384,9 +384,12 @@ def argparse_fleet(parser: argparse.ArgumentParser) -> None:
                    help="epochs each client trains its board per round (default 1)")
     f.add_argument("--partition", choices=("iid", "noniid"), default="iid",
                    help="how the training samples are split: iid (shuffled, equal parts; "
-                   "the default) or noniid (sorted by class into shards, a few per client)")
-    f.add_argument("--shards-per-client", type=_count(1, 1000), default=2, metavar="K",
-                   help="noniid: shards per client, about a class each (default 2)")
+                   "the default) or noniid (equal parts, each mostly a few classes)")
+    f.add_argument("--classes-per-client", type=_count(1, 1000), default=2, metavar="K",
+                   help="noniid: the classes each client mostly holds (default 2)")
+    f.add_argument("--dominant", type=_count(0, 100), default=80, metavar="PERCENT",
+                   help="noniid: the share of each client's samples drawn from its classes "
+                   "(default 80)")
     f.add_argument("--show-split", action="store_true",
                    help="list each client's samples by class (always shown for noniid)")
     f.add_argument("--board", action="append", default=[], metavar="PORT",

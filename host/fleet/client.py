@@ -53,7 +53,7 @@ def train_local(workload: Workload, settings: Settings, partition: int, partitio
                 arrays: list[np.ndarray], server_round: int, board: str) -> LocalResult:
     """One round of local training of partition `partition` of `partitions` on `board`."""
     parts = split(workload.labels, partitions, settings.partition, settings.seed,
-                  settings.per)
+                  settings.per, settings.dominant)
     idx = parts[partition]
     Xq, Tq = workload.Xq[idx], workload.Tq[idx]
     qnet = workload.net_with(arrays)

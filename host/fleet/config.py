@@ -7,8 +7,9 @@ The same keys configure the simulation (`edgebp fleet`, host/fleet/run.py) and a
                                  (deployment only: the simulation is handed a Workload)
     num-rounds                   federated rounds
     local-epochs                 epochs each client trains its board per round
-    partition                    iid | noniid (label-sorted shards, host/fleet/partition.py)
-    shards-per-client            noniid: shards (about a class each) per client
+    partition                    iid | noniid (host/fleet/partition.py)
+    classes-per-client           noniid: the classes each client mostly holds
+    dominant-percent             noniid: the share of a client's samples from those classes
     seed                         the split, each client's sample order and rounding seeds
     boards                       board per partition, comma-separated: sim (the firmware
                                  simulated in the client's process; the default), sim://micropython,
@@ -39,6 +40,7 @@ class Settings:
     clients: int = 4  # virtual clients of a simulation (a deployment has its SuperNodes)
     partition: str = "iid"
     per: int = 2
+    dominant: int = 80
     seed: int = 1
     boards: list[str] = field(default_factory=list)
     min_clients: int = 1
@@ -53,6 +55,8 @@ class Settings:
         for name in ("rounds", "local_epochs", "clients", "per", "min_clients"):
             if int(getattr(self, name)) < 1:
                 raise FleetError(f"{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.dominant <= 100:
+            raise FleetError(f"dominant-percent {self.dominant} outside 0..100")
         if self.seed < 0:
             raise FleetError("seed must not be negative")
 
@@ -72,7 +76,8 @@ class Settings:
 
     def to_run_config(self) -> dict[str, int | float | str]:
         return {"num-rounds": self.rounds, "local-epochs": self.local_epochs,
-                "partition": self.partition, "shards-per-client": self.per, "seed": self.seed,
+                "partition": self.partition, "classes-per-client": self.per,
+                "dominant-percent": self.dominant, "seed": self.seed,
                 "boards": ",".join(self.boards), "min-clients": self.min_clients,
                 "round-timeout": float(self.round_timeout),
                 "faults": ",".join(f"{p}@{r}" for p, r in self.faults),
@@ -89,7 +94,8 @@ class Settings:
 
         return cls(rounds=get("num-rounds", int, 5), local_epochs=get("local-epochs", int, 1),
                    partition=get("partition", str, "iid"),
-                   per=get("shards-per-client", int, 2), seed=get("seed", int, 1),
+                   per=get("classes-per-client", int, 2),
+                   dominant=get("dominant-percent", int, 80), seed=get("seed", int, 1),
                    boards=[b.strip() for b in get("boards", str, "").split(",")]
                    if get("boards", str, "") else [],
                    min_clients=get("min-clients", int, 1),
