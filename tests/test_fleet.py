@@ -298,3 +298,36 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- the command line --
+
+
+def test_the_command_names_a_missing_extra_in_one_line(capsys, monkeypatch):
+    from edgebp.host.cli import parser as cli
+
+    real = importlib.util.find_spec
+    train = str(DATA / "iris_train.csv")
+    for module, extra in (("ray", "fleet"), ("flwr", "fleet"), ("matplotlib", "plot")):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, m=module: None if name == m else real(name, *a))
+        if module == "matplotlib":
+            monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+        code = cli.main(["fleet", "--data", train, "--plot", "fleet.png"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f'pip install "edgebp[{extra}]"' in err
+        monkeypatch.undo()
+
+
+def test_the_plot_shows_each_round(tmp_path):
+    pytest.importorskip("matplotlib")
+    from edgebp.host.fleet.report import write_csv, write_plot
+    from edgebp.host.fleet.server import History, Row
+
+    h = History([Row(0, [], [], 2.3, 0.1), Row(1, [0, 1], [], 0.5, 0.8, 100, 900.0, 50.0, 1.5),
+                 Row(2, [1], ["partition 0: reset"], 0.4, 0.85, 50, 900.0, 50.0, 1.2)])
+    write_plot(str(tmp_path / "f.png"), h, central=[0.1, 0.9, 0.95])
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    write_csv(str(tmp_path / "f.csv"), h)
+    lines = (tmp_path / "f.csv").read_text().splitlines()
+    assert lines[0].startswith("round,clients,samples,loss,accuracy") and lines[3][:5] == "2,1,5"

@@ -5,10 +5,11 @@
 
 The net, the data and the training are examples/digits.py's (tanh/softmax, batch 16,
 stochastic rounding, lr and momentum below; examples/data/digits_train.csv split across the
-clients, digits_test.csv held out). For each split (iid, noniid: 80% of each client from two classes) the
-fleet runs through Flower's simulation engine, every client driving its own simulated board
-(the firmware in a unix MicroPython by default); centralised training is the same net trained
-on all the training samples for the same epochs (the integer twin, bit-identical to a board).
+clients, digits_test.csv held out). For each split (iid; noniid: 80% of each client from two
+classes) the fleet runs through Flower's simulation engine, every client driving its own
+simulated board (the firmware in a unix MicroPython by default); centralised training is the
+same net trained on all the training samples for the same epochs (the integer twin,
+bit-identical to a board).
 Printed per round: held-out accuracy of the global net and of centralised training, the
 bytes each board's link carried (host to board and back: the net loaded, the samples, the
 weights read back), the wall time of the round (this machine, every board sharing its cores).
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(wl.Xq)
     print(f"digits 64-32-10 tanh/softmax, lr {args.lr}, momentum {args.momentum}, batch 16, "
           f"stochastic rounding, seed {args.seed}; {n} training samples over {args.clients} "
-          f"{args.board_kind} boards, {0 if wl.Xt is None else len(wl.Xt)} held out; {args.rounds} rounds of "
+          f"{args.board_kind} boards, {0 if wl.Xt is None else len(wl.Xt)} held out; "
+          f"{args.rounds} rounds of "
           f"{args.local_epochs} local epochs; centralised: one net, {args.local_epochs} "
           "epochs of all the samples per round")
     results = {}

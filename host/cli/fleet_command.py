@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from edgebp.host.cli.common import describe_hyper, describe_net
+from edgebp.host.cli.common import describe_hyper, describe_net, need_micropython
 from edgebp.host.cli.workload import UserError, check_output, check_suffix, prepare, targets
 from edgebp.host.fleet import partition as part, server
 from edgebp.host.fleet.config import Settings
@@ -52,21 +52,27 @@ def _fleet(args: argparse.Namespace) -> int:
                   labels=p.data.y[:, 0])
     if len(args.board) > args.clients:
         raise UserError(f"{len(args.board)} boards named for {args.clients} clients")
+    kind = {"inprocess": "sim", "micropython": "sim://micropython"}[args.sim]
+    boards = list(args.board) + [kind] * (args.clients - len(args.board))
+    if "sim://micropython" in boards:
+        need_micropython("a simulated fleet of MicroPython boards")
     settings = Settings(rounds=args.rounds, local_epochs=args.local_epochs,
                         clients=args.clients, partition=args.partition,
                         per=args.classes_per_client,
-                        dominant=args.dominant, seed=hyper.seed, boards=list(args.board),
+                        dominant=args.dominant, seed=hyper.seed, boards=boards,
                         min_clients=args.min_clients, faults=list(args.fault))
     parts = part.split(wl.labels, args.clients, settings.partition, settings.seed,
                        settings.per, settings.dominant)
     named = ", ".join(f"{i}: {b}" for i, b in enumerate(args.board))
+    simulated = "in the clients' processes" if kind == "sim" else "in unix MicroPython"
     print(f"net       {describe_net(qnet)} ({p.net_from})")
     print(f"data      {len(p.data)} samples ({p.data.name})"
           + (f", held out: {len(p.val)} ({p.val.name})" if p.val is not None else ""))
     print(f"fleet     {args.clients} clients, {settings.partition} split (seed "
           f"{settings.seed}), {args.rounds} rounds of {args.local_epochs} local epoch"
           f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper)}; boards: "
-          + (f"{named}, the rest simulated" if named else "all simulated in the clients"))
+          + (f"{named}, the rest simulated {simulated}" if named
+             else f"all simulated {simulated}"))
     if args.partition != "iid" or args.show_split:
         for text in part.describe(wl.labels, parts):
             print(f"          {text}")

@@ -113,8 +113,7 @@ def make_client_app(resolve: Callable[[object], tuple[Workload, Settings]]):
             r = train_local(workload, settings, partition, partitions, arrays, server_round,
                             board)
         except SessionError as e:
-            raise FleetError(f"partition {partition} on {board}, round {server_round}: "
-                             f"{e}") from e
+            raise FleetError(f"partition {partition} ({board}): {e}") from e
         metrics = MetricRecord({"num-examples": r.samples, "partition-id": partition,
                                 "server-round": server_round, "train-loss": r.loss,
                                 "train-accuracy": r.accuracy, "bytes-out": r.bytes_out,

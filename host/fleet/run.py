@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ EXTRA = 'pip install "edgebp[fleet]"'
 def need_flower(simulation: bool = True) -> None:
     """FleetError in one line naming the extra, when flwr (or its Ray backend) is missing."""
     if importlib.util.find_spec("flwr") is None:
+        if sys.version_info < (3, 11):
+            raise FleetError("a fleet needs Flower (flwr), which needs Python 3.11 or later")
         raise FleetError(f"a fleet needs Flower (flwr), which is not installed: {EXTRA}")
     if simulation and importlib.util.find_spec("ray") is None:
         raise FleetError("a simulated fleet needs Flower's simulation engine (ray), which is "
