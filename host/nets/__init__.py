@@ -7,5 +7,5 @@ core's tables (`tables`), .ebp files (`ebpfile`), the memory planner (`planner`)
 validation (`validate`) and float-beside-fixed training (`train`).
 
 May import: numpy and the portable core (`edgebp.*`). Never `edgebp.host.boards`,
-`edgebp.host.bench` or `edgebp.host.cli`.
+`edgebp.host.fleet`, `edgebp.host.bench` or `edgebp.host.cli`.
 """
