@@ -52,6 +52,13 @@ def _fleet(args: argparse.Namespace) -> int:
                   labels=p.data.y[:, 0])
     if len(args.board) > args.clients:
         raise UserError(f"{len(args.board)} boards named for {args.clients} clients")
+    for p, r in args.fault:
+        if not (0 <= p < args.clients and 1 <= r <= args.rounds):
+            raise UserError(f"--fault {p}@{r}: partitions are 0..{args.clients - 1}, rounds "
+                            f"1..{args.rounds}")
+    if args.min_clients > args.clients:
+        raise UserError(f"--min-clients {args.min_clients} is more than the {args.clients} "
+                        "clients")
     kind = {"inprocess": "sim", "micropython": "sim://micropython"}[args.sim]
     boards = list(args.board) + [kind] * (args.clients - len(args.board))
     if "sim://micropython" in boards:

@@ -103,7 +103,13 @@ def make_client_app(resolve: Callable[[object], tuple[Workload, Settings]]):
     def train(msg: Message, context: Context) -> Message:
         workload, settings = resolve(context)
         node = context.node_config
-        partition, partitions = int(node["partition-id"]), int(node["num-partitions"])
+        try:
+            partition, partitions = int(node["partition-id"]), int(node["num-partitions"])
+        except (KeyError, TypeError, ValueError):
+            raise FleetError("this SuperNode's node config names no partition: give it "
+                             '--node-config "partition-id=P num-partitions=N"') from None
+        if not 0 <= partition < partitions:
+            raise FleetError(f"partition-id {partition} outside 0..{partitions - 1}")
         board = str(node.get("board", "") or settings.board_for(partition))
         record: Any = msg.content["arrays"]
         config: Any = msg.content["config"]

@@ -74,7 +74,8 @@ def line(row: Row, clients: int | None = None, central: float | None = None) -> 
     base = "" if central is None else f"{100 * central:7.2f}%  "
     traffic = f"{row.bytes_out + row.bytes_in:11,.0f}" if row.reported else f"{'':>11}"
     why = "; ".join(row.left_out)
-    return (f"{row.round:5}  {of:>7}  {row.loss:13.4f}  {acc:>8}  {base}{traffic}  "
+    loss = f"{row.loss:13.4f}" if not np.isnan(row.loss) else f"{'-':>13}"
+    return (f"{row.round:5}  {of:>7}  {loss}  {acc:>8}  {base}{traffic}  "
             f"{row.seconds:7.1f}  {why}").rstrip()
 
 
@@ -162,7 +163,7 @@ def _reason(text: str) -> str:
     for mark in ("Message: ",):
         if mark in last:
             last = last.split(mark, 1)[1]
-    return last.rstrip("'>\"")
+    return last[:-2] if last.endswith("'>") else last
 
 
 def run_rounds(grid, workload: Workload, settings: Settings,
