@@ -365,7 +365,8 @@ def test_a_fleet_with_this_board_gives_the_same_weights_every_time(board):
                   boards=["sim"] * 4 + [board.port])
     runs = [simulate(wl, st, lambda row: None) for _ in range(2)]
     for h in runs:
-        assert [r.reported for r in h.rows[1:]] == [[0, 1, 2, 3, 4]] * 2
+        assert [r.reported for r in h.rows[1:]] == [[0, 1, 2, 3, 4]] * 2, \
+            [r.left_out for r in h.rows]
     assert same(runs[0].arrays, runs[1].arrays)
     assert same(runs[0].arrays, twin_fleet(wl, st)[-1])
     assert not same(runs[0].arrays, arrays_of(wl.qnet))

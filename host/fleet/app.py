@@ -34,6 +34,8 @@ def resolve(context) -> tuple[Workload, Settings]:
 
 
 def _report(row: server.Row) -> None:
+    if row.round == 0:
+        print(server.head(), flush=True)
     print(server.line(row), flush=True)
 
 

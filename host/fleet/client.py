@@ -28,6 +28,8 @@ from edgebp.host.fleet.partition import split
 from edgebp.host.fleet.workload import FleetError, Workload, arrays_of
 from edgebp.host.nets.reference import epoch_order
 
+CONNECT_TIMEOUT = 30.0
+
 
 @dataclass
 class LocalResult:
@@ -61,7 +63,9 @@ def train_local(workload: Workload, settings: Settings, partition: int, partitio
     hyper = replace(workload.hyper, seed=seed)
     port, start = port_of(board)
     t0 = time.monotonic()
-    with Session(port, start=start) as s:
+    # patient at the start: a board simulated in a worker that is still starting up, on a busy
+    # machine, can take longer to say HELLO than a session's usual 5 s
+    with Session(port, start=start, connect_timeout=CONNECT_TIMEOUT) as s:
         s.load(qnet, hyper)
         fault = _fault(s, len(idx)) if settings.fault_in(partition, server_round) else None
         for epoch in range(settings.local_epochs):
