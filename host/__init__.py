@@ -1,7 +1,8 @@
-"""Host side of edgebp (CPython, numpy), in four layers; each imports only the layers below it.
+"""Host side of edgebp (CPython, numpy), in five layers; each imports only the layers below it.
 
     cli/     the `edgebp` command: parser, commands, the workload, data files, progress
-    bench/   benchmarks that print tables: the training step per runtime, the kernels
+    bench/   benchmarks that print tables: the training step per runtime, the kernels, a fleet
+    fleet/   federated training on Flower: one client per board, exact averaging, simulation
     boards/  boards and links: wire link, session, simulated boards, mpremote, flashing
     nets/    the numerics of a net: spec, quantiser, range proof, reference, twin, files
 

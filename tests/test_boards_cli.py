@@ -338,3 +338,35 @@ def test_power_cut_mid_epoch_then_resume(board, iris_net, tmp_path, capsys, monk
     expected = twin_run(qnet, hyper, Xq, Tq, epochs, first=3, Xv=Xv, Tv=Tv)
     assert expected.lines[0] in out.splitlines()  # epoch 4, all of it after the resume
     same_weights(trained, expected.trained)
+
+
+# -- a fleet (host/fleet) with this board among simulated ones --
+
+
+def test_a_fleet_with_this_board_gives_the_same_weights_every_time(board):
+    # four simulated boards and the emulated one (partition 4), a non-IID split, trained
+    # through Flower's simulation engine: twice, the same global weights bit for bit, and
+    # those of the twin's fleet (tests/fleetcheck.py). On the Cortex-M3 only: each run takes
+    # half a minute and the rv32 board's training is tested above.
+    if board.board.kind != "cortex-m3":
+        pytest.skip("the fleet runs with the cortex-m3 board")
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None or importlib.util.find_spec("ray") is None:
+        pytest.skip('Flower with its simulation engine is not installed: pip install '
+                    '"edgebp[fleet]"')
+    from edgebp.host.fleet.config import Settings
+    from edgebp.host.fleet.run import simulate
+    from edgebp.host.fleet.workload import arrays_of
+    from fleetcheck import iris_workload, same, twin_fleet
+
+    wl = iris_workload(seed=2)
+    st = Settings(clients=5, rounds=2, local_epochs=2, seed=2, partition="noniid",
+                  boards=["sim"] * 4 + [board.port])
+    runs = [simulate(wl, st, lambda row: None) for _ in range(2)]
+    for h in runs:
+        assert [r.reported for r in h.rows[1:]] == [[0, 1, 2, 3, 4]] * 2, \
+            [r.left_out for r in h.rows]
+    assert same(runs[0].arrays, runs[1].arrays)
+    assert same(runs[0].arrays, twin_fleet(wl, st)[-1])
+    assert not same(runs[0].arrays, arrays_of(wl.qnet))

@@ -1,4 +1,5 @@
-"""The host's layers import one way: cli -> bench -> boards -> nets -> the portable core.
+"""The host's layers import one way: cli -> bench -> fleet -> boards -> nets -> the portable
+core.
 
 Every import statement of every module under host/ (at any depth: inside functions too) is
 read with `ast` and resolved to the layer it names; an import of a layer above its own fails.
@@ -15,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 HOST = REPO / "host"
 # lowest first
-LAYERS = ["core", "nets", "boards", "bench", "cli"]
+LAYERS = ["core", "nets", "boards", "fleet", "bench", "cli"]
 
 
 def layer_of_module(name: str) -> str | None:

@@ -2,8 +2,9 @@
 
 `step` times a training step per runtime (speed, allocation, RAM, link efficiency; what
 `edgebp bench` prints), `kernels` each kernel, pure against viper, on the unix MicroPython
-(`python -m edgebp.host.bench.kernels`).
+(`python -m edgebp.host.bench.kernels`), `fleet` a fleet of simulated boards against
+centralised training (`python -m edgebp.host.bench.fleet`).
 
-May import: `edgebp.host.boards`, `edgebp.host.nets` and the portable core. Never
-`edgebp.host.cli`.
+May import: `edgebp.host.fleet`, `edgebp.host.boards`, `edgebp.host.nets` and the portable
+core. Never `edgebp.host.cli`.
 """

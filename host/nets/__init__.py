@@ -9,5 +9,5 @@ bit-identical numpy integer twin (`twin`), the generator of the core's tables (`
 float-beside-fixed training (`train`).
 
 May import: numpy and the portable core (`edgebp.*`). Never `edgebp.host.boards`,
-`edgebp.host.bench` or `edgebp.host.cli`.
+`edgebp.host.fleet`, `edgebp.host.bench` or `edgebp.host.cli`.
 """
