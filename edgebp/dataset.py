@@ -106,8 +106,8 @@ class Data:
         two = memoryview(buf)[0:2]
         pos = HEAD
         n = 0
-        starts = []  # file offset of each block's first record
-        counts = []
+        starts = []  # type: list[int]  # file offset of each block's first record
+        counts = []  # type: list[int]
         while True:
             block = len(counts)
             got = f.readinto(two)

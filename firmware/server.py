@@ -550,7 +550,7 @@ class Server:
         self.updates = updates
         self.ack(seq)
 
-    def open_data(self, fname):
+    def open_data(self, net, fname):
         # the dataset at fname, checked whole against the net; the one already open if the
         # file is unchanged (the same size: data are only ever appended)
         d = self.data
@@ -559,7 +559,6 @@ class Server:
             return d
         self.data = None
         gc.collect()
-        net = self.net
         ce = net.loss_kind == SOFTMAX_CE
         d = dataset.Data(fname, net.sizes[0], self.n_t, net.sizes[net.L] if ce else 0)
         self.data = d
@@ -596,7 +595,7 @@ class Server:
             return self.fail(seq, E_STATE, b"no learning rate: send SET_HYPER first")
         fname = dataset.path(self.root, name)
         try:
-            d = self.open_data(fname)
+            d = self.open_data(net, fname)
         except dataset.DataError as e:
             return self.fail(seq, E_DATA, _text("%s: %s" % (name, e)))
         except OSError:
@@ -610,10 +609,10 @@ class Server:
         fh = open(fname, "rb")
         try:
             if learn:
-                if not self.learn_data(seq, fh, d, start, start + count):
+                if not self.learn_data(seq, net, fh, d, start, start + count):
                     return
             else:
-                self.eval_data(fh, d, start, start + count)
+                self.eval_data(net, fh, d, start, start + count)
         finally:
             fh.close()
         if learn and flags & F_UPDATE and net.count:
@@ -631,9 +630,8 @@ class Server:
             out[p + 4 + i] = tag[i]
         self.send(seq, COUNTS, 34)
 
-    def learn_data(self, seq, fh, d, k, end):
+    def learn_data(self, seq, net, fh, d, k, end):
         # the training loop of DATASET: allocates nothing but for a checkpoint
-        net = self.net
         x = self.x
         t = self.t
         read = d.read
@@ -656,8 +654,7 @@ class Server:
         self.updates = updates
         return True
 
-    def eval_data(self, fh, d, k, end):
-        net = self.net
+    def eval_data(self, net, fh, d, k, end):
         x = self.x
         t = self.t
         read = d.read

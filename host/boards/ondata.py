@@ -163,6 +163,7 @@ def plan_push(b: Board, name: str, Xq, Tq, tag: bytes, append: bool = False,
             raise PushError(f"{path} on the board is refused by its reader ({got[1]}): push "
                             "the data again without --append")
         _, n_there, tag_there, size_there = got
+        tag_there = bytes(tag_there)
         if tag_there != tag:
             raise PushError(f"{path} on the board holds samples quantised for another net's "
                             "input or target map: push to a new --name, or without --append")
@@ -183,6 +184,19 @@ def plan_push(b: Board, name: str, Xq, Tq, tag: bytes, append: bool = False,
                         f"about {fit_records(free, bsize, n_in, n_t, per_block):,} samples of "
                         "this net fit")
     return PushPlan(path, data, append and size >= 0, records, need, free, bsize)
+
+
+def check(b: Board, path: str, n_in: int, n_t: int) -> tuple[int, bytes]:
+    """(records, tag) of the dataset file at `path`, as the board's own reader finds it
+    (every block's CRC checked); BoardError if it refuses the file."""
+    got = _literal(b, _CHECK % {"path": path, "n_in": n_in, "n_t": n_t}, f"checking {path}")
+    if got[0] != "ok":
+        raise BoardError(f"{path}: the board's reader refuses it: {got[1]}")
+    return got[1], bytes(got[2])
+
+
+def size_of(b: Board, path: str) -> int:
+    return int(_literal(b, f"import os\nprint(os.stat({path!r})[6])", f"reading {path}"))
 
 
 def push(b: Board, plan: PushPlan, chunk: int = 1024) -> None:
