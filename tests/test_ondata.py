@@ -230,9 +230,8 @@ def test_device_reader(runtime):
     X, T = make_data(q, 23)
     per = 4
     blob = two_pushes(X, T, per)
-    n_blocks_first = 3  # 12 records: blocks of 4, 4, 4, then the appended 11: 4, 4, 3
+    # 12 records in blocks of 4, then 11 appended: 4, 4 and the last block of 3
     last = len(blob) - (4 + 3 * 2 * 6)
-    assert n_blocks_first
     records = np.hstack([X, T]).ravel().tolist()
     state = epoch_state(5, 2)
     bad_x = X.copy()
@@ -241,7 +240,7 @@ def test_device_reader(runtime):
         X[7].astype("<i2").tobytes(), bad_x[7].astype("<i2").tobytes())
     big = ondata.encode(X, np.full_like(T, 3), TAG, per)
     fixture = "\n".join([
-        f"BLOB = {blob!r}", f"N_IN = {X.shape[1]}", f"N_T = 1", f"N_OUT = 3", f"N = {len(X)}",
+        f"BLOB = {blob!r}", f"N_IN = {X.shape[1]}", "N_T = 1", "N_OUT = 3", f"N = {len(X)}",
         f"TAG = {TAG!r}", f"RECORDS = {records!r}", f"STATE = {state}",
         f"ORDER = {epoch_order(len(X), 5, 2).tolist()!r}", f"LAST_BLOCK = {last}",
         f"MIN16 = {min16!r}", f"BIG_CLASS = {big!r}"]) + "\n"

@@ -5,8 +5,8 @@
 import os
 
 import data_fixture as fx
-from devtest import ALLOC_CHECKED, heap_lock, heap_unlock, no_alloc, skip
 
+from devtest import ALLOC_CHECKED, heap_lock, heap_unlock, no_alloc, skip
 from edgebp import dataset
 from edgebp.net import zeros
 
