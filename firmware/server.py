@@ -550,12 +550,12 @@ class Server:
         self.updates = updates
         self.ack(seq)
 
-    def open_data(self, net, fname, again):
-        # the dataset at fname, checked whole against the net: once per pass over it (again,
-        # a request from its first record on), else the one already checked if the file is
-        # the same size (data are only ever appended)
+    def open_data(self, net, fname):
+        # the dataset at fname, checked whole against the net the first time a session
+        # opens it, and again whenever its size changed (data are only ever appended, and
+        # nothing but this server writes the board's files while it runs)
         d = self.data
-        if not again and d is not None and d.fname == fname and d.size == _size(fname):
+        if d is not None and d.fname == fname and d.size == _size(fname):
             return d
         self.data = None
         gc.collect()
@@ -595,7 +595,7 @@ class Server:
             return self.fail(seq, E_STATE, b"no learning rate: send SET_HYPER first")
         fname = dataset.path(self.root, name)
         try:
-            d = self.open_data(net, fname, start == 0)
+            d = self.open_data(net, fname)
         except dataset.DataError as e:
             return self.fail(seq, E_DATA, _text("%s: %s" % (name, e)))
         except OSError:

@@ -151,6 +151,12 @@ def test_bad_requests_and_bad_files_are_refused_and_nothing_is_learned(tmp_path)
     # no learning rate yet: the net was loaded without hyper-parameters
     b.refused(wire.DATASET, request(count=1), wire.E_STATE, "no learning rate")
     b.ok(wire.SET_HYPER, ebpfile.hyper_block(HYPER))
+
+    def fresh():
+        b = FrameBoard(root=root)
+        b.load(q, HYPER)
+        return b
+
     b.refused(wire.DATASET, request(count=1) + b"x", wire.E_LEN, "DATASET takes")
     b.refused(wire.DATASET, request(count=1, name=b"../d"), wire.E_VALUE, "name")
     b.refused(wire.DATASET, request(flags=0x80, count=1), wire.E_VALUE, "flags")
@@ -167,8 +173,20 @@ def test_bad_requests_and_bad_files_are_refused_and_nothing_is_learned(tmp_path)
                         (torn, "block 3 is torn"), (wide, "the net takes 4 and 1"),
                         (big, "class index 3")):
         write(root, "d", blob)
+        b = fresh()  # a new session: a file is checked whole once per session (below)
         b.refused(wire.DATASET, request(count=20), wire.E_DATA, words)
         assert stats(b)[0] == 0 and b.weights() == before
+    # a file checked whole in this session is not read whole again unless its size changed
+    # (nothing else writes the board's files while the server runs); a new session checks it
+    write(root, "d", good)
+    assert b.ask(wire.DATASET, request(flags=wire.D_EVAL, count=20))[1] == wire.COUNTS
+    write(root, "d", bytes(damaged))
+    assert b.ask(wire.DATASET, request(flags=wire.D_EVAL, count=20))[1] == wire.COUNTS
+    write(root, "d", torn)
+    b.refused(wire.DATASET, request(flags=wire.D_EVAL, count=20), wire.E_DATA, "torn")
+    write(root, "d", bytes(damaged))
+    b = fresh()
+    b.refused(wire.DATASET, request(flags=wire.D_EVAL, count=20), wire.E_DATA, "damaged")
     # and the file made whole again is learned
     write(root, "d", good)
     _, k, p = b.ask(wire.DATASET, request(count=20, flags=wire.F_UPDATE))
