@@ -14,6 +14,7 @@ maps: the host refuses to train a net on data quantised for another.
 from __future__ import annotations
 
 import ast
+import base64
 import struct
 import zlib
 from dataclasses import dataclass
@@ -208,10 +209,19 @@ def push(b: Board, plan: PushPlan, chunk: int = 1024) -> None:
     else:
         target = plan.path + ".new"
         code = f"f = open({target!r}, 'wb')"
+    # base64 where the board decodes it (in C, about a third more bytes on the link than the
+    # data), else bytes literals (up to four characters a byte, parsed by the board)
+    b64 = b.exec("try:\n    from binascii import a2b_base64 as _a\n    print(1)\n"
+                 "except ImportError:\n    print(0)").strip() == b"1"
     b.exec(code)
     try:
-        for i in range(0, len(plan.data), chunk):
-            b.exec(f"f.write({plan.data[i:i + chunk]!r})")
+        step = 3 * chunk if b64 else chunk
+        for i in range(0, len(plan.data), step):
+            piece = plan.data[i:i + step]
+            if b64:
+                b.exec(f"f.write(_a({base64.b64encode(piece)!r}))")
+            else:
+                b.exec(f"f.write({piece!r})")
     finally:
         b.exec("f.close()\nf = None")
     if not plan.append:
