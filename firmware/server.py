@@ -634,11 +634,10 @@ class Server:
         # the training loop of DATASET: allocates nothing but for a checkpoint
         x = self.x
         t = self.t
-        read = d.read
         learned = self.samples_in
         updates = self.updates
         while k < end:
-            read(fh, k, x, t)
+            d.read(fh, k, x, t)
             k += 1
             net.learn(x, t)
             if net.count == 0:  # learn() applied the batch
@@ -657,9 +656,8 @@ class Server:
     def eval_data(self, net, fh, d, k, end):
         x = self.x
         t = self.t
-        read = d.read
         while k < end:
-            read(fh, k, x, t)
+            d.read(fh, k, x, t)
             k += 1
             net.forward(x)
             loss = net.score(t)

@@ -244,7 +244,7 @@ def test_a_push_beyond_the_free_flash_is_refused_with_the_numbers():
 
 
 def test_device_reader(runtime):
-    q = make_qnet("ce", (5, 6, 3), batch_max=4)
+    q = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4)
     X, T = make_data(q, 23)
     per = 4
     blob = two_pushes(X, T, per)
@@ -261,6 +261,7 @@ def test_device_reader(runtime):
         f"BLOB = {blob!r}", f"N_IN = {X.shape[1]}", "N_T = 1", "N_OUT = 3", f"N = {len(X)}",
         f"TAG = {TAG!r}", f"RECORDS = {records!r}", f"STATE = {state}",
         f"ORDER = {epoch_order(len(X), 5, 2).tolist()!r}", f"LAST_BLOCK = {last}",
-        f"MIN16 = {min16!r}", f"BIG_CLASS = {big!r}"]) + "\n"
+        f"MIN16 = {min16!r}", f"BIG_CLASS = {big!r}",
+        f"NET = {ebpfile.board_part(q, HYPER)!r}", f"BATCH = {HYPER.batch}"]) + "\n"
     run_device_module(runtime, "tests/device/test_dataset_dev.py",
                       extra_files={"data_fixture.py": fixture}, timeout=120)

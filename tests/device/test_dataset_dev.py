@@ -131,6 +131,33 @@ def test_a_cached_record_reads_without_allocating():
         f.close()
 
 
+def test_the_servers_training_loop_allocates_nothing():
+    # Server.learn_data, DATASET's loop: a record read, a step, for every record
+    if _cold_read_allocates():
+        skip("this filesystem allocates to read its flash (a Python block device)")
+    from edgebp import ebp
+    from edgebp.firmware.server import Server
+
+    class Null:
+        def readinto(self, buf, n):
+            return 0
+
+        def write(self, buf, n):
+            return n
+
+    s = Server(Null(), None, 256, 2, "test")
+    net = ebp.load(fx.NET, s.kernels)
+    s.install(net)
+    d, x, t = _open_ordered()
+    f = open(NAME, "rb")
+    try:
+        assert no_alloc(s.learn_data, 0, net, f, d, 0, fx.N)
+        assert s.samples_in == fx.N and s.updates == fx.N // fx.BATCH
+    finally:
+        f.close()
+    s.close()
+
+
 def test_damaged_torn_and_out_of_range_files_are_refused():
     blob = fx.BLOB
     bad = bytearray(blob)
