@@ -158,7 +158,7 @@ def measure(kind: str, samples: int | None, tmp: Path) -> dict:
         seq = 0
         X = Xq.astype("<i2")
         T = Tq.astype("<i2").reshape(N, -1)
-        M = r["M"] = min(N, 150)  # the frames of M samples in the board's RAM at once
+        M = r["M"] = min(N, 90)  # the frames of M samples in the board's RAM at once
         train = []
         for i in range(0, M, PER_FRAME):
             sel = order[i:i + PER_FRAME]
@@ -174,6 +174,10 @@ def measure(kind: str, samples: int | None, tmp: Path) -> dict:
         r["wire_per_sample"] = stream_bytes / M
         with Board(board.port) as b:
             b.write("bench_net.ebp", part)
+            # a soft reset: a heap as the board boots with, not the one the push left
+            b.t.serial.timeout = 0.1
+            b.t.enter_raw_repl(soft_reset=True)
+            b.t.serial.timeout = None
             # the TRAIN frames in pieces a raw REPL takes
             out = b.exec(_SETUP).decode()
             if "ok" not in out:
