@@ -37,6 +37,7 @@ from edgebp.host.boards.board import Board
 from edgebp.host.boards.session import Session
 from edgebp.host.cli import data as datafile, parser as cli
 from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper
 from edgebp.host.nets.reference import epoch_order, epoch_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,7 +124,8 @@ def measure(kind: str, samples: int | None, tmp: Path) -> dict:
     spec, net = tmp / "digits.json", tmp / "digits.ebp"
     _quiet("init", spec, "--data", DIGITS, "--hidden", 32, "--batch", 16)
     _quiet("quantize", spec, "-o", net, "--calib", DIGITS)
-    qnet, hyper = ebpfile.read(net)
+    qnet, file_hyper = ebpfile.read(net)
+    hyper = file_hyper or Hyper()
     ds = datafile.read(str(DIGITS))
     Xq = qnet.quantize_inputs(ds.X)
     Tq = qnet.quantize_targets(ds.y[:, 0])
