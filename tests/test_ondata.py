@@ -265,3 +265,50 @@ def test_device_reader(runtime):
         f"NET = {ebpfile.board_part(q, HYPER)!r}", f"BATCH = {HYPER.batch}"]) + "\n"
     run_device_module(runtime, "tests/device/test_dataset_dev.py",
                       extra_files={"data_fixture.py": fixture}, timeout=120)
+
+
+# -- the command line, on a unix MicroPython with a stock REPL (a stand-in for a board) --
+
+
+def test_push_then_train_on_board_is_train_data_on_a_stock_board(tmp_path, capsys):
+    require_runtime("unix")
+    from edgebp.host.cli import parser as cli
+    from edgebp.host.nets import ebpfile as ef
+
+    repo = Path(__file__).resolve().parent.parent
+    train = repo / "examples" / "data" / "iris_train.csv"
+    spec, net = tmp_path / "iris.json", tmp_path / "iris.ebp"
+
+    def run(*args, code=0):
+        got = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert got == code, err or out
+        return out + err
+
+    run("init", spec, "--data", train, "--hidden", 6)
+    run("quantize", spec, "-o", net, "--calib", train)
+    with MicroPythonBoard(stock=True, root=tmp_path / "fs") as board:
+        run("deploy", "--port", board.url)
+        out = run("data", "push", train, "--net", net, "--port", board.url)
+        assert "pushed    iris_train: 120 samples on the board, checked by its reader" in out
+        assert (tmp_path / "fs" / "data" / "iris_train.ebd").stat().st_size == \
+            ondata.file_bytes(120, 4, 1)
+        common = ["--port", board.url, "--net", net, "--epochs", 2, "--seed", 4,
+                  "--batch", 5]
+        a, b = tmp_path / "streamed.ebp", tmp_path / "on_board.ebp"
+        streamed = run("train", *common, "--data", train, "-o", a)
+        on_board = run("train", *common, "--on-board", "iris_train", "-o", b)
+        rows = [ln for ln in streamed.splitlines() if ln[:6].strip().isdigit()]
+        assert len(rows) == 2 and all(r in on_board.splitlines() for r in rows)
+        qa, qb = ef.read(a)[0], ef.read(b)[0]
+        assert all(np.array_equal(x, y) for x, y in zip(qa.W + qa.B, qb.W + qb.B, strict=True))
+        # refused in one line: a name it does not hold, a net of other input maps, --data too
+        assert "no dataset nothing on the board" in run("train", *common, "--on-board",
+                                                        "nothing", code=1)
+        spec2, other = tmp_path / "other.json", tmp_path / "other.ebp"
+        run("init", spec2, "--data", train, "--hidden", 6, "--input-min", 0, "--input-max", 10)
+        run("quantize", spec2, "-o", other, "--calib", train)  # another input map
+        assert "quantised for another net's input or target map" in run(
+            "train", "--port", board.url, "--net", other, "--on-board", "iris_train", code=2)
+        assert "no --data" in run("train", *common, "--on-board", "iris_train", "--data",
+                                  train, code=2)
