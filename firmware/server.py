@@ -19,6 +19,11 @@
 # (inside a TRAIN frame if the update falls there). RESUME brings the newest valid one back.
 # Saving allocates file objects: it runs between training steps, never inside one.
 #
+# DATASET trains (or evaluates) from a dataset file on the board's filesystem (edgebp/dataset.py,
+# under `root`), in the order the host names by its shuffle state, exactly as TRAIN frames
+# holding those samples would; the file is checked whole when a session first opens it, and
+# reading a sample allocates nothing.
+#
 # A net being loaded (LOAD_BEGIN .. LOAD_COMMIT) or restored (RESUME) is built beside the one
 # in use, which it replaces only once it is whole: a load refused leaves the board's net as it
 # was. Where the new net does not fit beside it, the board answers E_ROOM with the bytes

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
-import io
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,6 @@ from edgebp.host.bench.kernels import _table
 from edgebp.host.boards import ondata, qemu
 from edgebp.host.boards.board import Board
 from edgebp.host.boards.session import Session
-from edgebp.host.cli import data as datafile, parser as cli
 from edgebp.host.nets import ebpfile
 from edgebp.host.nets.qnet import Hyper
 from edgebp.host.nets.reference import epoch_order, epoch_state
@@ -98,12 +96,12 @@ print(gc.mem_free(), 'ok', kern.select().__name__)
 
 
 def _quiet(*args) -> str:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(a) for a in args])
-    if code != 0:
-        raise RuntimeError(f"edgebp {' '.join(map(str, args))}: {err.getvalue().strip()}")
-    return out.getvalue()
+    # the `edgebp` command, run as a user runs it (this layer does not import the CLI)
+    done = subprocess.run([sys.executable, "-m", "edgebp.host.cli", *map(str, args)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"edgebp {' '.join(map(str, args))}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def _literal(b: Board, code: str):
@@ -126,9 +124,10 @@ def measure(kind: str, samples: int | None, tmp: Path) -> dict:
     _quiet("quantize", spec, "-o", net, "--calib", DIGITS)
     qnet, file_hyper = ebpfile.read(net)
     hyper = file_hyper or Hyper()
-    ds = datafile.read(str(DIGITS))
-    Xq = qnet.quantize_inputs(ds.X)
-    Tq = qnet.quantize_targets(ds.y[:, 0])
+    # the CSV's 64 pixel columns and its digit (a class index), as `data push` reads them
+    rows = np.loadtxt(DIGITS, delimiter=",", skiprows=1)
+    Xq = qnet.quantize_inputs(rows[:, :-1])
+    Tq = qnet.quantize_targets(rows[:, -1].astype(np.int64))
     if samples:
         Xq, Tq = Xq[:samples], Tq[:samples]
     N = len(Xq)
@@ -145,8 +144,8 @@ def measure(kind: str, samples: int | None, tmp: Path) -> dict:
             r["flash_free"], r["block"] = free, bsize
             r["fit"] = ondata.fit_records(free, bsize, qnet.sizes[0], 1)
         csv = tmp / "digits_part.csv"
-        head, *rows = DIGITS.read_text().splitlines(keepends=True)
-        csv.write_text(head + "".join(rows[:N]))
+        head, *lines = DIGITS.read_text().splitlines(keepends=True)
+        csv.write_text(head + "".join(lines[:N]))
         t0 = time.monotonic()
         _quiet("data", "push", csv, "--net", net, "--port", board.port, "--name", "digits")
         r["push_s"] = time.monotonic() - t0
