@@ -312,3 +312,37 @@ def test_push_then_train_on_board_is_train_data_on_a_stock_board(tmp_path, capsy
             "train", "--port", board.url, "--net", other, "--on-board", "iris_train", code=2)
         assert "no --data" in run("train", *common, "--on-board", "iris_train", "--data",
                                   train, code=2)
+
+
+def test_a_checkpoint_the_board_cannot_write_stops_training_from_its_data(tmp_path):
+    from edgebp import ckpt
+    from edgebp.host.boards.session import SessionError, UnsavedError
+
+    q = make_qnet("ce", (4, 5, 3), batch_max=4)
+    X, T = make_data(q, 30)
+    hyper = Hyper(lr=0.05, batch=2)
+    order = epoch_order(30, 9, 0)
+    with InProcessBoard(root=tmp_path / "ref") as board, Session(board.url) as s:
+        s.load(q, hyper)
+        s.train(X, T, order[:6])
+        six = weights(s)
+        s.train(X, T, order[6:], update=True)
+        whole = weights(s)
+    root = tmp_path / "b"
+    write(root, "d", ondata.encode(X, T, TAG, 8))
+    (root / ckpt.NEW_NAME).mkdir()  # where a checkpoint is written first: it cannot be
+    with InProcessBoard(root=root) as board, Session(board.url) as s:
+        s.load(q, hyper)
+        s.checkpoint(every=3, now=False)
+        with pytest.raises(UnsavedError) as caught:
+            s.train_on_board("d", epoch_state(9, 0), 30)
+        # the third update, after sample 6, was due to be saved: the request stopped there
+        assert (caught.value.learned, caught.value.pending) == (6, 0)
+        assert "learned 6 of the 30 samples" in str(caught.value)
+        assert weights(s) == six
+        with pytest.raises(SessionError, match="automatic checkpoint"):
+            s.train_on_board("d", epoch_state(9, 0), 30, 6)
+        assert weights(s) == six  # held: nothing learned
+        s.checkpoint(every=0, now=False)
+        assert s.train_on_board("d", epoch_state(9, 0), 30, 6).samples == 24
+        assert weights(s) == whole
