@@ -212,8 +212,8 @@ class StubBoard:
     """What plan_push asks a board (its filesystem's block size, free bytes, the file's
     size), answered as a littlefs board with `free` bytes would."""
 
-    def __init__(self, free: int, block: int = 4096, size: int = -1):
-        self.answer = repr((block, free, size)).encode() + b"\r\n"
+    def __init__(self, free: int, block: int = 4096, size: int = -1, deployed: int = 1):
+        self.answer = repr((block, free, size, deployed)).encode() + b"\r\n"
         self.written = False
 
     def exec(self, code: str) -> bytes:
@@ -238,6 +238,8 @@ def test_a_push_beyond_the_free_flash_is_refused_with_the_numbers():
     assert ondata.fit_records(need, 4096, 64, 1) >= 1000
     with pytest.raises(ondata.PushError, match="dataset name"):
         ondata.plan_push(StubBoard(need), "../x", X, T, TAG)
+    with pytest.raises(ondata.PushError, match="edgebp deploy"):
+        ondata.plan_push(StubBoard(need, deployed=0), "digits", X, T, TAG)
 
 
 # -- the reader on every runtime --

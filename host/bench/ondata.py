@@ -139,7 +139,7 @@ def measure(kind: str, samples: int | None, tmp: Path) -> dict:
         r["kernels"] = next((ln.split(None, 1)[1] for ln in deploy.splitlines()
                              if ln.startswith("kernels ")), "?")
         with Board(board.port) as b:
-            bsize, free, _ = _literal(b, ondata._STAT % {"dir": ondata.DIR,
+            bsize, free, _, _ = _literal(b, ondata._STAT % {"dir": ondata.DIR,
                                                           "path": "none"})
             r["flash_free"], r["block"] = free, bsize
             r["fit"] = ondata.fit_records(free, bsize, qnet.sizes[0], 1)

@@ -110,7 +110,12 @@ try:
     _n = os.stat(%(path)r)[6]
 except OSError:
     _n = -1
-print(repr((_s[0], _s[0] * _s[3], _n)))
+try:
+    from edgebp import dataset as _d
+    _d = 1
+except ImportError:
+    _d = 0
+print(repr((_s[0], _s[0] * _s[3], _n, _d)))
 """
 
 # The board's own reader checks the file it holds before anything is appended to it
@@ -155,7 +160,11 @@ def plan_push(b: Board, name: str, Xq, Tq, tag: bytes, append: bool = False,
     X = np.asarray(Xq)
     T = np.asarray(Tq).reshape(len(X), -1)
     n_in, n_t = X.shape[1], T.shape[1]
-    bsize, free, size = _literal(b, _STAT % {"dir": DIR, "path": path}, "reading the flash")
+    bsize, free, size, reader = _literal(b, _STAT % {"dir": DIR, "path": path},
+                                         "reading the flash")
+    if not reader:
+        raise PushError("the board has no edgebp that reads datasets: edgebp deploy --port "
+                        "PORT first")
     records = len(X)
     if append and size >= 0:
         got = _literal(b, _CHECK % {"path": path, "n_in": n_in, "n_t": n_t},
