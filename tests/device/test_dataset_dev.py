@@ -58,6 +58,7 @@ def test_records_come_back_in_the_hosts_order():
     for i in fx.ORDER:
         want += fx.RECORDS[i * rec:(i + 1) * rec]
     assert _records(d, fx.STATE) == want, "the shuffled order is not epoch_order's"
+    os.remove(NAME)
 
 
 def _cold_read_allocates():
@@ -115,6 +116,7 @@ def test_reading_a_record_allocates_nothing():
         no_alloc(d.order, fx.STATE)
     finally:
         f.close()
+        os.remove(NAME)
 
 
 def test_a_cached_record_reads_without_allocating():
@@ -129,6 +131,7 @@ def test_a_cached_record_reads_without_allocating():
         no_alloc(d.order, fx.STATE)
     finally:
         f.close()
+        os.remove(NAME)
 
 
 def test_the_servers_training_loop_allocates_nothing():
@@ -155,6 +158,7 @@ def test_the_servers_training_loop_allocates_nothing():
         assert s.samples_in == fx.N and s.updates == fx.N // fx.BATCH
     finally:
         f.close()
+        os.remove(NAME)
     s.close()
 
 
