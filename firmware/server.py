@@ -37,7 +37,7 @@ import gc
 import sys
 
 import edgebp
-from edgebp import ckpt, dataset, ebp, wire
+from edgebp import ckpt, ebp, wire
 from edgebp.fixed import SMALL_MAX, SOFTMAX_CE, const
 from edgebp.net import zeros
 from edgebp.wire import (
@@ -564,6 +564,8 @@ class Server:
             return d
         self.data = None
         gc.collect()
+        from edgebp import dataset
+
         ce = net.loss_kind == SOFTMAX_CE
         d = dataset.Data(fname, net.sizes[0], self.n_t, net.sizes[net.L] if ce else 0)
         self.data = d
@@ -588,6 +590,9 @@ class Server:
             return self.fail(seq, E_RANGE, b"state, start or count beyond 2**30")
         if flags & ~(F_UPDATE | D_EVAL):
             return self.fail(seq, E_VALUE, b"unknown DATASET flags")
+        # imported at the first request that needs it: a server that streams holds none of it
+        from edgebp import dataset
+
         name = ""
         for i in range(HEADER + 14, HEADER + n):
             name += chr(f[i])
