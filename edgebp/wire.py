@@ -48,6 +48,15 @@
 #   RESUME       []                                   -> CKPT (the net of the newest valid
 #                checkpoint on the board's filesystem replaces the one loaded)
 #   DROP         []                                   -> ACK (the board lets go of its net)
+#   DATASET      [flags u8][state u32][start u32][count u32][len u8][name]   -> COUNTS, then
+#                [records u32][tag 4 bytes]: learn (or with D_EVAL evaluate) records
+#                start..start+count-1 of the order of the dataset file `name` on the board's
+#                filesystem (edgebp/dataset.py) that xorshift30 state `state` draws (0: file
+#                order); F_UPDATE applies the pending gradient sums after them, as for
+#                TRAIN. count 0 only opens (checks) the file and reports its records and tag.
+#                Automatic checkpoints fall inside it as inside TRAIN frames. The host sends
+#                an epoch as slices short enough that each answer comes within its timeout:
+#                each answer is the run's progress.
 # A net loaded or restored replaces the board's net only once it is whole: a load or RESUME
 # refused leaves the old one in place. Where the new net does not fit beside the old one,
 # the board refuses with E_ROOM (bytes needed and free); the host may DROP and try again.
@@ -96,6 +105,7 @@ CHECKPOINT = const(0x0C)
 RESUME = const(0x0D)
 DROP = const(0x0E)
 AGAIN = const(0x0F)
+DATASET = const(0x10)
 # replies
 ACK = const(0x80)
 ERROR = const(0x81)
@@ -109,7 +119,7 @@ TYPE_NAMES = {
     HELLO: "HELLO", LOAD_BEGIN: "LOAD_BEGIN", LOAD_CHUNK: "LOAD_CHUNK",
     LOAD_COMMIT: "LOAD_COMMIT", TRAIN: "TRAIN", EVAL: "EVAL", GET_WEIGHTS: "GET_WEIGHTS",
     GET_GRADS: "GET_GRADS", SET_HYPER: "SET_HYPER", STATS: "STATS", BYE: "BYE",
-    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME", DROP: "DROP", AGAIN: "AGAIN",
+    CHECKPOINT: "CHECKPOINT", RESUME: "RESUME", DROP: "DROP", AGAIN: "AGAIN", DATASET: "DATASET",
     ACK: "ACK", ERROR: "ERROR", INFO: "INFO", DATA: "DATA", COUNTS: "COUNTS", CKPT: "CKPT",
     PART: "PART",
 }
@@ -117,6 +127,9 @@ TYPE_NAMES = {
 # TRAIN / EVAL flags
 F_ACCUMULATE = const(1)  # forward + backward only: gradient sums grow, no update
 F_UPDATE = const(2)  # apply the pending gradient sums after the samples
+
+# DATASET flags (F_UPDATE as for TRAIN)
+D_EVAL = const(4)
 
 # CHECKPOINT flags
 CK_NOW = const(1)
@@ -143,6 +156,7 @@ E_RANGE = const(23)
 E_INTERNAL = const(24)
 E_CKPT = const(25)
 E_ROOM = const(26)
+E_DATA = const(27)
 
 ERROR_NAMES = {
     E_CRC: "crc mismatch",
@@ -160,6 +174,7 @@ ERROR_NAMES = {
     E_INTERNAL: "internal error",
     E_CKPT: "checkpoint failed",
     E_ROOM: "no room beside the loaded net",
+    E_DATA: "bad dataset file",
 }
 
 # Decoder.read() results other than a frame length

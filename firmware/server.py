@@ -19,6 +19,11 @@
 # (inside a TRAIN frame if the update falls there). RESUME brings the newest valid one back.
 # Saving allocates file objects: it runs between training steps, never inside one.
 #
+# DATASET trains (or evaluates) from a dataset file on the board's filesystem (edgebp/dataset.py,
+# under `root`), in the order the host names by its shuffle state, exactly as TRAIN frames
+# holding those samples would; the file is checked whole when a session first opens it, and
+# reading a sample allocates nothing.
+#
 # A net being loaded (LOAD_BEGIN .. LOAD_COMMIT) or restored (RESUME) is built beside the one
 # in use, which it replaces only once it is whole: a load refused leaves the board's net as it
 # was. Where the new net does not fit beside it, the board answers E_ROOM with the bytes
@@ -41,8 +46,10 @@ from edgebp.wire import (
     CK_NOW,
     CKPT,
     COUNTS,
+    D_EVAL,
     DATA,
     E_CKPT,
+    E_DATA,
     E_EBP,
     E_INTERNAL,
     E_LEN,
@@ -134,6 +141,8 @@ class Server:
         self.saved = 0  # samples_in at that checkpoint
         self.saved_updates = 0
         self.unsaved = False  # an automatic checkpoint failed: TRAIN is held (see save_or_fail)
+        self.data = None  # the dataset file last opened (edgebp/dataset.py), checked whole
+        self.data_state = 0  # the xorshift30 state whose order data.offs holds
         self.heap = 0 if hasattr(gc, "mem_free") else heap
         # what the buffers above take of the budget
         self.held = 2 * size + len(self.tx) + len(self.lout) + len(self.ltx)
@@ -210,6 +219,8 @@ class Server:
             self.checkpoint(seq, n)
         elif kind == wire.RESUME:
             self.resume(seq, n)
+        elif kind == wire.DATASET:
+            self.dataset(seq, n)
         elif kind == wire.DROP:
             self.drop_net()
             self.ack(seq)
@@ -351,6 +362,7 @@ class Server:
     def drop_net(self):
         self.net = None
         self.loader = None
+        self.data = None
         gc.collect()
 
     def budget_free(self):
@@ -383,7 +395,7 @@ class Server:
         # Let go of the net and the buffers once the server is done: a stale word on the
         # stack (the gc is conservative) may keep the Server itself from being collected,
         # and then it must hold nothing big.
-        self.net = self.loader = None
+        self.net = self.loader = self.data = None
         self.dec = self.out = self.tx = self.lout = self.ltx = None  # type: ignore[assignment]
         self.x = self.t = None
 
@@ -459,6 +471,7 @@ class Server:
         self.n_t = n_t
         self.sample_bytes = 2 * (net.sizes[0] + n_t)
         self.net = net
+        self.data = None  # checked against the net it was opened for
 
     def samples(self, seq, n, learn):
         # TRAIN (learn) or EVAL: [count u8][flags u8] then count x (x int16 * n_in, t int16 * n_t)
@@ -541,6 +554,127 @@ class Server:
                     return
         self.updates = updates
         self.ack(seq)
+
+    def open_data(self, net, fname):
+        # the dataset at fname, checked whole against the net the first time a session
+        # opens it, and again whenever its size changed (data are only ever appended, and
+        # nothing but this server writes the board's files while it runs)
+        d = self.data
+        if d is not None and d.fname == fname and d.size == _size(fname):
+            return d
+        self.data = None
+        gc.collect()
+        from edgebp import dataset
+
+        ce = net.loss_kind == SOFTMAX_CE
+        d = dataset.Data(fname, net.sizes[0], self.n_t, net.sizes[net.L] if ce else 0)
+        self.data = d
+        self.data_state = 0
+        return d
+
+    def dataset(self, seq, n):
+        # DATASET [flags u8][state u32][start u32][count u32][len u8][name]: records
+        # start..start+count-1 of the file's order drawn from `state`, learned (as TRAIN
+        # frames holding them would be) or evaluated (D_EVAL)
+        net = self.net
+        if net is None:
+            return self.fail(seq, E_NONET, b"no net loaded")
+        f = self.dec.frame
+        if n < 14 or n != 14 + f[HEADER + 13]:
+            return self.fail(seq, E_LEN, b"DATASET takes flags, state, start, count, name")
+        flags = f[HEADER]
+        state = _get32(f, HEADER + 1)
+        start = _get32(f, HEADER + 5)
+        count = _get32(f, HEADER + 9)
+        if state < 0 or start < 0 or count < 0:
+            return self.fail(seq, E_RANGE, b"state, start or count beyond 2**30")
+        if flags & ~(F_UPDATE | D_EVAL):
+            return self.fail(seq, E_VALUE, b"unknown DATASET flags")
+        # imported at the first request that needs it: a server that streams holds none of it
+        from edgebp import dataset
+
+        name = ""
+        for i in range(HEADER + 14, HEADER + n):
+            name += chr(f[i])
+        if not dataset.check_name(name):
+            return self.fail(seq, E_VALUE, b"a dataset name is 1-32 letters, digits, _-.")
+        learn = not flags & D_EVAL
+        if learn and self.unsaved:
+            return self.fail(seq, E_CKPT, b"held: an automatic checkpoint failed")
+        if learn and net.lr_m == 0 and (count or (flags & F_UPDATE and net.count)):
+            return self.fail(seq, E_STATE, b"no learning rate: send SET_HYPER first")
+        fname = dataset.path(self.root, name)
+        try:
+            d = self.open_data(net, fname)
+        except dataset.DataError as e:
+            return self.fail(seq, E_DATA, _text("%s: %s" % (name, e)))
+        except OSError:
+            return self.fail(seq, E_DATA, _text("no dataset %s on the board" % name))
+        if count > d.n - start:
+            return self.fail(seq, E_RANGE, _text("records %d..%d of %d" % (
+                start, start + count - 1, d.n)))
+        if state != self.data_state:
+            d.order(state)
+            self.data_state = state
+        fh = open(fname, "rb")
+        try:
+            if learn:
+                if not self.learn_data(seq, net, fh, d, start, start + count):
+                    return
+            else:
+                self.eval_data(net, fh, d, start, start + count)
+        finally:
+            fh.close()
+        if learn and flags & F_UPDATE and net.count:
+            net.update()
+            self.updates += 1
+            if self.every and self.updates - self.saved_updates >= self.every:
+                if not self.save_or_fail(seq, 0):
+                    return
+        self.count_fields(0)
+        out = self.out
+        p = HEADER + 26
+        _put32(out, p, d.n)
+        tag = d.tag
+        for i in range(4):
+            out[p + 4 + i] = tag[i]
+        self.send(seq, COUNTS, 34)
+
+    def learn_data(self, seq, net, fh, d, k, end):
+        # the training loop of DATASET: allocates nothing but for a checkpoint
+        x = self.x
+        t = self.t
+        learned = self.samples_in
+        updates = self.updates
+        while k < end:
+            d.read(fh, k, x, t)
+            k += 1
+            net.learn(x, t)
+            if net.count == 0:  # learn() applied the batch
+                updates += 1
+                if self.every and updates - self.saved_updates >= self.every:
+                    self.samples_in = learned + 1
+                    self.updates = updates
+                    if not self.save_or_fail(seq, end - k):
+                        return False
+            if learned < SMALL_MAX:
+                learned += 1
+        self.samples_in = learned
+        self.updates = updates
+        return True
+
+    def eval_data(self, net, fh, d, k, end):
+        x = self.x
+        t = self.t
+        while k < end:
+            d.read(fh, k, x, t)
+            k += 1
+            net.forward(x)
+            loss = net.score(t)
+            self.e_seen += 1
+            self.e_correct += net.good
+            e = self.e_loss
+            self.e_loss = e + loss if loss < SMALL_MAX - e else SMALL_MAX
 
     def get_tensor(self, seq, n, grads):
         # [layer u8][part u8][offset u32][count u16] -> DATA with the same header, then values
@@ -683,6 +817,11 @@ class Server:
         self.counts(seq, self.dec.frame[HEADER])
 
     def counts(self, seq, reset):
+        self.count_fields(reset)
+        self.send(seq, COUNTS, 26)
+
+    def count_fields(self, reset):
+        # the 26 bytes of a COUNTS answer into out
         net = self.net
         out = self.out
         p = HEADER
@@ -700,7 +839,6 @@ class Server:
             if reset:
                 net.reset_stats()
                 self.e_seen = self.e_correct = self.e_loss = 0
-        self.send(seq, COUNTS, 26)
 
 
 # the kernel set a net runs, for the host's memory planner (the native one holds tables)
@@ -782,6 +920,16 @@ def _holes(most=8, least=256):
     held = found = where = None  # type: ignore[assignment]
     gc.collect()
     return sizes, by_address
+
+
+def _size(fname):
+    # the file's size, -1 if there is none
+    import os
+
+    try:
+        return os.stat(fname)[6]
+    except OSError:
+        return -1
 
 
 def _int16s(n):

@@ -370,3 +370,83 @@ def test_a_fleet_with_this_board_gives_the_same_weights_every_time(board):
     assert same(runs[0].arrays, runs[1].arrays)
     assert same(runs[0].arrays, twin_fleet(wl, st)[-1])
     assert not same(runs[0].arrays, arrays_of(wl.qnet))
+# -- training from data kept on the board --
+
+
+def _csv_parts(tmp_path: Path, cut: int) -> tuple[Path, Path]:
+    head, *rows = Path(TRAIN).read_text().splitlines(keepends=True)
+    a, b = tmp_path / "first.csv", tmp_path / "rest.csv"
+    a.write_text(head + "".join(rows[:cut]))
+    b.write_text(head + "".join(rows[cut:]))
+    return a, b
+
+
+def test_push_append_then_train_on_board_as_streamed(board, iris_net, tmp_path, capsys):
+    first, rest = _csv_parts(tmp_path, 50)
+    out = run(capsys, "data", "push", first, "--net", iris_net, "--port", board.port,
+              "--name", "iris")
+    assert "pushed    iris: 50 samples on the board, checked by its reader" in out
+    out = run(capsys, "data", "push", rest, "--net", iris_net, "--port", board.port,
+              "--name", "iris", "--append")
+    assert "appending data/iris.ebd" in out and "iris: 120 samples on the board" in out
+    run(capsys, "data", "push", TEST, "--net", iris_net, "--port", board.port,
+        "--name", "iris_val")
+    assert "iris_val " in run(capsys, "data", "list", "--port", board.port)
+
+    epochs, seed, trained = 3, 2, tmp_path / "trained.ebp"
+    out = run(capsys, "train", "--port", board.port, "--net", iris_net, "--on-board", "iris",
+              "--on-board-val", "iris_val", "--epochs", epochs, "--seed", seed, "-o", trained)
+    assert "data      120 samples on the board (iris), held out: 30 (iris_val)" in out
+    assert "samples/s from the board's own data" in out
+    # the rows of streaming the same samples in the same order: the twin's
+    qnet, hyper, Xq, Tq, Xv, Tv = iris(iris_net, seed=seed)
+    expected = twin_run(qnet, hyper, Xq, Tq, epochs, Xv=Xv, Tv=Tv)
+    lines = out.splitlines()
+    for line in expected.lines:
+        assert line in lines
+    assert expected.val is not None
+    assert (f"held out  30 samples: loss {expected.val[0]:.4f}, accuracy "
+            f"{100 * expected.val[1]:.1f}%") in out
+    same_weights(trained, expected.trained)
+
+
+def test_power_cut_while_training_on_board_then_resume(board, iris_net, tmp_path, capsys,
+                                                       monkeypatch):
+    run(capsys, "data", "push", TRAIN, "--net", iris_net, "--port", board.port,
+        "--name", "iris")
+    epochs, seed, batch = 4, 3, 5
+    common = ["--port", board.port, "--net", iris_net, "--on-board", "iris", "--epochs",
+              epochs, "--seed", seed, "--batch", batch]
+    real = Session.train_on_board
+    calls = []
+
+    def power_cut_in_epoch_3(self, name, state, n, start=0, **kw):
+        calls.append(start)
+        if len(calls) < 3:
+            return real(self, name, state, n, start, **kw)
+
+        def progress(done, total):
+            if done >= 16:
+                board.board.kill()  # qemu dies at once: the power is cut
+                raise KeyboardInterrupt  # and the user stops the command
+
+        return real(self, name, state, n, start, **dict(kw, progress=progress))
+
+    with monkeypatch.context() as m:
+        m.setattr(Session, "train_on_board", power_cut_in_epoch_3)
+        out = run(capsys, "train", *common, "--checkpoint-every", 3, code=130)
+    assert "interrupted" in out and len(calls) == 3 and not board.board.running
+
+    board.board.boot()  # power back on, on the same flash: RAM lost, files kept
+    trained = tmp_path / "trained.ebp"
+    common[1] = board.port
+    out = run(capsys, "train", *common, "--resume", "-o", trained)
+    resumed = int(out.split("resumed   checkpoint ")[1].split(": ")[1].split()[0])
+    n = len(data.read(TRAIN))
+    # a checkpoint every 3 updates of 5 samples: the last one before sample 16 of epoch 3
+    assert resumed == 2 * n + 15
+    assert f"going on at epoch 3, sample {resumed - 2 * n + 1}" in out
+    qnet, hyper, Xq, Tq, _, _ = iris(iris_net, batch=batch, seed=seed)
+    expected = twin_run(qnet, hyper, Xq, Tq, epochs, first=3)
+    assert expected.lines[0] in out.splitlines()  # epoch 4, all of it after the resume
+    same_weights(trained, expected.trained)

@@ -128,6 +128,15 @@ class Result:
     accuracy: float
 
 
+@dataclass
+class OnBoard:
+    """A dataset file on the board, as its reader found it (DATASET with count 0)."""
+
+    name: str
+    records: int
+    tag: bytes  # the input and target maps' tag (host/boards/ondata.py tag_of)
+
+
 def _parse_info(p: bytes) -> BoardInfo:
     proto, credits, max_payload, free = struct.unpack_from("<BBHI", p, 0)
     pos = 8
@@ -517,6 +526,100 @@ class Session:
         if st.seen != len(idx):
             raise SessionError(f"train: the board counted {st.seen} samples of {len(idx)} sent")
         return Result(st.seen, st.loss, st.accuracy)
+
+    # -- training from a dataset file on the board --
+
+    def _dataset(self, name: str, flags: int, state: int, start: int, count: int,
+                 what: str, timeout: float | None = None) -> tuple[Stats, int, bytes]:
+        raw = name.encode("ascii", "replace")
+        payload = struct.pack("<BIIIB", flags, state, start, count, len(raw)) + raw
+        with self._errors(what):
+            r = self._request(wire.DATASET, payload, reply_bytes=34, timeout=timeout)
+            if r.kind != wire.COUNTS or len(r.payload) != 34:
+                raise ProtocolError(f"{what}: malformed answer")
+        records, = struct.unpack_from("<I", r.payload, 26)
+        return Stats(*struct.unpack_from("<6IH", r.payload, 0)), records, r.payload[30:34]
+
+    def dataset(self, name: str) -> OnBoard:
+        """Open the dataset `name` on the board (its reader checks all of it) without
+        learning anything: its records and tag."""
+        self._net()
+        _, records, tag = self._dataset(name, 0, 0, 0, 0, f"dataset {name}",
+                                        timeout=self._link.timeout + 60.0)
+        return OnBoard(name, records, tag)
+
+    def _slices(self, name: str, flags: int, state: int, first: int, end: int,
+                what: str, progress: Progress | None, slice_seconds: float,
+                base: int) -> Stats:
+        # records first..end-1 as DATASET requests each taking about slice_seconds on the
+        # board (sized from the rate of the ones before): every answer is progress
+        size, pos, st = 16, first, None
+        rate = 0.0
+        while pos < end or st is None:
+            n = min(size, end - pos)
+            last = flags if pos + n >= end else flags & ~wire.F_UPDATE
+            expect = n / rate if rate else 1.0
+            t0 = time.monotonic()
+            st, _, _ = self._dataset(name, last, state, pos, n, what,
+                                     timeout=self._link.timeout + 3 * expect)
+            took = time.monotonic() - t0
+            pos += n
+            if progress:
+                progress(pos - base, end - base)
+            if n and took > 0:
+                rate = n / took
+                size = max(1, min(65535, int(rate * slice_seconds)))
+        return st
+
+    def train_on_board(self, name: str, state: int, n: int, start: int = 0, *,
+                       update: bool = True, progress: Progress | None = None,
+                       resume: bool = False, max_resets: int = 3,
+                       reconnect_wait: float = 10.0, slice_seconds: float = 1.0) -> Result:
+        """Learn records start..n-1 of the order that xorshift30 state `state` draws over
+        the board's dataset `name` of n records (0: file order; the host's twin is
+        edgebp.host.nets.reference.epoch_order): exactly as train() streaming those samples
+        in that order would. Sent as slices of about `slice_seconds` of the board's time.
+        resume: as for train(), a reset of the board is survived from its checkpoint."""
+        flags = wire.F_UPDATE if update else 0
+        with self._errors("train"):
+            self._request(wire.STATS, b"\x01")
+        base = 0  # the board's sample counter at record 0 of this order
+        if resume:
+            ck = self.checkpoint_state()
+            if ck.gen == 0 or ck.saved != ck.samples or ck.pending:
+                ck = self.checkpoint()
+            base = ck.samples - start
+        pos, resets = start, 0
+        while True:
+            try:
+                st = self._slices(name, flags, state, pos, n, "train", progress,
+                                  slice_seconds, start)
+                break
+            except SessionError as e:
+                if e.code == wire.E_CKPT:
+                    raise self._unsaved(e, n - start) from e
+                if not resume or resets >= max_resets or not _board_lost(e):
+                    raise
+            resets += 1
+            self.reconnect(reconnect_wait)
+            ck = self.resume()
+            if not base + start <= ck.samples <= base + n:
+                raise SessionError(f"train: the board resumed at sample {ck.samples}, outside "
+                                   f"this call's samples {base + start}..{base + n}")
+            pos = ck.samples - base
+        if st.seen != n - start:
+            raise SessionError(f"train: the board counted {st.seen} samples of {n - start}")
+        return Result(st.seen, st.loss, st.accuracy)
+
+    def evaluate_on_board(self, name: str, n: int, progress: Progress | None = None,
+                          slice_seconds: float = 1.0) -> Result:
+        """Loss and accuracy of the board's net on its dataset `name` (n records)."""
+        with self._errors("evaluate"):
+            self._request(wire.STATS, b"\x01")
+        st = self._slices(name, wire.D_EVAL, 0, 0, n, "evaluate", progress, slice_seconds, 0)
+        if st.eval_seen != n:
+            raise SessionError(f"evaluate: the board counted {st.eval_seen} samples of {n}")
+        return Result(st.eval_seen, st.eval_loss, st.eval_accuracy)
 
     def _unsaved(self, e: SessionError, sent: int) -> UnsavedError:
         # An automatic checkpoint failed inside a TRAIN frame: the board stopped that frame

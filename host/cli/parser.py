@@ -8,6 +8,7 @@
     edgebp pull [BOARD] --net NET.ebp -o W.npz               the board's weights, as floats
     edgebp deploy [--port PORT] [--dry-run] [--net NET.ebp]   edgebp onto a board, verified
     edgebp flash --firmware IMAGE [--port PORT] [--dry-run]  MicroPython onto a board, then deploy
+    edgebp data push DATA --net NET.ebp [--port PORT] [--name N] [--append]   data onto the flash
     edgebp plan (--net NET.ebp | --sizes 64,32,10) [BOARD]    training RAM, and if it fits
     edgebp bench [--port PORT]                                speed, allocation, RAM, link
     edgebp sim [inprocess | micropython | socket | stock]    serve a simulated board
@@ -43,6 +44,7 @@ from edgebp.host.cli.board_commands import do_bench, do_deploy, do_flash, do_run
 from edgebp.host.cli.check_command import do_check
 from edgebp.host.cli.common import SIMS, State, UserError
 from edgebp.host.cli.data import MAX_INFERRED_CLASSES, TASKS
+from edgebp.host.cli.data_commands import do_data
 from edgebp.host.cli.fleet_command import do_fleet
 from edgebp.host.cli.net_commands import do_init, do_plan, do_quantize
 from edgebp.host.cli.train_commands import do_eval, do_pull, do_train
@@ -224,6 +226,11 @@ def argparse_train(parser: argparse.ArgumentParser) -> None:
                     "built-in XOR)")
     data.add_argument("--val", metavar="DATA", help="held-out samples, evaluated after each "
                       "epoch")
+    data.add_argument("--on-board", metavar="NAME", help="train from the dataset NAME kept on "
+                      "the board's flash (edgebp data push) instead of streaming --data: the "
+                      "board shuffles it itself each epoch, and the link carries no samples")
+    data.add_argument("--on-board-val", metavar="NAME", help="with --on-board: held-out data "
+                      "on the board, evaluated there after each epoch")
     g = add_hyper(parser)
     g.add_argument("--epochs", type=_count(1, 10**6),
                    help="passes over the data (default 20; 200 for the built-in XOR); Ctrl-C "
@@ -248,6 +255,27 @@ def argparse_train(parser: argparse.ArgumentParser) -> None:
                    "plot extra)")
     o.add_argument("--plot", action="store_true", help="with --curves FILE.csv, also write "
                    "FILE.png")
+
+
+def argparse_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("push", "list"),
+                        help="push: write DATA to the board's flash in the net's input format "
+                        "(for train --on-board); list: the datasets on the board")
+    parser.add_argument("file", metavar="DATA", nargs="?", help="samples, .csv or .npz")
+    parser.add_argument("--net", metavar="NET.ebp", help="the net the samples are for: its "
+                        "input and target maps quantise them, as train --data does")
+    parser.add_argument("--port", metavar="PORT", help="the board (default: auto, the one USB "
+                        "board); edgebp deployed")
+    parser.add_argument("--name", metavar="NAME", help="the dataset's name on the board "
+                        "(default: the file's stem)")
+    parser.add_argument("--append", action="store_true", help="add the samples after those "
+                        "already in the board's dataset NAME")
+    parser.add_argument("--label-column", metavar="COL", help="the (first) target column of "
+                        "a CSV (default: the last column(s))")
+    parser.add_argument("--out-of-range", choices=("clip", "error"), default="error",
+                        help="inputs outside the net's declared input range: refuse the data "
+                        "(default: training from the board proves its ranges for that range) "
+                        "or clip them to it")
 
 
 def argparse_eval(parser: argparse.ArgumentParser) -> None:
@@ -453,6 +481,8 @@ COMMANDS: dict[str, tuple[Handler, Configure, str]] = {
              "the RAM a net's training takes on a board, and whether it fits"),
     "bench": (do_bench, argparse_bench,
               "training speed, allocation, RAM and link efficiency per runtime"),
+    "data": (do_data, argparse_data,
+             "keep training data on a board's flash (push, list), for train --on-board"),
     "sim": (do_sim, argparse_sim, "serve a simulated board until Ctrl-C; prints its port"),
     "fleet": (do_fleet, argparse_fleet,
               "federated training on Flower: one client per board, exact averaging of "

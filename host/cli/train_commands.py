@@ -17,20 +17,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgebp import fixed, wire
+from edgebp.ebp import EbpError
+from edgebp.host.boards import ondata
 from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.cli.data import Dataset
 from edgebp.host.cli.progress import Bar
 from edgebp.host.cli.workload import (
     UserError,
+    check_lr,
     check_output,
     check_suffix,
     prepare,
+    prove_safe,
     read_net,
     targets,
     write_net,
 )
-from edgebp.host.nets.qnet import QuantNet
-from edgebp.host.nets.reference import epoch_order
+from edgebp.host.nets import ebpfile
+from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.reference import epoch_order, epoch_state
 from edgebp.host.nets.train import Fit, fit_from_loss
 
 if TYPE_CHECKING:
@@ -200,6 +205,11 @@ def xor_table(qnet: QuantNet, ds: Dataset) -> list[str]:
 
 
 def do_train(state: State, args: argparse.Namespace) -> int:
+    if getattr(args, "on_board", None):
+        return do_train_on_board(state, args)
+    if getattr(args, "on_board_val", None):
+        raise UserError("--on-board-val goes with --on-board NAME (held-out data on the board "
+                        "beside training data there)")
     for path in args.out:
         check_suffix(path, (".ebp", ".npz"), "--out")
         check_output(path, "--out")
@@ -334,6 +344,160 @@ def _interrupted(state: State, args: argparse.Namespace, session: Session, epoch
     _write_outputs(args, trained, hyper, rows, csv_path, png_path, ", as trained so far")
     print(f"edgebp: interrupted {where}; kept the net trained so far", file=sys.stderr)
     return 130
+
+
+# -- train from a dataset on the board --
+
+
+def _on_board_net(args: argparse.Namespace) -> tuple[QuantNet, Hyper]:
+    if not args.net:
+        raise UserError("--on-board needs --net NET.ebp: the net its data were pushed for")
+    for flag, value in (("--data", args.data), ("--val", args.val), ("--spec", args.spec),
+                        ("--hidden", args.hidden)):
+        if value is not None:
+            raise UserError(f"--on-board trains from the board's own data: no {flag}")
+    overrides = {k: getattr(args, k) for k in ("lr", "batch", "seed")
+                 if getattr(args, k) is not None}
+    qnet, file_hyper = read_net(args.net)
+    hyper = replace(file_hyper or Hyper(), **overrides)
+    try:
+        ebpfile.hyper_block(hyper)
+    except EbpError as e:
+        raise UserError(f"a board cannot take these settings: {e}") from None
+    check_lr(qnet, hyper, args.net)
+    # data pushed inside the declared input range (edgebp data push refuses others)
+    prove_safe(qnet, hyper, [])
+    return qnet, hyper
+
+
+def _on_board_data(session: Session, qnet: QuantNet, name: str) -> int:
+    # the dataset's records, checked whole by the board, quantised for this net's maps
+    on = session.dataset(name)
+    if on.tag != ondata.tag_of(qnet):
+        raise UserError(f"the board's dataset {name} was quantised for another net's input "
+                        "or target map: push it again with this --net")
+    if on.records == 0:
+        raise UserError(f"the board's dataset {name} holds no samples")
+    return on.records
+
+
+class _Unknown:
+    # targets the host does not hold (they stay on the board): as many as the samples, for
+    # the RMSE; R^2 needs their spread, so it reads nan
+    def __init__(self, n_out: int):
+        self.n_out = n_out
+
+    def __getitem__(self, n) -> np.ndarray:
+        return np.zeros((n, self.n_out))
+
+
+def do_train_on_board(state: State, args: argparse.Namespace) -> int:
+    for path in args.out:
+        check_suffix(path, (".ebp", ".npz"), "--out")
+        check_output(path, "--out")
+    csv_path, png_path = _curve_files(args)
+    qnet, hyper = _on_board_net(args)
+    name, val_name = args.on_board, args.on_board_val
+    epochs = args.epochs or 20
+    seed = hyper.seed
+    measure = Measure(qnet)
+    session = open_session(state, args)
+    print(f"board     {describe_board(state)}")
+    print(f"net       {describe_net(qnet)} ({args.net})")
+    first, skip = 0, 0
+    ck = None
+    if args.resume:
+        ck = session.resume()
+        info = session.info
+        if list(info.sizes or []) != list(qnet.sizes) or info.loss != qnet.loss:
+            held = "-".join(map(str, info.sizes or []))
+            raise UserError(f"the board's checkpoint holds a {held} net, not the "
+                            f"{'-'.join(map(str, qnet.sizes))} net given: give the net it was "
+                            "trained from")
+        session.qnet = qnet
+    else:
+        session.load(qnet, hyper)
+    n = _on_board_data(session, qnet, name)
+    n_val = _on_board_data(session, qnet, val_name) if val_name else 0
+    if ck is not None:
+        if ck.samples > epochs * n:
+            raise UserError(f"the board's checkpoint is at sample {ck.samples}, past the "
+                            f"{epochs} x {n} samples asked for: same --on-board and --epochs "
+                            "as the run it resumes")
+        first, skip = divmod(ck.samples, n)
+        print(f"resumed   checkpoint {ck.gen} of the board: {ck.samples} samples learned, "
+              f"going on at epoch {first + 1}, sample {skip + 1}")
+    print(f"data      {n} samples on the board ({name})"
+          + (f", held out: {n_val} ({val_name})" if val_name else ""))
+    order_text = (f"shuffled on the board with seed {seed}" if args.shuffle
+                  else "in file order")
+    print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, {describe_hyper(hyper)}, "
+          f"{order_text}")
+    checkpoints = args.resume or args.checkpoint_every is not None
+    if args.checkpoint_every is not None:
+        session.checkpoint(every=args.checkpoint_every, now=False)
+        print(f"checkpoints every {args.checkpoint_every} weight update"
+              f"{'s' if args.checkpoint_every != 1 else ''} on the board's filesystem")
+    print(measure.head(bool(val_name)), flush=True)
+    targets_of = _Unknown(qnet.sizes[-1])
+    bar = Bar(epochs)
+    rows: list[dict] = []
+    elapsed = 0.0
+    samples = 0
+    epoch = first
+    with SoftInterrupt() as stop:
+
+        def tick(done: int, total: int) -> None:
+            stop.check()
+            bar.update(done, total)
+
+        try:
+            for epoch in range(first, epochs):
+                stop.check()
+                bar.begin_epoch(epoch)
+                start_at = skip if epoch == first else 0
+                order_state = epoch_state(seed, epoch) if args.shuffle else 0
+                start = time.monotonic()
+                try:
+                    r = session.train_on_board(name, order_state, n, start_at, update=True,
+                                               progress=tick, resume=checkpoints)
+                except SessionError as e:
+                    if not checkpoints:
+                        raise
+                    if e.code == wire.E_CKPT:
+                        raise SessionError(f"{e}: free room on the board's filesystem, then "
+                                           "run the same command with --resume to go on from "
+                                           "its last checkpoint") from e
+                    raise SessionError(f"{e}; the board keeps its last checkpoint: run the "
+                                       "same command with --resume to go on from it") from e
+                elapsed += time.monotonic() - start
+                samples += n - start_at
+                bar.end_epoch(r.samples, r.loss, None if measure.regression else r.accuracy)
+                T = targets_of[r.samples]
+                row = {"epoch": epoch + 1, **measure.values(r, T)}
+                line = f"{epoch + 1:6}  {measure.cells(r, T)}"
+                if val_name:
+                    v = session.evaluate_on_board(val_name, n_val,
+                                                  progress=lambda d, t: stop.check())
+                    Tv = targets_of[n_val]
+                    row.update(measure.values(v, Tv, "val_"))
+                    line += f"  {measure.cells(v, Tv)}"
+                    row["_held"] = measure.summary(v, Tv)
+                rows.append(row)
+                if _shown(epoch, epochs):
+                    bar.message(line)
+        except KeyboardInterrupt:
+            bar.clear()
+            return _interrupted(state, args, session, epoch, hyper, rows, csv_path, png_path)
+    bar.clear()
+    trained = session.pull()
+    end_session(state, args)
+    print(f"trained on {samples} samples in {elapsed:.2f} s ({samples / max(elapsed, 1e-9):,.0f} "
+          "samples/s from the board's own data)")
+    if val_name and rows:
+        print(f"held out  {n_val} samples: {rows[-1]['_held']}")
+    _write_outputs(args, trained, hyper, rows, csv_path, png_path)
+    return 0
 
 
 # -- eval --

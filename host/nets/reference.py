@@ -131,6 +131,15 @@ def act_second_derivative(kind: int, z: np.ndarray, a: np.ndarray, alpha: float)
 # -- sample order shared by float and fixed-point training --
 
 
+def epoch_state(seed: int, epoch: int) -> int:
+    """The xorshift30 state epoch_order's shuffle of epoch `epoch` starts from (a board that
+    shuffles its own dataset file is sent it: edgebp/dataset.py)."""
+    s = seed30(seed + 0x9E3779B9 * (epoch + 1))
+    for _ in range(8):
+        s = xorshift30(s)
+    return s
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which epoch `epoch` (0-based) visits n samples.
 
@@ -140,9 +149,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     only and below 2**30 throughout, so a board can reproduce it; independent of numpy's
     generators, whose streams may change between versions. (The modulo bias is < n / 2**30.)
     """
-    s = seed30(seed + 0x9E3779B9 * (epoch + 1))
-    for _ in range(8):
-        s = xorshift30(s)
+    s = epoch_state(seed, epoch)
     order = list(range(n))
     for i in range(n - 1, 0, -1):
         s = xorshift30(s)
