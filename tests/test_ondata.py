@@ -13,7 +13,7 @@ import pytest
 
 from conftest import require_runtime, run_device_module
 from edgebp import dataset, wire
-from edgebp.host.boards import ondata, qemu
+from edgebp.host.boards import ondata
 from edgebp.host.boards.session import Session
 from edgebp.host.boards.sim import InProcessBoard, MicroPythonBoard
 from edgebp.host.nets import ebpfile
@@ -265,15 +265,8 @@ def test_device_reader(runtime):
         f"ORDER = {epoch_order(len(X), 5, 2).tolist()!r}", f"LAST_BLOCK = {last}",
         f"MIN16 = {min16!r}", f"BIG_CLASS = {big!r}",
         f"NET = {ebpfile.board_part(q, HYPER)!r}", f"BATCH = {HYPER.batch}"]) + "\n"
-    try:
-        run_device_module(runtime, "tests/device/test_dataset_dev.py",
-                          extra_files={"data_fixture.py": fixture}, timeout=120)
-    finally:
-        if runtime in qemu.KINDS:
-            # a blank flash for the next module: on these boards an import's file reads
-            # allocate (a Python block device), and a fuller flash fragments the heap of the
-            # modules imported after it (test_wire_dev's nets then find no room)
-            qemu.forget(runtime)
+    run_device_module(runtime, "tests/device/test_dataset_dev.py",
+                      extra_files={"data_fixture.py": fixture}, timeout=120)
 
 
 # -- the command line, on a unix MicroPython with a stock REPL (a stand-in for a board) --
