@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,9 @@ class QuantNet:
     # reports is the loss in the targets' units times out_scale**2.
     out_offset: np.ndarray | None = None  # (n_out,)
     out_scale: float | None = None
+    # integer inputs (spec integer_inputs): the map the board applies to raw integer inputs,
+    # an edgebp.host.nets.inmap.InputMap, written into the net file's input-map section
+    in_map: Any = None
 
     @property
     def L(self) -> int:
