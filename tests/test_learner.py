@@ -265,3 +265,141 @@ def test_learner_on_the_device(runtime):
 
 def test_fixed_codes_are_what_the_fixture_assumes():
     assert raw_net().loss == fixed.SOFTMAX_CE
+
+
+# -- the README's board program, taken from the README and run unchanged --
+
+README = __import__("pathlib").Path(__file__).resolve().parent.parent / "README.md"
+N_RUN1, N_RUN2, N_HELD = 30, 20, 12
+
+
+def readme_program() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Learning on the board"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```\n", start)]
+
+
+def readme_data():
+    """A net of raw integer inputs and samples of three classes, clusters in raw units."""
+    q = raw_net()
+    rng = np.random.default_rng(11)
+    lo, hi = np.array(RAW_LO), np.array(RAW_HI)
+    centres = lo + (hi - lo) * np.array([[0.2], [0.5], [0.8]])
+    n = N_RUN1 + N_RUN2 + N_HELD
+    T = rng.integers(0, 3, n)
+    X = np.rint(centres[T] + rng.normal(0, 0.15, (n, 4)) * (hi - lo)).astype(np.int64)
+    return q, X, T
+
+
+SENSOR = """
+# the program's sensor, replayed: the first run gets samples FIRST, the one after a reset REST
+import os
+
+X = {X!r}
+T = {T!r}
+N_IN = {n_in}
+try:
+    os.stat("sensor_phase")
+    LO, HI = {n1}, {n12}
+except OSError:
+    LO, HI = 0, {n1}
+    with open("sensor_phase", "w") as f:
+        f.write("1")
+_i = LO
+
+
+def read(x):
+    global _i
+    if _i >= HI:
+        return False
+    for k in range(N_IN):
+        x[k] = X[_i * N_IN + k]
+    _i += 1
+    return True
+
+
+def label():
+    return T[_i - 1]
+
+
+def held_out():
+    for j in range({n12}, {n}):
+        yield [X[j * N_IN + k] for k in range(N_IN)], T[j]
+"""
+
+# the weights the checkpoint holds at the end, printed by a script of the test's own
+WEIGHTS = """
+from edgebp import ckpt
+p, h = ckpt.find()
+net = ckpt.load(p, h)
+w = []
+for l in range(net.L):
+    w += list(net.W[l]) + list(net.B[l])
+print("WEIGHTS", w)
+"""
+
+CLEAN = """
+import os
+for f in ("ckpt.ebp", "ckpt.new", "sensor_phase"):
+    try:
+        os.remove(f)
+    except OSError:
+        pass
+"""
+
+# on a host runtime a run is a process of its own with a fresh directory: the reset is a
+# fresh import of every module, within one process
+HOST_TWICE = """
+import os, sys
+os.chdir(sys.path[0] or ".")  # where the files are (the WebAssembly port starts at /)
+with open("readme_main.py") as f:
+    src = f.read()
+exec(src, {"__name__": "__main__"})
+for m in list(sys.modules):
+    if m.startswith("edgebp") or m == "sensor":
+        del sys.modules[m]
+print("RESET")
+exec(src, {"__name__": "__main__"})
+""" + WEIGHTS
+
+
+def test_the_readme_program_runs_unchanged_across_a_reset(runtime):
+    from conftest import DEVICE  # noqa: F401  (the runner's files come from there)
+    from edgebp.host.boards import mprun
+
+    q, X, T = readme_data()
+    n1, n12, n = N_RUN1, N_RUN1 + N_RUN2, N_RUN1 + N_RUN2 + N_HELD
+    sensor = SENSOR.format(X=X.ravel().tolist(), T=T.tolist(), n_in=4, n1=n1, n12=n12, n=n)
+    program = readme_program()
+    files = {**mprun.core_files(False), "sensor.py": sensor,
+             "net.ebp": ebpfile.board_part(q, HYPER)}
+    # what the twin reaches learning every labelled sample in one go
+    Xq = q.in_map.apply(X)
+    tw = TwinNet.from_qnet(q, HYPER)
+    for s in range(n12):
+        tw.learn(Xq[s], [T[s]])
+    ev = tw.evaluate(Xq[n12:], T[n12:].reshape(-1, 1))
+    expect_end = (f"learned {n12} samples; held out: {int(ev.correct.sum())} of {N_HELD} "
+                  "right")
+
+    def run(script, extra=None):
+        r = mprun.run(runtime, script, {**files, **(extra or {})}, timeout=300)
+        assert r.ok, f"{runtime}: {r.stdout[-3000:]}\n{r.stderr[-2000:]}"
+        return r.stdout
+
+    if runtime in mprun.BOARDS:
+        run(CLEAN)
+        first = run(program)
+        second = run(program)
+        weights = run(WEIGHTS)
+    else:
+        out = run(HOST_TWICE, {"readme_main.py": program})
+        first, rest = out.split("RESET\n")
+        second, weights = rest, rest
+    assert "restored" not in first
+    assert f"learned {n1} samples" in first
+    assert f"restored after {n1} samples" in second, second
+    assert expect_end in second, second
+    line = [ln for ln in weights.splitlines() if ln.startswith("WEIGHTS")][-1]
+    assert eval(line[len("WEIGHTS "):]) == _flat(tw), "the board's weights are not the twin's"
