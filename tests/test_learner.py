@@ -403,3 +403,58 @@ def test_the_readme_program_runs_unchanged_across_a_reset(runtime):
     assert expect_end in second, second
     line = [ln for ln in weights.splitlines() if ln.startswith("WEIGHTS")][-1]
     assert eval(line[len("WEIGHTS "):]) == _flat(tw), "the board's weights are not the twin's"
+
+
+# -- edgebp deploy --infer / --learner, end to end on an emulated board --
+
+
+PREDICT_SCRIPT = """
+import gc, os
+from array import array
+from edgebp.learner import Learner
+ln = Learner("net.ebp")
+out = array("h", [0] * ln.n_out)
+print("PRED", [ln.predict(x, out) for x in {rows!r}])
+print("FILES", sorted(os.listdir("edgebp")), "firmware" in os.listdir("edgebp"))
+try:
+    ln.checkpoint()
+    print("CKPT yes")
+except ImportError:
+    print("CKPT no")
+"""
+
+
+def test_deploy_infer_then_learner_on_an_emulated_board(tmp_path, capsys):
+    from conftest import require_runtime
+    from edgebp.host.boards import board as mb, qemu
+    from edgebp.host.cli import parser as cli
+
+    require_runtime("cortex-m3")
+    q, X, T = readme_data()
+    net = tmp_path / "net.ebp"
+    ebpfile.write(net, q, HYPER)
+    rows = X[:6].tolist()
+    expect = TwinNet.from_qnet(q, HYPER).outputs(q.in_map.apply(X[:6])).argmax(axis=1).tolist()
+    with qemu.QemuBoard("cortex-m3", flash=tmp_path / "board.flash") as board:
+
+        def deploy(*flags):
+            assert cli.main(["deploy", "--port", board.port, *flags]) == 0
+            return capsys.readouterr().out
+
+        out = deploy("--infer", "--put", str(net))
+        assert "net.ebp" in out and "written, verified" in out
+        code, text, _ = qemu.run_on(board, PREDICT_SCRIPT.format(rows=rows), {}, 120)
+        assert code == 0, text
+        assert f"PRED {expect}" in text
+        files = eval(text.split("FILES ")[1].split("] ")[0] + "]")
+        assert files == sorted([p.split("/")[1][:-3] + ".mpy" for p in mb.PREDICT]
+                               + ["kernels_native.mpy"])
+        assert "CKPT no" in text  # the checkpoints were left off
+        # --learner adds what checkpoints need, still no server and no wire codec
+        out = deploy("--learner", "--put", str(net))
+        assert "ckpt.mpy" in out and "wire" not in out and "server" not in out
+        code, text, _ = qemu.run_on(board, PREDICT_SCRIPT.format(rows=rows), {}, 120)
+        assert code == 0 and "CKPT yes" in text and f"PRED {expect}" in text, text
+    # a full deploy's options do not mix with a learner's
+    assert cli.main(["deploy", "--infer", "--net", str(net), "--dry-run", "--arch", "armv7m"]) == 2
+    assert capsys.readouterr().err.startswith("edgebp: --net checks")
