@@ -458,3 +458,16 @@ def test_deploy_infer_then_learner_on_an_emulated_board(tmp_path, capsys):
     # a full deploy's options do not mix with a learner's
     assert cli.main(["deploy", "--infer", "--net", str(net), "--dry-run", "--arch", "armv7m"]) == 2
     assert capsys.readouterr().err.startswith("edgebp: --net checks")
+
+
+def test_the_heap_bench_prints_its_table_on_the_unix_port():
+    from conftest import require_runtime
+    from edgebp.host.bench import learner as bench
+
+    require_runtime("unix")
+    h = bench.heap("unix", bench.digits_net())
+    for kset in bench.SETS:
+        # what --infer installs takes least, the training server most
+        assert h[(kset, "predict")] < h[(kset, "learn")] < h[(kset, "server")], kset
+    text = bench.heap_table("unix", h)
+    assert "predict (--infer)" in text and "native" in text
