@@ -17,7 +17,8 @@
 #
 # learn, predict and evaluate allocate nothing, except learn on the update an automatic
 # checkpoint follows (files are opened then). Kernels are chosen as the training server
-# chooses them: native where the board loads them, else viper, else the pure-Python ones.
+# chooses them, when this module is imported (import it first): native where the board
+# loads them, else viper, else the pure-Python ones; `kernel_set` says which.
 # Checkpoints are edgebp/ckpt.py's (atomic replace, validated on load): a save that fails
 # leaves the last checkpoint and the net as they were.
 
@@ -28,16 +29,31 @@ from edgebp.fixed import SMALL_MAX, SOFTMAX_CE
 from edgebp.net import zeros
 
 
-def _kernels(prefer):
+def _best():
     from edgebp.kern import select
 
-    if prefer is not None:
-        return select(prefer)
     try:
         return select()
     except MemoryError:
-        # no room to load the machine code of the faster kernels
-        return select("python")
+        # no block large enough for the native machine code: viper, else the pure kernels
+        try:
+            return select("viper")
+        except (ImportError, MemoryError):
+            return select("python")
+
+
+# Chosen when this module is imported, before the program's own modules and the net take
+# the heap: the native kernels are one block of about 22 KB, which a board's heap, cut into
+# holes by later imports from its filesystem, may no longer have.
+_BEST = _best()
+
+
+def _kernels(prefer):
+    if prefer is None:
+        return _BEST
+    from edgebp.kern import select
+
+    return select(prefer)
 
 
 def _shape(net):
@@ -53,6 +69,9 @@ class Learner:
         self.path = path
         self.root = root
         self.kernels = _kernels(kernels)
+        from edgebp.kern import name
+
+        self.kernel_set = name(self.kernels)  # "native", "viper" or "python"
         self.net = self._open()
         net = self.net
         self.shape = _shape(net)

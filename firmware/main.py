@@ -9,8 +9,8 @@ READY = b"\r\nedgebp ready\r\n\x00"
 # The firmware's modules in the order _import_packed() brings them in: the kernels first
 # (None: kern.select(); the native module is the largest single piece), then the rest
 # leaves first, so that each import finds its own imports done.
-_MODULES = (None, "edgebp.fixed", "edgebp.luts", "edgebp.wire", "edgebp.net", "edgebp.ebp",
-            "edgebp.ckpt", "edgebp.firmware.server")
+_MODULES = (None, "edgebp.fixed", "edgebp.luts", "edgebp.crc", "edgebp.wire", "edgebp.net",
+            "edgebp.ebp", "edgebp.ckpt", "edgebp.firmware.server")
 # Heap left free beside the ballast for one import (measured on the emulated Cortex-M3: the
 # native kernels need 24-32 KB, the other modules less)
 _ROOM = 32 * 1024

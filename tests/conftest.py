@@ -113,7 +113,13 @@ def run_device_module(
     files["devtest.py"] = (DEVICE / "devtest.py").read_text()
     files[path.name] = path.read_text()
     files.update(extra_files or {})
-    script = f"import devtest\nimport {path.stem}\ndevtest.run_tests({path.stem}.__dict__)\n"
+    # The kernels first, as firmware/main.py imports them: the native module needs one block
+    # of about 22 KB, and a board's plain imports from littlefs leave the heap in holes. How
+    # small those get depends on what ran since the soft reset (files sent before the script
+    # or not: on the shared board a module whose files are cached starts on an untouched
+    # heap), so a module imported first could leave the native kernels no room.
+    script = ("from edgebp import kern\nkern.select()\n" if "edgebp/kern.py" in files else ""
+              ) + f"import devtest\nimport {path.stem}\ndevtest.run_tests({path.stem}.__dict__)\n"
     result = mprun.run(runtime, script, files, timeout=timeout, heapsize=heapsize)
     lines = result.stdout.strip().splitlines()
     summary = lines[-1] if lines and lines[-1].startswith("DEVTEST") else "no summary"

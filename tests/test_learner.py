@@ -332,7 +332,7 @@ def held_out():
 WEIGHTS = """
 from edgebp import ckpt
 p, h = ckpt.find()
-net = ckpt.load(p, h)
+net = ckpt.load(p, h, __import__("edgebp.kernels").kernels)
 w = []
 for l in range(net.L):
     w += list(net.W[l]) + list(net.B[l])
