@@ -471,3 +471,28 @@ def test_the_heap_bench_prints_its_table_on_the_unix_port():
         assert h[(kset, "predict")] < h[(kset, "learn")] < h[(kset, "server")], kset
     text = bench.heap_table("unix", h)
     assert "predict (--infer)" in text and "native" in text
+
+
+def test_init_and_quantize_a_net_for_raw_sensor_integers(tmp_path, capsys):
+    """`edgebp init --data raw.csv --integer-inputs`, then quantize: the net file carries the
+    input map for the raw range of the data."""
+    from edgebp.host.cli import parser as cli
+
+    rng = np.random.default_rng(2)
+    X = np.stack([rng.integers(0, 4096, 40), rng.integers(-500, 501, 40)], axis=1)
+    y = (X[:, 0] > 2048).astype(int)
+    csv = tmp_path / "raw.csv"
+    csv.write_text("adc,accel,label\n" + "".join(f"{a},{b},{c}\n" for (a, b), c in zip(X, y)))
+    spec, net = tmp_path / "raw.json", tmp_path / "raw.ebp"
+    assert cli.main(["init", str(spec), "--data", str(csv), "--integer-inputs"]) == 0
+    d = __import__("json").loads(spec.read_text())
+    assert d["integer_inputs"] is True
+    lo, hi = d["input_range"]["min"], d["input_range"]["max"]
+    assert all(float(v).is_integer() for v in np.ravel([lo, hi]))
+    assert cli.main(["quantize", str(spec), "-o", str(net)]) == 0
+    capsys.readouterr()
+    q, _ = ebpfile.read(net)
+    assert q.in_map is not None
+    assert q.in_map.lo.tolist() == np.broadcast_to(lo, (2,)).tolist()
+    diff, _ = float_gap(q, X)
+    assert np.abs(diff).max() <= 1

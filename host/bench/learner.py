@@ -13,7 +13,8 @@ their default size). The sources are compiled for the board (.mpy) on the emulat
 imported from .py on the unix port.
 
 --icount: instructions per sample of Learner.learn, .learn with the first layer frozen,
-.predict and .evaluate on the emulated Cortex-M3 (qemu `-icount shift=0`, where
+.predict, .evaluate and the input map alone (Learner.inputs, 64 inputs) on the emulated
+Cortex-M3 (qemu `-icount shift=0`, where
 time.ticks_us() counts 1000 guest instructions: deterministic, not timed), raw integer
 inputs through the net's input map included.
 """
@@ -84,6 +85,9 @@ def per_sample(fn, a, b, n):
 def nothing(a, b):
     pass
 
+def inputs(a, b):
+    ln.inputs(a)
+
 for name, n in (("python", 2), ("viper", 10), ("native", 40)):
     try:
         kern.select(name)
@@ -96,6 +100,7 @@ for name, n in (("python", 2), ("viper", 10), ("native", 40)):
     row.append(per_sample(ln.learn, X, 3, n) - e)
     row.append(per_sample(ln.predict, X, OUT, n) - e)
     row.append(per_sample(ln.evaluate, X, 3, n) - e)
+    row.append(per_sample(inputs, X, 3, n) - e)
     print("I", name, " ".join("%.1f" % v for v in row))
     ln = None
     gc.collect()
@@ -156,8 +161,8 @@ def heap_table(runtime: str, h: dict[tuple[str, str], int | None]) -> str:
 def icount_table(kind: str, r: dict[str, list[float]]) -> str:
     rows = [[k] + [f"{v * 1000:,.0f}" for v in r[k]] for k in SETS if k in r]
     return (f"{kind}: instructions per sample, 64-32-10 tanh/softmax, batch 1, raw inputs\n"
-            + _table(["kernels", "learn", "learn, layer 1 frozen", "predict", "evaluate"],
-                     rows))
+            + _table(["kernels", "learn", "learn, layer 1 frozen", "predict", "evaluate",
+                      "input map alone"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
