@@ -9,7 +9,7 @@ READY = b"\r\nedgebp ready\r\n\x00"
 # The firmware's modules in the order _import_packed() brings them in: the kernels first
 # (None: kern.select(); the native module is the largest single piece), then the rest
 # leaves first, so that each import finds its own imports done.
-_MODULES = (None, "edgebp.fixed", "edgebp.luts", "edgebp.crc", "edgebp.wire", "edgebp.net",
+_MODULES = (None, "edgebp.fixed", "edgebp.luts", "edgebp.wire", "edgebp.net",
             "edgebp.ebp", "edgebp.ckpt", "edgebp.firmware.server")
 # Heap left free beside the ballast for one import (measured on the emulated Cortex-M3: the
 # native kernels need 24-32 KB, the other modules less)
@@ -65,7 +65,12 @@ def _import_packed():
     if "edgebp.firmware.server" in sys.modules:
         return
     for name in _MODULES:
-        ballast = _ballast(_ROOM)
+        # The kernels come first, with no ballast: on the heap as the reset left it the
+        # native module's one block (about 22 KB) goes to the bottom, while a ballast of all
+        # but _ROOM must take one contiguous run and may leave the room in two pieces that
+        # neither hold it (measured on the emulated Cortex-M3: that failed the first import,
+        # which ended the packing, and the plain imports left a largest block of 56 KB)
+        ballast = _ballast(_ROOM) if name is not None else None
         try:
             _import(name)
         except (MemoryError, ImportError):
