@@ -41,7 +41,7 @@ def float_gap(q, X):
     Xf = np.asarray(X, np.float64)
     y = (Xf - q.in_offset) * q.in_scale * 2.0 ** q.shift_a[0]
     frac = y + 0.5 - np.floor(y + 0.5)
-    return (q.in_map.apply(X).astype(int) - q.quantize_inputs(X).astype(int),
+    return (q.in_map.apply(X).astype(int) - q.float_quantize_inputs(X).astype(int),
             np.minimum(frac, 1 - frac))
 
 
@@ -63,7 +63,7 @@ def test_the_map_is_within_its_error_bound_of_the_float_quantisation(lo, hi):
     assert np.abs(diff).max() <= 1
     assert np.all(tie[diff != 0] <= e), "a mismatch away from a rounding tie"
     # both ends of the declared range reach the ends the float quantisation gives
-    assert q.in_map.apply([[lo]])[0, 0] == q.quantize_inputs([[lo]])[0, 0] or e > 0
+    assert q.in_map.apply([[lo]])[0, 0] == q.float_quantize_inputs([[lo]])[0, 0] or e > 0
 
 
 def test_raw_values_beyond_the_range_count_as_its_ends():
@@ -248,6 +248,16 @@ def fixture_source() -> str:
         f"EDGE_X = {edges_a.ravel().tolist()!r}",
         f"EDGE_Q = {q.in_map.apply(edges_a).ravel().astype(int).tolist()!r}",
     ]) + "\n"
+
+
+def test_the_host_quantises_integer_inputs_through_the_map():
+    """What the host sends the training server for a net with integer inputs is what the
+    board's learner makes of the same raw integers."""
+    q = raw_net()
+    X = np.array([[0, -32768, 1000, -5], [4095, 32767, 1100, 5], [17, 3, 1033, 2]])
+    assert np.array_equal(q.quantize_inputs(X), q.in_map.apply(X))
+    with pytest.raises(ValueError, match="integer"):
+        q.quantize_inputs(X + 0.5)
 
 
 def test_fixture_edges_agree_with_the_float_quantisation():
@@ -482,7 +492,8 @@ def test_init_and_quantize_a_net_for_raw_sensor_integers(tmp_path, capsys):
     X = np.stack([rng.integers(0, 4096, 40), rng.integers(-500, 501, 40)], axis=1)
     y = (X[:, 0] > 2048).astype(int)
     csv = tmp_path / "raw.csv"
-    csv.write_text("adc,accel,label\n" + "".join(f"{a},{b},{c}\n" for (a, b), c in zip(X, y)))
+    rows = "".join(f"{a},{b},{c}\n" for (a, b), c in zip(X, y, strict=True))
+    csv.write_text("adc,accel,label\n" + rows)
     spec, net = tmp_path / "raw.json", tmp_path / "raw.ebp"
     assert cli.main(["init", str(spec), "--data", str(csv), "--integer-inputs"]) == 0
     d = __import__("json").loads(spec.read_text())

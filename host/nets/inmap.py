@@ -1,13 +1,15 @@
 """The input map: a net's input normalisation in integers, for raw integer inputs on the board.
 
 On the host a raw input x becomes the net's input as x_q = round((x - in_offset) * in_scale *
-2**shift_a[0]) in floats (QuantNet.quantize_inputs). A board program that reads its own
+2**shift_a[0]) in floats (QuantNet.float_quantize_inputs). A board program that reads its own
 sensors has raw integers and no floats, so a net declared with integer inputs (the spec's
 `"integer_inputs": true`, its input_range the raw integer range) carries, per input i,
 
     x_q = clamp(((clamp(x, lo, hi) - o) * m + c) >> s, -32767, 32767)
 
-in its file (edgebp/ebp.py, the input-map section), applied by edgebp.ebp.InMap on the board.
+in its file (edgebp/ebp.py, the input-map section), applied by edgebp.ebp.InMap on the board
+and by QuantNet.quantize_inputs on the host (so the host's tools and training through the
+server feed the net exactly what a board program's learner does).
 
 derive() chooses o = the middle of [lo, hi], the largest shift s for which the proof below
 holds, m = round(g 2**s) with g = in_scale * 2**shift_a[0], and c = round((K + 1/2) 2**s) with
