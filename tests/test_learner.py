@@ -400,9 +400,12 @@ def test_the_readme_program_runs_unchanged_across_a_reset(runtime):
 
     if runtime in mprun.BOARDS:
         run(CLEAN)
-        first = run(program)
-        second = run(program)
-        weights = run(WEIGHTS)
+        try:
+            first = run(program)
+            second = run(program)
+            weights = run(WEIGHTS)
+        finally:
+            run(CLEAN)  # the board is shared with the modules after this one
     else:
         out = run(HOST_TWICE, {"readme_main.py": program})
         first, rest = out.split("RESET\n")
