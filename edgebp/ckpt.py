@@ -25,10 +25,11 @@
 #   32  2  count: samples in the pending gradient sums; 34 2 grad_count
 #   36  4  length of the whole file
 #   40  4  length of the .ebp part
-#   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters; its seed
-#           field holds the live state of the rounding generator
+#   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters and its
+#           input map if it has one; its seed field holds the live state of the rounding
+#           generator
 #   then VW, VB of each layer (int32) if F_MOMENTUM, then GW, GB of each layer if F_PENDING
-#   end-2  2  CRC-16 (wire.crc16) of everything before it
+#   end-2  2  CRC-16 (crc.crc16) of everything before it
 # Counters stay below 2**30; momentum and gradient sums are small ints by the range proof, so
 # their four bytes decode without leaving the small-int range. Writing and reading allocate
 # (file objects, a 256-byte buffer): they run between frames, never inside a training step.
@@ -41,9 +42,9 @@
 import os
 
 from edgebp import ebp
+from edgebp.crc import crc16
 from edgebp.ebp import u16, u32
 from edgebp.fixed import FV, SMALL_MAX, V_MAX, const
-from edgebp.wire import crc16
 
 NAME = "ckpt.ebp"
 NEW_NAME = "ckpt.new"
@@ -74,6 +75,7 @@ class _Out:
         self.n = 0
         self.crc = 0xFFFF
         self.part = 0xFFFF
+        self.sec = 0xFFFF  # of the input map section
 
     def flush(self):
         n = self.n
@@ -81,6 +83,7 @@ class _Out:
             buf = self.buf
             self.crc = crc16(buf, 0, n, self.crc)
             self.part = crc16(buf, 0, n, self.part)
+            self.sec = crc16(buf, 0, n, self.sec)
             self.f.write(buf if n == _CHUNK else memoryview(buf)[0:n])
             self.n = 0
 
@@ -173,7 +176,9 @@ def _write_ebp(o, net, momentum):
     o.byte(ebp.VERSION)
     o.byte(L)
     o.byte(net.loss_kind)
-    o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0))
+    inmap = net.inmap
+    o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
+           | (ebp.FLAG_INMAP if inmap is not None else 0))
     o.u16(net.batch_max)
     o.u16(net.alpha)
     if hyper:
@@ -188,7 +193,7 @@ def _write_ebp(o, net, momentum):
     else:
         for _ in range(ebp.HYPER_LEN):
             o.byte(0)
-    o.u32(ebp.file_len(sizes))
+    o.u32(ebp.file_len(sizes, inmap is not None))
     o.u16(sizes[0])
     o.byte(net.shift_a[0])
     o.byte(0)
@@ -203,6 +208,18 @@ def _write_ebp(o, net, momentum):
     for l in range(L):
         o.values(net.W[l], 2)
         o.values(net.B[l], 2)
+    if inmap is not None:
+        o.flush()
+        o.sec = 0xFFFF
+        for i in range(inmap.n):
+            o.u32(inmap.lo[i])
+            o.u32(inmap.hi[i])
+            o.u32(inmap.o[i])
+            o.u32(inmap.m[i])
+            o.u32(inmap.c[i])
+            o.byte(inmap.s[i])
+        o.flush()
+        o.u16(o.sec)
     o.flush()
     o.u16(o.part)
 
@@ -240,7 +257,7 @@ def save(net, root="", every=0, samples=0, updates=0):
     momentum = net.VW[0] is not None
     pending = net.count > 0
     params = _params(net)
-    ebp_len = ebp.file_len(net.sizes)
+    ebp_len = ebp.file_len(net.sizes, net.inmap is not None)
     total = HEAD + ebp_len + 2
     if momentum:
         total += 4 * params

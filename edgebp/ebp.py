@@ -6,7 +6,8 @@
 #   4       1     format version (1)
 #   5       1     L
 #   6       1     loss code (fixed.LOSS_NAMES)
-#   7       1     flags: bit 0 momentum buffers, bit 1 hyper-parameters present
+#   7       1     flags: bit 0 momentum buffers, bit 1 hyper-parameters present, bit 2 input
+#                 map present
 #   8       2     batch_max (1..32768)
 #   10      2     alpha_q, leaky-ReLU slope in Q12 (int16)
 #   12      12    hyper block: lr_m u8, lr_e u8, mu u8 (Q8), c_m u8, c_e u8, rounding u8,
@@ -18,7 +19,14 @@
 #   32+6l   6     layer l: n_(l+1) u16, activation u8, shift_a[l+1] u8, shift_w u8, shift_d u8
 #   32+6L   2     CRC-16 of bytes 0..32+6L (checked before anything is allocated)
 #   34+6L   ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
-#   end-2   2     CRC-16 (wire.crc16) of everything before it
+#   ...     21n_0+2  only with flag bit 2: the input map, per input i (of n_0)
+#                 lo i32, hi i32, o i32, m i32, c i32, s u8, then the map's own CRC-16.
+#                 It takes a raw integer input x to the net's input format:
+#                   x_q = clamp(((clamp(x, lo, hi) - o) * m + c) >> s, -32767, 32767)
+#                 (the rounding is folded into c; host/nets/inmap.py derives it and proves
+#                 it: -2**29 <= lo <= o <= hi < 2**29 and |m| max|x - o| + |c| < 2**30,
+#                 which the loader checks again). Without it the inputs are taken as x_q.
+#   end-2   2     CRC-16 (crc.crc16) of everything before it
 # A host-only trailer may follow (see host/nets/ebpfile.py); the board never reads past n_bytes.
 #
 # Loader parses the file as it arrives in pieces of any size (a file in memory, a stream,
@@ -27,8 +35,9 @@
 
 import gc
 
-from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH, Net
-from edgebp.wire import CRC_TABLE, crc16
+from edgebp.crc import CRC_TABLE, crc16
+from edgebp.fixed import SMALL_MAX
+from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH, Net, zeros
 
 MAGIC = b"EBPN"
 VERSION = 1
@@ -37,6 +46,9 @@ HYPER_AT = 12
 HYPER_LEN = 12
 FLAG_MOMENTUM = 1
 FLAG_HYPER = 2
+FLAG_INMAP = 4
+INMAP_REC = 21  # bytes per input in the input map
+RAW_MAX = 1 << 29  # raw inputs of an input map lie in [-RAW_MAX, RAW_MAX)
 
 
 class EbpError(ValueError):
@@ -51,12 +63,69 @@ class NoRoom(EbpError):
         self.free = free
 
 
+class InMap:
+    # The input map of a net file (layout above): raw integer inputs -> the input format.
+    # lo, hi, o, m, c: array('i'), s: bytearray, one item per input.
+    def __init__(self, n):
+        self.n = n
+        self.lo = zeros("i", n)
+        self.hi = zeros("i", n)
+        self.o = zeros("i", n)
+        self.m = zeros("i", n)
+        self.c = zeros("i", n)
+        self.s = bytearray(n)
+
+    def apply(self, x, xq):
+        # x: n raw ints (any sequence), xq: array('h'); allocates nothing. Every
+        # intermediate lies within [-2**30, 2**30): the loader refused a map that could
+        # leave it
+        lo = self.lo
+        hi = self.hi
+        o = self.o
+        m = self.m
+        c = self.c
+        s = self.s
+        for i in range(self.n):
+            v = x[i]
+            if v < lo[i]:
+                v = lo[i]
+            elif v > hi[i]:
+                v = hi[i]
+            v = ((v - o[i]) * m[i] + c[i]) >> s[i]
+            if v > 32767:
+                v = 32767
+            elif v < -32767:
+                v = -32767
+            xq[i] = v
+
+
+def inmap_check(lo, hi, o, m, c, s):
+    # the reason the record of one input breaks the arithmetic contract, None if it keeps it
+    # (each test in small ints: lo, hi, o within +-2**29, so their differences are small)
+    if lo < -RAW_MAX or hi >= RAW_MAX or lo > hi:
+        return "raw range %d..%d outside -2**29..2**29-1 or empty" % (lo, hi)
+    if o < lo or o > hi:
+        return "centre %d outside the raw range %d..%d" % (o, lo, hi)
+    if s > 30:
+        return "shift %d above 30" % s
+    d = o - lo if o - lo > hi - o else hi - o
+    am = m if m >= 0 else -m
+    ac = c if c >= 0 else -c
+    if ac > SMALL_MAX or (am and d > (SMALL_MAX - ac) // am):
+        return "(x - o) * m + c can leave [-2**30, 2**30)"
+    return None
+
+
 def head_len(L):
     return FIXED + 6 * L + 2
 
 
-def file_len(sizes):
-    n = head_len(len(sizes) - 1) + 2
+def inmap_len(n_in):
+    return INMAP_REC * n_in + 2
+
+
+def file_len(sizes, inmap=False):
+    n = head_len(len(sizes) - 1) + 2 + (inmap_len(sizes[0]) if inmap else 0)
     for l in range(len(sizes) - 1):
         n += 2 * sizes[l + 1] * (sizes[l] + 1)
     return n
@@ -100,6 +169,16 @@ def u16(b, o):
     return b[o] | (b[o + 1] << 8)
 
 
+def i30(b, o):
+    # a little-endian int32 inside [-2**30, 2**30), decoded without leaving the small ints;
+    # None if it is outside
+    hi = b[o + 3]
+    if 0x40 <= hi < 0xC0:
+        return None
+    v = b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | ((hi & 0x3F) << 24)
+    return v - SMALL_MAX - 1 if hi & 0x80 else v
+
+
 def u32(b, o):
     # 30-bit values only: a larger one would not be a small int on a board
     if b[o + 3] >= 0x40:
@@ -125,12 +204,17 @@ class Loader:
         self.n_bytes = 0
         self.has_hyper = False  # the file has a hyper block (self.hyper)
         self.crc = 0xFFFF
-        self.phase = 0  # 0 header, 1 parameters, 2 final CRC, 3 done
+        self.phase = 0  # 0 header, 1 parameters, 4 input map, 2 final CRC, 3 done
         self.l = 0  # layer, part (0 W, 1 B), index in the part
         self.part = 0
         self.idx = 0
         self.lo = -1  # low byte of an int16 split between pieces
         self.tail = 0  # final CRC as received
+        self.inmap = None  # the file's InMap, filled in phase 4
+        self.rec = None  # one record of it as it arrives
+        self.rec_n = 0
+        self.rec_i = 0  # input of that record
+        self.icrc = 0xFFFF
 
     def feed(self, buf, start, end):
         i = start
@@ -139,6 +223,8 @@ class Loader:
                 i = self._feed_head(buf, i, end)
             elif self.phase == 1:
                 i = self._feed_params(buf, i, end)
+            elif self.phase == 4:
+                i = self._feed_inmap(buf, i, end)
             elif self.phase == 2:
                 self.tail |= buf[i] << (8 * (self.got - self.n_bytes + 2))
                 self.got += 1
@@ -179,7 +265,7 @@ class Loader:
         if crc16(h, 0, n) != u16(h, n):
             raise EbpError("header CRC mismatch")
         flags = h[7]
-        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER):
+        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP):
             raise EbpError("unknown flags 0x%02x" % flags)
         batch_max = u16(h, 8)
         if batch_max < 1 or batch_max > MAX_BATCH:
@@ -206,7 +292,7 @@ class Loader:
                 what = "input" if l == 0 else "layer %d output" % l
                 raise EbpError("%s width %d out of range 1..%d" % (what, sizes[l], MAX_WIDTH))
         n_bytes = u32(h, 24)
-        expect = file_len(sizes)
+        expect = file_len(sizes, flags & FLAG_INMAP)
         if n_bytes != expect:
             raise EbpError("header says %d bytes but the layer sizes need %d"
                            % (n_bytes, expect))
@@ -229,6 +315,13 @@ class Loader:
             except ValueError as e:
                 raise EbpError("hyper-parameters: %s" % e) from None
             self.has_hyper = True
+        if flags & FLAG_INMAP:
+            try:
+                self.inmap = InMap(sizes[0])
+                self.rec = bytearray(INMAP_REC)
+            except MemoryError:
+                raise NoRoom("out of memory for the input map of %d inputs" % sizes[0],
+                             INMAP_REC * sizes[0], -1) from None
         self.net = net
         self.crc = crc16(h, 0, n + 2)
         self.phase = 1
@@ -287,7 +380,7 @@ class Loader:
                     self.part = 0
                     self.l += 1
                 if self.l == net.L:
-                    self.phase = 2
+                    self.phase = 2 if self.inmap is None else 4
                     break
                 arr = net.B[self.l] if self.part else net.W[self.l]
                 size = len(arr)
@@ -296,6 +389,58 @@ class Loader:
         self.lo = lo
         self.idx = idx
         return i
+
+    def _feed_inmap(self, buf, i, end):
+        # records of INMAP_REC bytes, decoded as each completes, then the map's CRC
+        rec = self.rec
+        mp = self.inmap
+        assert rec is not None and mp is not None  # phase 4 starts with both made
+        t = CRC_TABLE
+        crc = self.crc
+        icrc = self.icrc
+        i0 = i
+        while i < end:
+            b = buf[i]
+            i += 1
+            crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ b) & 0xFF]
+            rec[self.rec_n] = b
+            self.rec_n += 1
+            if self.rec_i < mp.n:
+                icrc = ((icrc << 8) & 0xFF00) ^ t[((icrc >> 8) ^ b) & 0xFF]
+                if self.rec_n == INMAP_REC:
+                    self._inmap_record(rec, self.rec_i)
+                    self.rec_i += 1
+                    self.rec_n = 0
+            elif self.rec_n == 2:
+                if icrc != u16(rec, 0):
+                    raise EbpError("input map CRC mismatch: the map is damaged")
+                self.phase = 2
+                break
+        self.got += i - i0
+        self.crc = crc
+        self.icrc = icrc
+        return i
+
+    def _inmap_record(self, rec, k):
+        mp = self.inmap
+        lo = i30(rec, 0)
+        hi = i30(rec, 4)
+        o = i30(rec, 8)
+        m = i30(rec, 12)
+        c = i30(rec, 16)
+        s = rec[20]
+        if lo is None or hi is None or o is None or m is None or c is None:
+            why = "a field beyond [-2**30, 2**30)"
+        else:
+            why = inmap_check(lo, hi, o, m, c, s)
+        if why is not None:
+            raise EbpError("input map, input %d: %s" % (k, why))
+        mp.lo[k] = lo
+        mp.hi[k] = hi
+        mp.o[k] = o
+        mp.m[k] = m
+        mp.c[k] = c
+        mp.s[k] = s
 
     def finish(self):
         # the Net, once every byte of the file arrived intact
@@ -306,12 +451,17 @@ class Loader:
         if self.phase == 1:
             raise EbpError("truncated in the %s of layer %d"
                            % ("biases" if self.part else "weights", self.l + 1))
+        if self.phase == 4:
+            raise EbpError("truncated in the input map")
         if self.phase == 2:
             raise EbpError("truncated in the final CRC")
         if self.tail != self.crc:
             raise EbpError("CRC mismatch: file says 0x%04x, contents give 0x%04x"
                            % (self.tail, self.crc))
-        return self.net
+        net = self.net
+        assert net is not None  # phase 3 comes after the net is built
+        net.inmap = self.inmap
+        return net
 
 
 def load(src, kernels=None):

@@ -6,9 +6,7 @@
 # garbage is collected the free heap is cut into holes smaller than a net's tensors or the
 # native kernels (22 KB on armv7m). packed() imports each module with most of the free heap
 # held by one block (a ballast) released afterwards: each module packs against the ones
-# before it, and the ballast leaves one hole. Measured on the emulated Cortex-M3 (192 KiB
-# heap), for the training server: the largest free block after the imports is 121 KB of
-# 138 KB free, against 9 KB when imported plainly.
+# before it, and the ballast leaves one hole.
 #
 # Import the kernels first (None in `names`: kern.select(); the native module is the largest
 # single piece), then the rest leaves first, so that each import finds its own imports done.
@@ -60,7 +58,13 @@ def packed(names, room=ROOM):
     for name in names:
         if name is not None and name in sys.modules:
             continue
-        ballast = _ballast(room)
+        # The kernels come first, with no ballast: on the heap as the reset left it the
+        # native module's one block (about 22 KB) goes to the bottom, while a ballast of all
+        # but `room` must take one contiguous run and may leave the room in two pieces that
+        # neither hold it (measured on the emulated Cortex-M3 after a power-on: that failed
+        # the first import, which ended the packing, and the plain imports left a largest
+        # block of 56 KB; without the kernels' ballast 93 KB of 113 KB free)
+        ballast = _ballast(room) if name is not None else None
         try:
             _import(name)
         except (MemoryError, ImportError):

@@ -7,6 +7,8 @@
 #   D[l-1] = f'(Z[l-1]) o (W[l]^T D[l])        D[l] in shift_d[l]
 #   GW[l] += D[l] A[l]^T >> kg, GB[l] += D[l] >> kg   (sums over at most 2**kg samples)
 # update() applies the batch mean with SGD, momentum and weight decay.
+# freeze(n) fine-tunes: layers 0..n-1 get no gradient and no update, and backward stops at
+# D[n] (their deltas are never formed).
 # Squashing units (sigmoid, tanh, softmax) have Z in Q12 and A in Q14; the delta of a
 # cross-entropy output is p - t in Q14; the delta of an MSE output has the output's format.
 # All buffers are made here, each allocated once at its final size (zeros()); forward,
@@ -208,6 +210,8 @@ class Net:
         self.c_s = 0
         self.mode = NEAREST
         self.good = 0
+        self.frozen = 0  # layers 0..frozen-1 learn nothing (freeze)
+        self.inmap = None  # the net file's input map (edgebp/ebp.py), set by its loader
         self.reset_stats()
         self._fuse()
 
@@ -217,7 +221,7 @@ class Net:
         # learning rate m * 2**-e with m in 128..255
         if m < 128 or m > 255:
             raise ValueError("learning-rate mantissa %d outside 128..255" % m)
-        for l in range(self.L):
+        for l in range(self.frozen, self.L):
             u = e + self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
             if u < 0:
                 raise ValueError("learning rate too large for the formats of layer %d" % (l + 1))
@@ -246,6 +250,24 @@ class Net:
     def set_rounding(self, mode, seed=1):
         self.mode = mode
         self.rng[0] = seed30(seed)
+
+    def freeze(self, n):
+        # Layers 0..n-1 keep their weights: no gradient, no update, no backward work below
+        # layer n. The fused native step knows no freezing, so a frozen net runs backward,
+        # learn and update through the kernels one by one (the same arithmetic).
+        if n < 0 or n >= self.L:
+            raise ValueError("freeze 0..%d of the %d layers, not %d (a net with every layer "
+                             "frozen learns nothing)" % (self.L - 1, self.L, n))
+        # the pending gradient sums of the layers frozen now are dropped (a frozen layer's
+        # sums stay zero, so unfreezing it later applies nothing from before)
+        for l in range(self.frozen, n):
+            gw = self.GW[l]
+            for i in range(len(gw)):
+                gw[i] = 0
+            gb = self.GB[l]
+            for i in range(len(gb)):
+                gb[i] = 0
+        self.frozen = n
 
     def reset_stats(self):
         self.seen = 0
@@ -358,7 +380,8 @@ class Net:
         # The caller checks targets: a class index must lie in 0..n_out-1.
         if self.count >= self.batch_max:
             self.update()
-        if self._fused is not None:
+        f = self.frozen
+        if self._fused is not None and f == 0:
             loss = self.k.backward_net(self, t)
         else:
             L = self.L
@@ -368,14 +391,14 @@ class Net:
             if self.loss_kind == MSE:
                 d = self.D[L - 1]
                 k.act_bwd(self.acts[L - 1], d, self.Z[L - 1], self.A[L], d, sizes[L], self.alpha)
-            for l in range(L - 1, 0, -1):
+            for l in range(L - 1, f, -1):
                 e = self.D[l - 1]
                 k.matvec_t(self.W[l], self.D[l], sizes[l], sizes[l + 1], self.k_b[l],
                            self.s_b[l], e)
                 k.act_bwd(self.acts[l - 1], e, self.Z[l - 1], self.A[l], e, sizes[l],
                           self.alpha)
             kg = self.kg
-            for l in range(L):
+            for l in range(f, L):
                 k.outer_acc(self.GW[l], self.GB[l], self.D[l], self.A[l], sizes[l],
                             sizes[l + 1], self.one[l], kg)
         self.count += 1
@@ -390,7 +413,7 @@ class Net:
 
     def learn(self, x, t):
         # online (batch 1) or mini-batch learning: update after `batch` samples
-        if self._fused is not None:
+        if self._fused is not None and self.frozen == 0:
             return self.k.learn_net(self, x, t)
         self.forward(x)
         loss = self.backward(t)
@@ -403,7 +426,7 @@ class Net:
         count = self.count
         if count == 0:
             return
-        if self._fused is not None:
+        if self._fused is not None and self.frozen == 0:
             self.k.update_net(self)
             self.count = 0
             return
@@ -414,7 +437,7 @@ class Net:
         k = self.k
         kg = self.kg
         sizes = self.sizes
-        for l in range(self.L):
+        for l in range(self.frozen, self.L):
             u = e + self.shift_d[l] + self.shift_a[l] - kg - self.shift_w[l] - 16
             k.update(self.W[l], self.GW[l], self.VW[l], sizes[l] * sizes[l + 1], m, u,
                      self.mu, self.c_m, self.c_s, self.mode, self.rng)

@@ -1,5 +1,6 @@
 # The wire codec shared by the board and the host: CRC-32, COBS framing, message numbers.
-# (CRC-16 here is for the file formats, edgebp/ebp.py and edgebp/ckpt.py.)
+# (CRC-16, re-exported from edgebp/crc.py, is for the file formats, edgebp/ebp.py and
+# edgebp/ckpt.py.)
 #
 # A frame on the wire is COBS(raw) followed by one 0x00 delimiter, where
 #   raw = [seq u8][type u8][payload 0..max_payload][crc u32 LE]
@@ -82,6 +83,10 @@
 #           updates made since the net was loaded (a restored net goes on counting from the
 #           checkpoint's); pending: samples in the gradient sums
 
+from edgebp.crc import (
+    CRC_TABLE as CRC_TABLE,  # re-exported: the CRC-16 of the files
+    crc16 as crc16,
+)
 from edgebp.fixed import const
 
 PROTOCOL = const(2)  # 1: frames sealed with CRC-16
@@ -180,29 +185,6 @@ ERROR_NAMES = {
 # Decoder.read() results other than a frame length
 EOF = const(-256)
 INCOMPLETE = const(-257)
-
-
-def _make_table():
-    from array import array
-
-    t = array("H", bytes(512))
-    for i in range(256):
-        c = i << 8
-        for _ in range(8):
-            c = ((c << 1) ^ 0x1021) if c & 0x8000 else (c << 1)
-            c &= 0xFFFF
-        t[i] = c
-    return t
-
-
-CRC_TABLE = _make_table()
-
-
-def crc16(buf, start, end, crc=0xFFFF):
-    t = CRC_TABLE
-    for i in range(start, end):
-        crc = ((crc << 8) & 0xFF00) ^ t[((crc >> 8) ^ buf[i]) & 0xFF]
-    return crc
 
 
 def _make_table32():

@@ -45,6 +45,13 @@ NATIVE_DEST = "edgebp/kernels_native.mpy"
 # on the board, beside the package: not for boards (a freeze manifest is for the build host)
 NOT_DEPLOYED = {"edgebp/firmware/manifest.py"}
 DIRS = ("edgebp", "edgebp/firmware")
+# What a program of the user's own needs on the board (edgebp/learner.py): PREDICT for
+# Learner.predict alone, LEARN for learning with checkpoints too; neither the training server
+# nor the wire codec. (A test imports each set alone on a board.)
+PREDICT = ("edgebp/__init__.py", "edgebp/crc.py", "edgebp/ebp.py", "edgebp/fixed.py",
+           "edgebp/kern.py", "edgebp/kernels.py", "edgebp/kernels_viper.py",
+           "edgebp/learner.py", "edgebp/luts.py", "edgebp/net.py")
+LEARN = PREDICT + ("edgebp/ckpt.py",)
 
 # One exec on the board: everything deploy needs to know, printed as a Python literal.
 _FACTS = """
@@ -253,11 +260,15 @@ def compile_mpy(src: Path, rel: str, arch: str | None) -> bytes:
         return out.read_bytes()
 
 
-def plan_deploy(arch: str | None, compiled: bool = True) -> Plan:
+def plan_deploy(arch: str | None, compiled: bool = True,
+                only: tuple[str, ...] | None = None) -> Plan:
     """The files for a board of native architecture `arch` (None: no native code), compiled
-    to .mpy, or the .py sources with compiled=False."""
+    to .mpy, or the .py sources with compiled=False; `only` (PREDICT, LEARN) keeps those
+    sources alone."""
     plan = Plan(arch, compiled, [])
     for rel, path in device_sources().items():
+        if only is not None and rel not in only:
+            continue
         if rel in NATIVE_ONLY and arch is None:
             plan.skipped.append(f"{rel} (viper kernels: this firmware has no native code, the "
                                 "pure-Python kernels run)")
@@ -323,7 +334,8 @@ def deploy(board: Board, plan: Plan, *, dry_run: bool = False, force: bool = Fal
                 report.removed.append(path)
     if not dry_run:
         for d in DIRS:
-            board.mkdir(d)
+            if any(i.dest.startswith(d + "/") for i in plan.items):
+                board.mkdir(d)
         for path in report.removed:
             board.remove(path)
     width = max(len(i.dest) for i in plan.items)

@@ -35,12 +35,19 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
     from edgebp.host.boards import board as mb
 
     qnet = read_net(args.net)[0] if args.net else None
+    only = mb.PREDICT if args.infer else mb.LEARN if args.learner else None
+    if only is not None and args.net:
+        raise UserError("--net checks the net against the training server, which --infer and "
+                        "--learner leave off: use --put to copy the net file")
+    put = _put_item(args.put) if args.put else None
     if args.arch is not None:
         if not args.dry_run:
             raise UserError("--arch is for --dry-run without a board: a deploy compiles for "
                             "the architecture the board reports")
         arch = None if args.arch == "none" else args.arch
-        plan = mb.plan_deploy(arch, compiled=not args.source)
+        plan = mb.plan_deploy(arch, compiled=not args.source, only=only)
+        if put is not None:
+            plan.items.append(put)
         print(f"files for {args.arch}"
               + ("" if args.source else f", compiled by {mb.mpy_cross_version()}") + ":")
         for item in plan.items:
@@ -55,7 +62,9 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
         print(f"board     {before.describe()} on {board.port}")
         if not args.source:
             mb.check_mpy(before)
-        plan = mb.plan_deploy(before.arch, compiled=not args.source)
+        plan = mb.plan_deploy(before.arch, compiled=not args.source, only=only)
+        if put is not None:
+            plan.items.append(put)
         what = "sources" if args.source else f"compiled by {mb.mpy_cross_version()}"
         print(f"files     {len(plan.items)} for {before.arch or 'bytecode only'}, {what}, into "
               f"{before.cwd.rstrip('/')}/edgebp" + (" (dry run: nothing changes)"
@@ -85,8 +94,23 @@ def do_deploy(state: State, args: argparse.Namespace) -> int:
         end_session(state, args)
         if p.free is not None and not p.fits(p.free):
             raise UserError(f"{args.net} does not fit this board's RAM (see above)")
+    if only is not None:
+        print("next      copy your program (mpremote cp main.py :): edgebp.learner opens "
+              + (f"{put.dest}" if put is not None else "its net file"))
+        return 0
     print(f"next      edgebp train --port {board.port} --data DATA ...")
     return 0
+
+
+def _put_item(path: str):
+    """The board part of the net file at `path`, as a deploy item named as the file."""
+    from pathlib import Path
+
+    from edgebp.host.boards import board as mb
+    from edgebp.host.nets import ebpfile
+
+    qnet, hyper = read_net(path)
+    return mb.Item(Path(path).name, ebpfile.board_part(qnet, hyper), path)
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,13 @@ def do_init(state: State, args: argparse.Namespace) -> int:
         value = getattr(args, f"input_{end}")
         if value is not None:
             d["input_range"][end] = value[0] if len(value) == 1 else value
+    if args.integer_inputs:
+        # raw integers on the board: the declared range widened to whole numbers
+        for end, fn in (("min", math.floor), ("max", math.ceil)):
+            v = d["input_range"][end]
+            d["input_range"][end] = [int(fn(e)) for e in v] if isinstance(v, list) \
+                else int(fn(v))
+        d["integer_inputs"] = True
     opt = d.setdefault("optimizer", {})
     for key in ("lr", "batch", "momentum"):
         if getattr(args, key) is not None:

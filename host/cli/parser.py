@@ -187,6 +187,9 @@ def argparse_init(parser: argparse.ArgumentParser) -> None:
                         "with more than one output, else bce")
     parser.add_argument("--input-min", type=_numbers, help="one number or one per input")
     parser.add_argument("--input-max", type=_numbers, help="one number or one per input")
+    parser.add_argument("--integer-inputs", action="store_true",
+                        help="the inputs are a board program's raw integers (edgebp.learner): "
+                        "the net file gets the input map that normalises them on the board")
     parser.add_argument("--lr", type=_positive,
                         help="learning rate of SGD (default 0.05; 0.5 for the built-in XOR)")
     parser.add_argument("--batch", type=_count(1, MAX_BATCH),
@@ -329,6 +332,16 @@ def argparse_deploy(parser: argparse.ArgumentParser) -> None:
                         help="write every file, even those already there with the same hash")
     parser.add_argument("--net", metavar="NET.ebp",
                         help="then start the server and check this net fits the board's RAM")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--learner", action="store_true",
+                      help="only what a program of your own needs to learn on the board "
+                      "(edgebp.learner and checkpoints): no training server, no wire codec")
+    only.add_argument("--infer", action="store_true",
+                      help="only what edgebp.learner's predict needs: no training, no "
+                      "checkpoints, no server")
+    parser.add_argument("--put", metavar="NET.ebp",
+                        help="also copy this net file (the part a board reads) to the board's "
+                        "working directory, under its own name")
 
 
 def argparse_plan(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgebp import ebp, fixed
 from edgebp.ebp import EbpError
+from edgebp.host.nets.inmap import InputMap
 from edgebp.host.nets.qnet import Hyper, QuantNet
 from edgebp.wire import crc16
 
@@ -67,7 +68,11 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
             raise EbpError(f"{name} has {len(getattr(qnet, name))} entries for {L} layers")
     if len(qnet.shift_a) != L + 1:
         raise EbpError(f"shift_a has {len(qnet.shift_a)} entries for {L + 1} activations")
-    flags = (ebp.FLAG_MOMENTUM if qnet.momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
+    imap = qnet.in_map
+    if imap is not None and imap.n != sizes[0]:
+        raise EbpError(f"input map of {imap.n} inputs for a net of {sizes[0]}")
+    flags = ((ebp.FLAG_MOMENTUM if qnet.momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
+             | (ebp.FLAG_INMAP if imap is not None else 0))
     head = bytearray()
     head += ebp.MAGIC
     head += struct.pack(
@@ -76,7 +81,7 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
         _field(qnet.alpha_q, -32767, 32767, "alpha_q"),
     )
     head += hyper_block(hyper) if hyper else bytes(ebp.HYPER_LEN)
-    head += struct.pack("<I", ebp.file_len(sizes))
+    head += struct.pack("<I", ebp.file_len(sizes, imap is not None))
     head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"), 0)
     for l in range(L):
         head += struct.pack(
@@ -98,6 +103,8 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
             if arr.size and (arr.min() < -32767 or arr.max() > 32767):
                 raise EbpError(f"layer {l + 1} {part} outside [-32767, 32767]")
             out += arr.astype("<i2").tobytes()
+    if imap is not None:
+        out += imap.section()
     out += struct.pack("<H", crc16(out, 0, len(out)))
     # what the board would say about it, said now (formats, learning rate, momentum, ...)
     _parse(bytes(out))
@@ -234,6 +241,7 @@ def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
         in_offset=vector("in_offset"), in_scale=vector("in_scale"),
         classes=list(classes),
         out_offset=out_offset, out_scale=None if out_scale is None else float(out_scale),
+        in_map=None if loader.inmap is None else InputMap.from_board(loader.inmap),
     )
     hyper = None
     if loader.hyper is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,9 @@ class QuantNet:
     # reports is the loss in the targets' units times out_scale**2.
     out_offset: np.ndarray | None = None  # (n_out,)
     out_scale: float | None = None
+    # integer inputs (spec integer_inputs): the map the board applies to raw integer inputs,
+    # an edgebp.host.nets.inmap.InputMap, written into the net file's input-map section
+    in_map: Any = None
 
     @property
     def L(self) -> int:
@@ -140,6 +144,19 @@ class QuantNet:
         return Ws, Bs
 
     def quantize_inputs(self, X: np.ndarray) -> np.ndarray:
+        """Inputs as the core takes them (int16, the input format). A net with integer inputs
+        (an input map) takes them through its map, as a board program's edgebp.learner does,
+        so that training through the server and on the board learn the same; the float
+        quantisation is float_quantize_inputs."""
+        if self.in_map is None:
+            return self.float_quantize_inputs(X)
+        Xf = np.asarray(X, np.float64)
+        if Xf.size and not np.all(Xf == np.floor(Xf)):
+            raise ValueError("this net takes raw integer inputs (its input map), and these "
+                             "are not all integers")
+        return self.in_map.apply(Xf.astype(np.int64))
+
+    def float_quantize_inputs(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, np.float64)
         if self.in_offset is not None:
             X = X - self.in_offset

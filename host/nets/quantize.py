@@ -294,7 +294,16 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         in_offset=offset, in_scale=scale, classes=list(spec.classes),
         out_offset=None if out is None else out[0], out_scale=None if out is None else out[1],
     )
-    check_ranges(q, hyper, x_range=declared_input_range(q, spec))
+    x_range = declared_input_range(q, spec)
+    if spec.integer_inputs:
+        from edgebp.host.nets.inmap import derive
+
+        q.in_map = derive(q, spec.input_min, spec.input_max)
+        # the map is monotone: its extremes are at the ends of the raw range, within one
+        # LSB of the float's (inmap.error_bound)
+        ends = q.in_map.apply(np.array([spec.input_min, spec.input_max]))
+        x_range = (min(x_range[0], int(ends.min())), max(x_range[1], int(ends.max())))
+    check_ranges(q, hyper, x_range=x_range)
     return q
 
 

@@ -11,6 +11,11 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
                                                 no kernels for them yet)
       "loss": "softmax_ce",                     mse, softmax_ce (softmax out), bce (sigmoid out)
       "input_range": {"min": 0, "max": 16},     one number or one per input feature
+      "integer_inputs": true,                   optional: the inputs are a board program's
+                                                raw integers, input_range their range
+                                                (integers); the net file then carries the
+                                                input map that normalises them on the board
+                                                (host/nets/inmap.py, edgebp/learner.py)
       "target_range": {"min": -1, "max": 1},    optional, mse only: one number or one per output
       "normalise_targets": true,                optional, mse with an identity output: the
                                                 target range is mapped to [-1, 1] inside the
@@ -48,7 +53,8 @@ from edgebp.host.nets.qnet import LOSS_CODES, Hyper, mantissa_exponent
 from edgebp.host.nets.reference import ACT_CODES, ACT_NAMES
 from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 
-_TOP_KEYS = ("sizes", "activations", "loss", "input_range", "target_range", "normalise_targets",
+_TOP_KEYS = ("sizes", "activations", "loss", "input_range", "integer_inputs", "target_range",
+             "normalise_targets",
              "optimizer", "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")
 _OPT_KEYS = ("lr", "momentum", "weight_decay", "batch", "rounding", "seed")
 
@@ -84,6 +90,7 @@ class Spec:
     target_max: list[float] | None = None
     normalise_targets: bool = False
     classes: list[str] = field(default_factory=list)
+    integer_inputs: bool = False
 
     @property
     def L(self) -> int:
@@ -112,6 +119,8 @@ class Spec:
             "loss": self.loss,
             "input_range": {"min": _compact(self.input_min), "max": _compact(self.input_max)},
         }
+        if self.integer_inputs:
+            d["integer_inputs"] = True
         if self.target_min is not None and self.target_max is not None:
             d["target_range"] = {"min": _compact(self.target_min),
                                  "max": _compact(self.target_max)}
@@ -220,6 +229,16 @@ def parse_spec(d: Any) -> Spec:
         raise SpecError("loss", "a softmax output is trained with softmax_ce, not mse")
 
     in_lo, in_hi = _range(d["input_range"], "input_range", sizes[0])
+    integer = d.get("integer_inputs", False)
+    if not isinstance(integer, bool):
+        raise SpecError("integer_inputs", f"expected true or false, got {integer!r}")
+    if integer:
+        for what, vals in (("min", in_lo), ("max", in_hi)):
+            for i, v in enumerate(vals):
+                at = f"[{i}]" if len(vals) > 1 else ""
+                if v != math.floor(v) or not -(2**29) <= v < 2**29:
+                    raise SpecError(f"input_range.{what}{at}", f"{v} is not an integer in "
+                                    "-2**29..2**29-1 (integer_inputs)")
     t_lo = t_hi = None
     if "target_range" in d:
         if loss != "mse":
@@ -278,7 +297,7 @@ def parse_spec(d: Any) -> Spec:
                 lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
                 seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
                 weight_growth=growth, target_min=t_lo, target_max=t_hi,
-                normalise_targets=normalise, classes=classes)
+                normalise_targets=normalise, classes=classes, integer_inputs=integer)
 
 
 def make_spec(**fields: Any) -> Spec:

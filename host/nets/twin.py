@@ -296,6 +296,7 @@ class TwinNet:
         self.c_m = 0
         self.c_s = 0
         self.mode = NEAREST
+        self.frozen = 0
         self.reset_stats()
 
     def _views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -348,6 +349,7 @@ class TwinNet:
         net.rng[0] = core.rng[0]
         net.count, net.grad_count = core.count, core.grad_count
         net.seen, net.correct, net.loss_sum = core.seen, core.correct, core.loss_sum
+        net.frozen = core.frozen
         return net
 
     def to_qnet(self, qnet):
@@ -381,6 +383,14 @@ class TwinNet:
         self.seen = 0
         self.correct = 0
         self.loss_sum = 0
+
+    def freeze(self, n):
+        """Net.freeze: layers 0..n-1 learn nothing (their pending sums are dropped)."""
+        self._spec.freeze(n)
+        for l in range(self.frozen, n):
+            self.GW[l][...] = 0
+            self.GB[l][...] = 0
+        self.frozen = n
 
     # -- batched arithmetic: rows are samples --
 
@@ -448,18 +458,20 @@ class TwinNet:
             d = act_bwd_v(self.acts[-1], e, Zs[-1], a, self.alpha)
         return d, loss, good
 
-    def _backward_rows(self, Zs, As, d_out) -> list[np.ndarray]:
-        Ds = [d_out]
-        for l in range(self.L - 1, 0, -1):
-            d = Ds[0]
+    def _backward_rows(self, Zs, As, d_out) -> list[np.ndarray | None]:
+        # the deltas of the layers from `frozen` on (None below: a frozen layer has none)
+        Ds: list[np.ndarray | None] = [None] * (self.L - 1) + [d_out]
+        for l in range(self.L - 1, self.frozen, -1):
+            d = Ds[l]
+            assert d is not None
             acc = np.add.reduce((d[:, :, None] * self.W[l]) >> self.k_b[l], axis=1)
             e = requant_v(acc, self.s_b[l])
-            Ds.insert(0, act_bwd_v(self.acts[l - 1], e, Zs[l - 1], As[l], self.alpha))
+            Ds[l - 1] = act_bwd_v(self.acts[l - 1], e, Zs[l - 1], As[l], self.alpha)
         return Ds
 
     def _accumulate(self, As, Ds) -> None:
         kg = self.kg
-        for l in range(self.L):
+        for l in range(self.frozen, self.L):
             d, x = Ds[l], As[l]
             if len(d) == 1:
                 self.GW[l] += (d[0][:, None] * x[0]) >> kg
@@ -479,8 +491,10 @@ class TwinNet:
         d, loss, good = self._loss_rows(Zs, As, T)
         Ds = self._backward_rows(Zs, As, d)
         self._accumulate(As, Ds)
-        for l in range(self.L):
-            self.D[l][...] = Ds[l][-1]
+        for l in range(self.frozen, self.L):
+            d_l = Ds[l]
+            assert d_l is not None
+            self.D[l][...] = d_l[-1]
         N = len(loss)
         self.count += N
         self.grad_count = self.count
@@ -530,23 +544,29 @@ class TwinNet:
             self._step = (rshift_round(q, t), np.minimum(u, 63))
             self._step_key = key
         m, u = self._step
-        g = self.grad
+        # the parameters from the first layer not frozen on (the core updates them in this
+        # order, so the rounding generator runs over them alone)
+        p0 = self._spans[self.frozen][0]
+        n = self.n_params - p0
+        u = u if np.ndim(u) == 0 else u[p0:]
+        g = self.grad[p0:]
+        vel = None if self.vel is None else self.vel[p0:]
         v = clip_v(((g >> 8) * m) >> u, -V_MAX, V_MAX)
-        w = self.theta
+        w = self.theta[p0:]
         if self.c_m:
             v += rshift_round_v(w * self.c_m, self.c_s)
         if self.mu:
-            assert self.vel is not None
-            v += rshift_round_v(self.vel * self.mu, 8)
+            assert vel is not None
+            v += rshift_round_v(vel * self.mu, 8)
         if self.c_m or self.mu:
             np.maximum(np.minimum(v, V_MAX, out=v), -V_MAX, out=v)
         if self.mu:
-            assert self.vel is not None
-            self.vel[...] = v
+            assert vel is not None
+            vel[...] = v
         if self.mode:
             if self._jumps is None:
                 self._jumps = Xorshift30Jumps(min(self.n_params, 1 << 13))
-            s = self._jumps.states(int(self.rng[0]), self.n_params)
+            s = self._jumps.states(int(self.rng[0]), n)
             self.rng[0] = s[-1]
             v += s >> 22
         else:
