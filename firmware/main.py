@@ -6,74 +6,24 @@
 # a frame: a host already decoding frames drops it as one bad frame and loses nothing else.
 READY = b"\r\nedgebp ready\r\n\x00"
 
-# The firmware's modules in the order _import_packed() brings them in: the kernels first
-# (None: kern.select(); the native module is the largest single piece), then the rest
-# leaves first, so that each import finds its own imports done.
+# The firmware's modules in the order they are imported on a board of fixed heap
+# (edgebp/imports.py): the kernels first, then the rest leaves first.
 _MODULES = (None, "edgebp.fixed", "edgebp.luts", "edgebp.wire", "edgebp.net", "edgebp.ebp",
             "edgebp.ckpt", "edgebp.firmware.server")
-# Heap left free beside the ballast for one import (measured on the emulated Cortex-M3: the
-# native kernels need 24-32 KB, the other modules less)
-_ROOM = 32 * 1024
-
-
-def _scrub(d):
-    # overwrite the stack below this frame: a stale word there (the gc is conservative)
-    # would keep a released ballast alive
-    a = b = c = e = f = g = h = i = j = k = 0  # noqa: F841
-    if d:
-        _scrub(d - 1)
-
-
-def _ballast(room):
-    # one block of all the free heap but `room` bytes, at the lowest addresses that hold it
-    import gc
-
-    gc.collect()
-    n = gc.mem_free() - room
-    if n <= 0:
-        return None
-    try:
-        return bytearray(n)
-    except MemoryError:
-        return None
-
-
-def _import(name):
-    if name is None:
-        from edgebp import kern
-
-        kern.select()
-    else:
-        __import__(name)
 
 
 def _import_packed():
-    # Import the server and the kernels one module at a time, each with most of the free
-    # heap held by one block (a ballast) released afterwards. An import leaves its lasting
-    # objects between the file reader's transient buffers (on a littlefs board, every 12 KB
-    # or so), which would cut the heap into holes smaller than a net's tensors: the gc takes
-    # the lowest free blocks that fit, so beside a ballast each module packs against the
-    # ones before it, and the ballast leaves one hole. Measured on the emulated Cortex-M3
-    # (192 KiB heap): the largest free block after the imports is 121 KB of 138 KB free,
-    # against 9 KB when imported plainly. Once an import does not fit beside its ballast,
-    # the rest are left to the plain import of the server, into the one hole the packed ones
-    # left (the server's own compile, from a .py, is the largest transient need: it comes
-    # before the kernels' then, as without packing).
-    import gc
+    # Once an import does not fit beside its ballast, the rest are left to the plain import
+    # of the server, into the one hole the packed ones left (the server's own compile, from
+    # a .py, is the largest transient need: it comes before the kernels' then, as without
+    # packing).
     import sys
 
     if "edgebp.firmware.server" in sys.modules:
         return
-    for name in _MODULES:
-        ballast = _ballast(_ROOM)
-        try:
-            _import(name)
-        except (MemoryError, ImportError):
-            return  # the server's own import says what is wrong, if anything is
-        finally:
-            ballast = None  # noqa: F841
-            _scrub(16)
-            gc.collect()
+    from edgebp import imports
+
+    imports.packed(_MODULES)
 
 
 def start(board=None, kernels=None, **options):

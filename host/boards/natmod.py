@@ -33,9 +33,9 @@ MODULE = "kernels_native.mpy"
 # arch -> (compiler the Makefile runs, Debian package that has it)
 ARCHS = {
     "x64": ("gcc", "gcc"),
-    "armv6m": ("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
-    "armv7m": ("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
-    "armv7emsp": ("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
+    "armv6m": ("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+    "armv7m": ("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+    "armv7emsp": ("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
     "rv32imc": ("riscv64-unknown-elf-gcc", "gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf"),
 }
 

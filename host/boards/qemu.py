@@ -92,8 +92,10 @@ class QemuBoard:
             return False
         return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a killed qemu not yet reaped
 
-    def boot(self, timeout: float = 30) -> QemuBoard:
-        """Power the board on (on its flash) and wait for its REPL prompt."""
+    def boot(self, timeout: float = 30, prompt: bool = True) -> QemuBoard:
+        """Power the board on (on its flash) and wait for its REPL prompt; with prompt=False
+        leave it alone, running its main.py with no host attached (the pty unread: what the
+        board prints is lost)."""
         if self.running:
             raise QemuError(f"{self.kind} is already running (pid {self.pid})")
         cmd = [str(launcher()), "start", self.kind, "--flash", str(self.flash)]
@@ -107,7 +109,8 @@ class QemuBoard:
                             f"{(done.stderr or done.stdout).strip()}")
         self.port, self.pid = words[0], int(words[1])
         self._watch()
-        self._wait_for_prompt(timeout)
+        if prompt:
+            self._wait_for_prompt(timeout)
         return self
 
     def _watch(self) -> None:
