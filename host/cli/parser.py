@@ -442,8 +442,8 @@ def argparse_fleet(parser: argparse.ArgumentParser) -> None:
                    help="the simulated boards: inprocess (the firmware in the client's "
                    "process, the default) or micropython (in a unix MicroPython process each, "
                    "about 3.5x faster: the sim extra)")
-    f.add_argument("--min-clients", type=_count(1, 4096), default=1,
-                   help="a round needs this many connected clients (default 1)")
+    f.add_argument("--min-clients", type=_count(1, 4096), default=0,
+                   help="a round needs this many connected clients (default: all of them)")
     f.add_argument("--fault", action="append", type=_fault, default=[], metavar="P@R",
                    help="reset partition P's simulated board in the middle of round R "
                    "(repeatable): the round goes on without it, it rejoins the next")

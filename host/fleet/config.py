@@ -15,7 +15,10 @@ The same keys configure the simulation (`edgebp fleet`, host/fleet/run.py) and a
                                  simulated in the client's process; the default), sim://micropython,
                                  or a port (a device, a pty, a pyserial URL); a SuperNode's
                                  node config `board` overrides it
-    min-clients                  a round waits for this many connected clients
+    min-clients                  a round waits for this many connected clients (0, the
+                                 default: all of them; Flower's simulation connects its
+                                 virtual clients one by one, so fewer can start a round
+                                 with only the first few)
     round-timeout                seconds a round waits for its replies
     faults                       P@R,...: the simulated board of partition P resets in the
                                  middle of round R (fault injection, for tests and demos)
@@ -43,7 +46,7 @@ class Settings:
     dominant: int = 80
     seed: int = 1
     boards: list[str] = field(default_factory=list)
-    min_clients: int = 1
+    min_clients: int = 0
     round_timeout: float = 600.0
     faults: list[tuple[int, int]] = field(default_factory=list)  # (partition, round)
     out: str = ""
@@ -52,13 +55,20 @@ class Settings:
     def __post_init__(self) -> None:
         if self.partition not in KINDS:
             raise FleetError(f"partition {self.partition!r}: expected {' or '.join(KINDS)}")
-        for name in ("rounds", "local_epochs", "clients", "per", "min_clients"):
+        if self.min_clients < 0:
+            raise FleetError("min-clients must be 0 (all) or more")
+        for name in ("rounds", "local_epochs", "clients", "per"):
             if int(getattr(self, name)) < 1:
                 raise FleetError(f"{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.dominant <= 100:
             raise FleetError(f"dominant-percent {self.dominant} outside 0..100")
         if self.seed < 0:
             raise FleetError("seed must not be negative")
+
+    @property
+    def min_nodes(self) -> int:
+        """The connected clients a round waits for."""
+        return self.min_clients or self.clients
 
     def board_for(self, partition: int) -> str:
         b = self.boards[partition] if partition < len(self.boards) else ""
@@ -98,7 +108,7 @@ class Settings:
                    dominant=get("dominant-percent", int, 80), seed=get("seed", int, 1),
                    boards=[b.strip() for b in get("boards", str, "").split(",")]
                    if get("boards", str, "") else [],
-                   min_clients=get("min-clients", int, 1),
+                   min_clients=get("min-clients", int, 0),
                    round_timeout=get("round-timeout", float, 600.0),
                    faults=parse_faults(get("faults", str, "")),
                    out=get("out", str, ""), curves=get("curves", str, ""))

@@ -91,8 +91,8 @@ def make_strategy(workload: Workload, settings: Settings, history: History,
 
         def __init__(self) -> None:
             super().__init__(fraction_train=1.0, fraction_evaluate=0.0,
-                             min_train_nodes=settings.min_clients,
-                             min_available_nodes=settings.min_clients)
+                             min_train_nodes=settings.min_nodes,
+                             min_available_nodes=settings.min_nodes)
             self.pending: Row | None = None
             self.clock = time.monotonic()
 
