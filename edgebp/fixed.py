@@ -24,7 +24,9 @@ LEAKY = const(2)
 SIGMOID = const(3)
 TANH = const(4)
 SOFTMAX = const(5)
-ACT_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax")
+SWISH = const(6)
+MISH = const(7)
+ACT_NAMES = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "swish", "mish")
 
 # Losses
 MSE = const(0)
@@ -37,6 +39,7 @@ NEAREST = const(0)
 STOCHASTIC = const(1)
 
 # Fixed formats of the squashing units: z in Q12 (range +-8), output and derivative in Q14.
+# Swish and mish read the same tables: z in Q12, output z * gate in Q12, derivative in Q14.
 Z_SHIFT_SQUASH = const(12)
 A_SHIFT_SQUASH = const(14)
 LOSS_SHIFT = const(12)  # loss values are reported in Q12

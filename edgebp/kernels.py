@@ -10,15 +10,19 @@
 from edgebp.fixed import (
     IDENTITY,
     LEAKY,
+    MISH,
     RELU,
     SIGMOID,
     SOFTMAX,
+    SWISH,
     TANH,
     V_MAX,
     const,
     requant,
+    sat16,
 )
 from edgebp.luts import EXP2, SIGMOID as SIG_LUT, TANH as TANH_LUT
+from edgebp.luts_act import MISH_D, MISH_G, SWISH_D
 
 _LOG2E_Q12 = const(5909)  # round(log2(e) * 4096)
 _M30 = const(0x3FFFFFFF)
@@ -125,6 +129,8 @@ def act_fwd(kind, z, a, n, alpha):
             a[i] = _lut(TANH_LUT, z[i])
     elif kind == SOFTMAX:
         softmax(z, a, n)
+    elif kind == SWISH or kind == MISH:
+        gated(SIG_LUT if kind == SWISH else MISH_G, z, a, n)
 
 
 def act_bwd(kind, e, z, a, d, n, alpha):
@@ -157,6 +163,8 @@ def act_bwd(kind, e, z, a, d, n, alpha):
             g = 16384 - ((p >> 14) + ((p >> 13) & 1))
             p = e[i] * g
             d[i] = (p >> 14) + ((p >> 13) & 1)
+    elif kind == SWISH or kind == MISH:
+        gated_bwd(SWISH_D if kind == SWISH else MISH_D, e, z, d, n)
     else:
         # softmax is only used with cross-entropy, whose delta is formed directly
         for i in range(n):
@@ -206,3 +214,20 @@ def update(W, G, V, n, m, u, mu, c_m, c_s, mode, rng):
             w = -32767
         W[p] = w
     rng[0] = s
+
+
+def gated(T, z, a, n):
+    # swish and mish: a = z * g(z), g the Q14 gate table T (in [0, 1]), z and a in Q12.
+    # |z g| <= 32767 * 16384 < 2**29, and |a| <= |z|.
+    for i in range(n):
+        v = z[i]
+        p = v * _lut(T, v)
+        a[i] = (p >> 14) + ((p >> 13) & 1)
+
+
+def gated_bwd(T, e, z, d, n):
+    # d = f'(z) e, f' from the Q14 table T. f' peaks near 1.1, so d can pass the int16 range
+    # by a tenth: saturated. |e f'| <= 32767 * 18019 < 2**30.
+    for i in range(n):
+        p = e[i] * _lut(T, z[i])
+        d[i] = sat16((p >> 14) + ((p >> 13) & 1))

@@ -21,6 +21,7 @@ import micropython
 from micropython import const
 
 from edgebp.luts import EXP2, SIGMOID as SIG_LUT, TANH as TANH_LUT
+from edgebp.luts_act import MISH_D, MISH_G, SWISH_D
 
 # Copies of edgebp.fixed's constants: viper sees only this module's const() names as machine
 # ints (a wrong copy makes the bit-exactness tests fail).
@@ -30,6 +31,8 @@ _LEAKY = const(2)
 _SIGMOID = const(3)
 _TANH = const(4)
 _SOFTMAX = const(5)
+_SWISH = const(6)
+_MISH = const(7)
 _V_MAX = const(0x3FFFFF)
 _LOG2E_Q12 = const(5909)
 _M30 = const(0x3FFFFFFF)
@@ -39,6 +42,9 @@ _HIGH = const(~0x3FFFFFFF)  # bits 30 and up: the sign extension of a 31-bit val
 _SIG = array("h", SIG_LUT)
 _TANH_T = array("h", TANH_LUT)
 _EXP2 = array("h", EXP2)
+_MISH_G = array("h", MISH_G)
+_SWISH_D = array("h", SWISH_D)
+_MISH_D = array("h", MISH_D)
 
 
 @micropython.viper
@@ -193,6 +199,10 @@ def act_fwd(kind: int, z, a, n: int, alpha: int):
             ap[i] = lo + (p >> 9) + ((p >> 8) & 1)
     elif kind == _SOFTMAX:
         softmax(z, a, n)
+    elif kind == _SWISH:
+        gated(_SIG, z, a, n)
+    elif kind == _MISH:
+        gated(_MISH_G, z, a, n)
 
 
 @micropython.viper
@@ -229,6 +239,10 @@ def act_bwd(kind: int, e, z, a, d, n: int, alpha: int):
             g = 16384 - ((p >> 14) + ((p >> 13) & 1))
             p = ((ep[i] ^ 0x8000) - 0x8000) * g
             dp[i] = (p >> 14) + ((p >> 13) & 1)
+    elif kind == _SWISH:
+        gated_bwd(_SWISH_D, e, z, d, n)
+    elif kind == _MISH:
+        gated_bwd(_MISH_D, e, z, d, n)
     else:
         # identity, and softmax (whose cross-entropy delta is formed directly)
         for i in range(n):
@@ -292,3 +306,40 @@ def update(W, G, V, n: int, m: int, u: int, mu: int, c_m: int, c_s: int, mode: i
             w = -32767
         w16[p] = w
     rp[0] = s
+
+
+@micropython.viper
+def gated(T, z, a, n: int):
+    # swish and mish forward, as edgebp.kernels.gated
+    t = ptr16(T)
+    zp = ptr16(z)
+    ap = ptr16(a)
+    for i in range(n):
+        v = (zp[i] ^ 0x8000) - 0x8000
+        u = v + 32768
+        j = u >> 9
+        lo = (t[j] ^ 0x8000) - 0x8000
+        p = (((t[j + 1] ^ 0x8000) - 0x8000) - lo) * (u & 511)
+        p = v * (lo + (p >> 9) + ((p >> 8) & 1))
+        ap[i] = (p >> 14) + ((p >> 13) & 1)
+
+
+@micropython.viper
+def gated_bwd(T, e, z, d, n: int):
+    # swish and mish backward, as edgebp.kernels.gated_bwd
+    t = ptr16(T)
+    ep = ptr16(e)
+    zp = ptr16(z)
+    dp = ptr16(d)
+    for i in range(n):
+        u = ((zp[i] ^ 0x8000) - 0x8000) + 32768
+        j = u >> 9
+        lo = (t[j] ^ 0x8000) - 0x8000
+        p = (((t[j + 1] ^ 0x8000) - 0x8000) - lo) * (u & 511)
+        p = ((ep[i] ^ 0x8000) - 0x8000) * (lo + (p >> 9) + ((p >> 8) & 1))
+        v = (p >> 14) + ((p >> 13) & 1)
+        if v > 32767:
+            v = 32767
+        elif v < -32767:
+            v = -32767
+        dp[i] = v

@@ -22,6 +22,7 @@ from edgebp.fixed import (
     A_SHIFT_SQUASH,
     BCE,
     IDENTITY,
+    MISH,
     MSE,
     NEAREST,
     SIGMOID,
@@ -138,13 +139,20 @@ class Net:
             act = acts[l]
             n_in = sizes[l]
             n_out = sizes[l + 1]
-            if act < IDENTITY or act > SOFTMAX:
+            if act < IDENTITY or act > MISH:
                 raise _bad(l, "unknown activation %d" % act)
             if act == SOFTMAX and l != L - 1:
                 raise _bad(l, "softmax is for the output layer only")
             if _squash(act):
                 if shift_a[l + 1] != A_SHIFT_SQUASH:
                     raise _bad(l, "%s output must be Q14" % fixed.ACT_NAMES[act])
+                sz = Z_SHIFT_SQUASH
+            elif act > SOFTMAX:
+                # swish and mish read the Q12 tables; their output z * gate keeps z's format
+                if l == L - 1:
+                    raise _bad(l, "%s is for hidden layers only" % fixed.ACT_NAMES[act])
+                if shift_a[l + 1] != Z_SHIFT_SQUASH:
+                    raise _bad(l, "%s output must be Q12" % fixed.ACT_NAMES[act])
                 sz = Z_SHIFT_SQUASH
             else:
                 sz = shift_a[l + 1]

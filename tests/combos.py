@@ -12,7 +12,7 @@ import numpy as np
 from edgebp import fixed
 from edgebp.host.nets.qnet import Hyper, QuantNet
 
-HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
+HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "swish", "mish"]
 OUTPUTS = [  # (loss, output activation)
     ("mse", "identity"),
     ("mse", "relu"),

@@ -22,16 +22,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from edgebp import fixed, kernels, luts, net
+from edgebp import fixed, kernels, luts, luts_act, net
 from edgebp.fixed import (
     BCE,
     IDENTITY,
     LEAKY,
+    MISH,
     MSE,
     RELU,
     SIGMOID,
     SOFTMAX,
     SOFTMAX_CE,
+    SWISH,
     TANH,
     V_MAX,
 )
@@ -40,8 +42,9 @@ from edgebp.host.nets.qnet import Hyper, QuantNet
 from edgebp.host.nets.twin import TwinNet, Xorshift30Jumps
 
 CORE = Path(fixed.__file__).resolve().parent
-HIDDEN = [IDENTITY, RELU, LEAKY, SIGMOID, TANH]
+HIDDEN = [IDENTITY, RELU, LEAKY, SIGMOID, TANH, SWISH, MISH]
 SQUASH = (SIGMOID, TANH, SOFTMAX)
+GATED = (SWISH, MISH)  # z and output in Q12
 
 
 # -- an instrumented copy of the core --
@@ -93,7 +96,7 @@ class _Guard(ast.NodeTransformer):
 
 
 def checked_core() -> dict[str, ModuleType]:
-    core: dict[str, ModuleType] = {"luts": luts}
+    core: dict[str, ModuleType] = {"luts": luts, "luts_act": luts_act}
     for name in ("fixed", "kernels", "net"):
         path = CORE / f"{name}.py"
         tree = ast.fix_missing_locations(_Guard().visit(ast.parse(path.read_text())))
@@ -362,7 +365,23 @@ def test_luts_match_core_over_all_int16():
     assert t.exp_neg.tolist() == [kernels.exp_neg(v) for v in range(65536)]
 
 
-@pytest.mark.parametrize("kind", range(6), ids=fixed.ACT_NAMES)
+@pytest.mark.parametrize("kind", [SWISH, MISH], ids=["swish", "mish"])
+def test_gated_match_core_over_all_int16(kind):
+    # forward and derivative at every z, the derivative through the largest e of either sign
+    # (where the product saturates) and through a spread of e
+    z = np.arange(-32768, 32768)
+    n = len(z)
+    a = array("h", bytes(2 * n))
+    kernels.act_fwd(kind, array("h", z.tolist()), a, n, 0)
+    assert twin.act_fwd_v(kind, z, 0).tolist() == list(a)
+    spread = np.random.default_rng(kind).integers(-32768, 32768, n)
+    for e in (np.full(n, 32767), np.full(n, -32768), spread):
+        d = array("h", bytes(2 * n))
+        kernels.act_bwd(kind, array("h", e.tolist()), array("h", z.tolist()), a, d, n, 0)
+        assert twin.act_bwd_v(kind, e, z, np.array(a), 0).tolist() == list(d)
+
+
+@pytest.mark.parametrize("kind", range(8), ids=fixed.ACT_NAMES)
 @pytest.mark.parametrize("alpha", [0, 41, 4096])
 def test_act_fwd_bwd_match_core(kind, alpha):
     rng = np.random.default_rng(kind)
@@ -544,7 +563,8 @@ def random_nets(draw):
         sizes[-1] = max(sizes[-1], 2)
     acts = [draw(st.sampled_from(HIDDEN)) for _ in range(L - 1)] + [out]
     shift_a = [draw(st.integers(0, 14))]
-    shift_a += [14 if a in SQUASH else draw(st.integers(0, 14)) for a in acts[:-1]]
+    shift_a += [14 if a in SQUASH else 12 if a in GATED else draw(st.integers(0, 14))
+                for a in acts[:-1]]
     shift_a.append(14 if out in SQUASH else draw(st.integers(6, 24)))
     shift_w = [draw(st.integers(0, 24)) for _ in range(L)]
     shift_d = [draw(st.integers(0, 24)) for _ in range(L - 1)]

@@ -39,7 +39,7 @@ _Static_assert((int32_t)0xFFFFFFFFu == -1, "kernels.c needs two's complement nar
 #define V_MAX 0x3FFFFF
 #define M30 0x3FFFFFFF
 #define LOG2E_Q12 5909 // round(log2(e) * 4096)
-enum { IDENTITY = 0, RELU = 1, LEAKY = 2, SIGMOID = 3, TANH = 4, SOFTMAX = 5 };
+enum { IDENTITY = 0, RELU = 1, LEAKY = 2, SIGMOID = 3, TANH = 4, SOFTMAX = 5, SWISH = 6, MISH = 7 };
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 // the kernels shared by their wrappers and the whole-step functions: one copy each (code size)
@@ -480,6 +480,13 @@ NOINLINE static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_
         }
     } else if (kind == SOFTMAX) {
         softmax_c(z, a, n);
+    } else if (kind == SWISH || kind == MISH) {
+        // a = z * g(z), g the Q14 gate table, z and a in Q12 (edgebp.kernels.gated)
+        const int16_t *T = kind == SWISH ? SIGMOID_LUT : MISH_G_LUT;
+        for (size_t i = 0; i < n; i++) {
+            int32_t v = z[i];
+            a[i] = rshift_round(v * lut(T, v), 14);
+        }
     }
 }
 
@@ -514,6 +521,12 @@ NOINLINE static void act_bwd_c(int32_t kind, const int16_t *e, const int16_t *z,
             int32_t v = a[i];
             int32_t g = 16384 - rshift_round(v * v, 14);
             d[i] = rshift_round(e[i] * g, 14);
+        }
+    } else if (kind == SWISH || kind == MISH) {
+        // d = f'(z) e, f' from its Q14 table, saturated (f' peaks near 1.1)
+        const int16_t *T = kind == SWISH ? SWISH_D_LUT : MISH_D_LUT;
+        for (size_t i = 0; i < n; i++) {
+            d[i] = sat16(rshift_round(e[i] * lut(T, z[i]), 14));
         }
     } else {
         // softmax is only used with cross-entropy, whose delta is formed directly
@@ -1062,7 +1075,7 @@ static mp_obj_t act_fwd(size_t n_args, const mp_obj_t *args) {
     int16_t *a = out16(args[2], &len_a);
     size_t n = arg_size(args[3]);
     int32_t alpha = arg_i32(args[4]);
-    if (kind >= IDENTITY && kind <= SOFTMAX) { // another kind does nothing
+    if (kind >= IDENTITY && kind <= MISH) { // another kind does nothing
         need(len_z, kind == SOFTMAX && n == 0 ? 1 : n);
         need(len_a, n);
     }
@@ -1083,7 +1096,7 @@ static mp_obj_t act_bwd(size_t n_args, const mp_obj_t *args) {
     int32_t alpha = arg_i32(args[6]);
     need(len_e, n);
     need(len_d, n);
-    if (kind == RELU || kind == LEAKY) {
+    if (kind == RELU || kind == LEAKY || kind == SWISH || kind == MISH) {
         need(len_z, n);
     }
     if (kind == SIGMOID || kind == TANH) {
@@ -1406,7 +1419,7 @@ static int32_t backward_c(mp_obj_t self, net_t *np, mp_obj_t t, int32_t *good_ou
         size_t n = p_size(LP(&net, L - 1, P_N_OUT));
         int32_t kind = LP(&net, L - 1, P_ACT);
         int16_t *d = net_out16(&net, F_D, L - 1, n);
-        const int16_t *z = net_in16(&net, F_Z, L - 1, kind == RELU || kind == LEAKY ? n : 0);
+        const int16_t *z = net_in16(&net, F_Z, L - 1, kind == RELU || kind == LEAKY || kind == SWISH || kind == MISH ? n : 0);
         const int16_t *a = net_in16(&net, F_A, L, kind == SIGMOID || kind == TANH ? n : 0);
         act_bwd_c(kind, d, z, a, d, n, alpha);
     }
@@ -1422,7 +1435,7 @@ static int32_t backward_c(mp_obj_t self, net_t *np, mp_obj_t t, int32_t *good_ou
         int blocks = !overlaps(e, n_in, d, n_out) && !overlaps(e, n_in, W, n_in * n_out);
         matvec_t_c(W, d, n_in, n_out, k, p_clamp(LP(&net, l, P_S_B), -16, 32), e, blocks);
         int32_t kind = LP(&net, l - 1, P_ACT);
-        const int16_t *z = net_in16(&net, F_Z, l - 1, kind == RELU || kind == LEAKY ? n_in : 0);
+        const int16_t *z = net_in16(&net, F_Z, l - 1, kind == RELU || kind == LEAKY || kind == SWISH || kind == MISH ? n_in : 0);
         const int16_t *a = net_in16(&net, F_A, l, kind == SIGMOID || kind == TANH ? n_in : 0);
         act_bwd_c(kind, e, z, a, e, n_in, alpha);
     }

@@ -92,7 +92,7 @@ def check_tools(archs: list[str]) -> None:
 
 
 def check_luts() -> None:
-    text = ctables.header(ctables.tables())
+    text = ctables.header(ctables.all_tables())
     if not ctables.LUTS_H.is_file() or ctables.LUTS_H.read_text(encoding="utf-8") != text:
         raise BuildError(f"{ctables.LUTS_H} is stale: run python -m edgebp.host.nets.ctables")
 

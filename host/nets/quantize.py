@@ -52,7 +52,7 @@ from edgebp import fixed
 from edgebp.fixed import A_SHIFT_SQUASH, Q_MAX, Z_SHIFT_SQUASH, ceil_log2
 from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent
 from edgebp.host.nets.ranges import MSE_MIN_SHIFT, RangeError, check_ranges, core_layout, max_lr
-from edgebp.host.nets.reference import ACT_NAMES, FLOAT_ONLY_ACTS, FloatNet
+from edgebp.host.nets.reference import FloatNet
 from edgebp.host.nets.spec import Spec
 
 __all__ = [
@@ -70,6 +70,7 @@ MAX_SHIFT = 24  # the core's limit for shift_w and shift_d
 CALIB_SAMPLES = 256
 
 _SQUASH = (fixed.SIGMOID, fixed.TANH, fixed.SOFTMAX)
+_GATED = (fixed.SWISH, fixed.MISH)  # z and output in Q12, the tables' format
 
 
 # -- input normalisation --
@@ -180,6 +181,8 @@ def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float, t_bound: float | Non
     for l in range(L):
         if acts[l] in _SQUASH:
             sa[l + 1] = A_SHIFT_SQUASH
+        elif acts[l] in _GATED:
+            sa[l + 1] = Z_SHIFT_SQUASH
         elif l < L - 1:
             sa[l + 1] = _shift_for(float(np.abs(A[l + 1]).max()), A_HEADROOM, 0, 14)
         else:
@@ -213,14 +216,14 @@ def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float, t_bound: float | Non
             if sw[l] < 0:
                 refuse(l + 1, f"learning rate {lr:g} needs weights in Q{sw[l]}, below Q0: "
                        "lower the learning rate or batch_max")
-            if acts[l] not in _SQUASH:
+            if acts[l] not in _SQUASH + _GATED:
                 sa[l + 1] = min(sa[l + 1], sw[l] + sa[l] - kf[l])
         sd[L - 1] = sa[L] if mse else 14
         for l in range(1, L):
             sd[l - 1] = min(sd[l - 1], sw[l] + sd[l] - kb[l])
         for l in range(L):
             N = l + 1
-            sz = Z_SHIFT_SQUASH if acts[l] in _SQUASH else sa[l + 1]
+            sz = Z_SHIFT_SQUASH if acts[l] in _SQUASH + _GATED else sa[l + 1]
             need = sz + kf[l] - sa[l]
             if sw[l] < need:
                 why = (f"learning rate {lr:g} allows" if sw[l] < sw_mag[l]
@@ -255,13 +258,11 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
     set the activation and delta formats; without them samples are drawn from the declared
     ranges (mse targets: from target_range if declared, else zero). The formats admit
     learning rates up to lr_max (default: the hyper's, which defaults to the spec's). The
-    result passes check_ranges for the declared input range, or RangeError names the layer
-    (also for swish and mish, which only the float reference has).
+    result passes check_ranges for the declared input range, or RangeError names the layer.
     """
-    for l, act in enumerate(spec.acts):
-        if act in FLOAT_ONLY_ACTS:
-            raise RangeError([f"layer {l + 1}: {ACT_NAMES[act]} runs in the float64 reference "
-                              "only; the board has no kernel for it yet"])
+    if spec.acts[-1] in _GATED:
+        raise RangeError([f"layer {spec.L}: {fixed.ACT_NAMES[spec.acts[-1]]} is for hidden "
+                          "layers only on the board (the float64 reference has it as output)"])
     hyper = hyper or spec.hyper()
     offset, scale = input_normalisation(spec)
     out = target_normalisation(spec)

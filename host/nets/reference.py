@@ -17,9 +17,8 @@ with g the mean gradient of a mini-batch. The reference also has Adam (`Adam`, f
 and second-order methods (Levenberg-Marquardt, Hessian diagonals) in
 edgebp.host.nets.second_order.
 
-Activations are the core's (edgebp.fixed.ACT_NAMES, same codes) and two that only the float
-reference has so far, swish x sigmoid(x) (SWISH) and mish x tanh(softplus(x)) (MISH); the
-quantiser refuses a net that uses them. Training walks the samples in `epoch_order`, in
+Activations are the core's (edgebp.fixed.ACT_NAMES, same codes), swish x sigmoid(x) (SWISH)
+and mish x tanh(softplus(x)) (MISH) among them. Training walks the samples in `epoch_order`, in
 batches of `hyper.batch`; the last batch of an epoch may be partial and its step uses the
 mean over the samples it has, as the core's Net.update() does.
 """
@@ -33,11 +32,9 @@ import numpy as np
 from edgebp import fixed
 from edgebp.fixed import seed30, xorshift30
 
-# codes past the core's: activations of the float reference only (no board kernels yet)
-SWISH = len(fixed.ACT_NAMES)
-MISH = SWISH + 1
-ACT_NAMES = (*fixed.ACT_NAMES, "swish", "mish")
-FLOAT_ONLY_ACTS = (SWISH, MISH)
+SWISH = fixed.SWISH
+MISH = fixed.MISH
+ACT_NAMES = fixed.ACT_NAMES
 ACT_CODES = {name: i for i, name in enumerate(ACT_NAMES)}
 LOSS_CODES = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
 

@@ -5,10 +5,9 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
     {
       "sizes": [64, 32, 10],                    layer widths, input first (1..8 layers)
       "activations": ["relu", "softmax"],       one per layer: identity, relu, leaky_relu,
-                                                sigmoid, tanh, softmax (output only); swish
-                                                and mish for the float64 reference only
-                                                (the quantiser refuses them: the board has
-                                                no kernels for them yet)
+                                                sigmoid, tanh, softmax (output only), swish,
+                                                mish (hidden only on the board; the float64
+                                                reference also has them as outputs)
       "loss": "softmax_ce",                     mse, softmax_ce (softmax out), bce (sigmoid out)
       "input_range": {"min": 0, "max": 16},     one number or one per input feature
       "integer_inputs": true,                   optional: the inputs are a board program's

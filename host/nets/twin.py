@@ -27,17 +27,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgebp import luts
+from edgebp import luts, luts_act
 from edgebp.fixed import (
     BCE,
     IDENTITY,
     LEAKY,
+    MISH,
     NEAREST,
     Q_MAX,
     RELU,
     SIGMOID,
     SMALL_MAX,
     SOFTMAX_CE,
+    SWISH,
     TANH,
     V_MAX,
     mean_lr_shift,
@@ -133,6 +135,11 @@ class _Tables:
         # derivatives from the cached output a (Q14): a(1-a) and 1-a^2, rounded as in act_bwd
         self.dsigmoid = rshift_round_v(q * (16384 - q), 14)
         self.dtanh = 16384 - rshift_round_v(q * q, 14)
+        # swish and mish: z * gate rounded to Q12, and f'(z) in Q14 (kernels.gated, gated_bwd)
+        self.swish = rshift_round_v(q * self.sigmoid, 14)
+        self.mish = rshift_round_v(q * lut_v(luts_act.MISH_G, q), 14)
+        self.dswish = lut_v(luts_act.SWISH_D, q)
+        self.dmish = lut_v(luts_act.MISH_D, q)
         # exp(-x) for x = max(z) - z in [0, 65535]
         self.exp_neg = exp_neg_v(np.arange(65536, dtype=I64))
 
@@ -165,6 +172,10 @@ def act_fwd_v(kind: int, z: np.ndarray, alpha: int) -> np.ndarray:
         return tables().sigmoid[z + 32768]
     if kind == TANH:
         return tables().tanh[z + 32768]
+    if kind == SWISH:
+        return tables().swish[z + 32768]
+    if kind == MISH:
+        return tables().mish[z + 32768]
     return softmax_v(z)
 
 
@@ -177,6 +188,10 @@ def act_bwd_v(kind: int, e: np.ndarray, z: np.ndarray, a: np.ndarray, alpha: int
         return rshift_round_v(e * tables().dsigmoid[a + 32768], 14)
     if kind == TANH:
         return rshift_round_v(e * tables().dtanh[a + 32768], 14)
+    if kind == SWISH:
+        return clip_v(rshift_round_v(e * tables().dswish[z + 32768], 14), -Q_MAX, Q_MAX)
+    if kind == MISH:
+        return clip_v(rshift_round_v(e * tables().dmish[z + 32768], 14), -Q_MAX, Q_MAX)
     return e  # identity, and softmax (whose delta the loss forms directly)
 
 

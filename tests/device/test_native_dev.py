@@ -240,7 +240,7 @@ Z_EDGES = (-Q, Q, -32768, 0, -1, 1, -32768 + 512, 32767 - 511, -4096, 4096, 511,
 def test_act_fwd():
     need_native()
     r = Rand(4)
-    for kind in (0, 1, 2, 3, 4, 5, 6, -1):  # 6 and -1: not a kind, nothing is written
+    for kind in (0, 1, 2, 3, 4, 5, 6, 7, 8, -1):  # 8 and -1: not a kind, nothing is written
         for alpha in (0, 41, 4096):
             for n in (1, 2, 10, 130):
                 z = array("h", r.values(n, -Q, Q, Z_EDGES))
@@ -260,6 +260,33 @@ def test_act_fwd():
         pk.act_fwd(kind, z, a1, len(z), 41)
         nk.act_fwd(kind, z, a2, len(z), 41)
         same("act_fwd nodes " + fixed.ACT_NAMES[kind], a1, a2)
+
+
+def test_gated_every_z():
+    # swish and mish over every int16 z, in chunks: the forward value, and the derivative
+    # through e = +-Q (the saturating products) and through a spread of e
+    need_native()
+    r = Rand(14)
+    n = 1024  # buffers of 2 KB: a 192 KiB board's heap has room for them beside the core
+    z, e, a1, a2, d1, d2 = (array("h", range(n)) for _ in range(6))
+    for kind in (fixed.SWISH, fixed.MISH):
+        for lo in range(-32768, 32768, n):
+            for i in range(n):
+                z[i] = lo + i
+            pk.act_fwd(kind, z, a1, n, 41)
+            nk.act_fwd(kind, z, a2, n, 41)
+            same("act_fwd %s z from %d" % (fixed.ACT_NAMES[kind], lo), a1, a2)
+            for pattern in range(3):
+                for i in range(n):
+                    e[i] = (Q, -32768, r.values(1, -Q, Q, (-Q, Q, 0, 1, -1))[0])[pattern]
+                pk.act_bwd(kind, e, z, a1, d1, n, 41)
+                nk.act_bwd(kind, e, z, a1, d2, n, 41)
+                same("act_bwd %s e pattern %d z from %d" % (fixed.ACT_NAMES[kind], pattern, lo),
+                     d1, d2)
+    args = (fixed.MISH, z, a2, n, 41)
+    locked(nk.act_fwd, args)
+    args = (fixed.SWISH, a1, z, a1, d2, n, 41)
+    locked(nk.act_bwd, args)
 
 
 def test_exp_neg():
@@ -327,7 +354,7 @@ def act_bwd_case(r, kind, n, alpha, in_place, lock=False):
 def test_act_bwd():
     need_native()
     r = Rand(6)
-    for kind in (0, 1, 2, 3, 4, 5, 6, -1):
+    for kind in (0, 1, 2, 3, 4, 5, 6, 7, 8, -1):
         for alpha in (0, 41, 4096):
             for n in (1, 9, 200):
                 act_bwd_case(r, kind, n, alpha, False, n == 9)
@@ -537,7 +564,8 @@ def test_aliased_buffers():
 
 # -- whole nets: both kernel sets train the same nets to the same state --
 
-HIDDEN = (fixed.IDENTITY, fixed.RELU, fixed.LEAKY, fixed.SIGMOID, fixed.TANH)
+HIDDEN = (fixed.IDENTITY, fixed.RELU, fixed.LEAKY, fixed.SIGMOID, fixed.TANH, fixed.SWISH,
+          fixed.MISH)
 OUTPUTS = (
     (fixed.MSE, fixed.IDENTITY),
     (fixed.MSE, fixed.RELU),

@@ -171,7 +171,7 @@ Z_EDGES = (-Q, Q, 0, -1, 1, -32768 + 512, 32767 - 511, -4096, 4096, 511, 512, -5
 def test_act_fwd():
     need_viper()
     r = Rand(4)
-    for kind in range(6):
+    for kind in range(8):
         for alpha in (0, 41, 4096):
             for n in (1, 2, 10, 130):
                 z = array("h", r.values(n, -Q, Q, Z_EDGES))
@@ -186,6 +186,29 @@ def test_act_fwd():
         pk.act_fwd(kind, z, a1, len(z), 41)
         vk.act_fwd(kind, z, a2, len(z), 41)
         same("act_fwd nodes " + fixed.ACT_NAMES[kind], a1, a2)
+
+
+def test_gated_every_z():
+    # swish and mish over every int16 z, in chunks: the forward value, and the derivative
+    # through e = +-Q (the saturating products) and through a spread of e
+    need_viper()
+    r = Rand(14)
+    n = 1024  # buffers of 2 KB: a 192 KiB board's heap has room for them beside the core
+    z, e, a1, a2, d1, d2 = (array("h", range(n)) for _ in range(6))
+    for kind in (fixed.SWISH, fixed.MISH):
+        for lo in range(-32768, 32768, n):
+            for i in range(n):
+                z[i] = lo + i
+            pk.act_fwd(kind, z, a1, n, 41)
+            vk.act_fwd(kind, z, a2, n, 41)
+            same("act_fwd %s z from %d" % (fixed.ACT_NAMES[kind], lo), a1, a2)
+            for pattern in range(3):
+                for i in range(n):
+                    e[i] = (Q, -32768, r.value(-Q, Q, (-Q, Q, 0, 1, -1)))[pattern]
+                pk.act_bwd(kind, e, z, a1, d1, n, 41)
+                vk.act_bwd(kind, e, z, a1, d2, n, 41)
+                same("act_bwd %s e pattern %d z from %d" % (fixed.ACT_NAMES[kind], pattern, lo),
+                     d1, d2)
 
 
 def test_softmax_edges():
@@ -230,7 +253,7 @@ def act_bwd_case(r, kind, n, alpha, in_place):
 def test_act_bwd():
     need_viper()
     r = Rand(6)
-    for kind in range(6):
+    for kind in range(8):
         for alpha in (0, 41, 4096):
             for n in (1, 9, 200):
                 act_bwd_case(r, kind, n, alpha, False)
@@ -274,7 +297,8 @@ def test_update():
 
 # -- whole nets: both kernel sets train the same nets to the same state --
 
-HIDDEN = (fixed.IDENTITY, fixed.RELU, fixed.LEAKY, fixed.SIGMOID, fixed.TANH)
+HIDDEN = (fixed.IDENTITY, fixed.RELU, fixed.LEAKY, fixed.SIGMOID, fixed.TANH, fixed.SWISH,
+          fixed.MISH)
 OUTPUTS = (
     (fixed.MSE, fixed.IDENTITY),
     (fixed.MSE, fixed.RELU),
