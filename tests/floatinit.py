@@ -67,6 +67,8 @@ def calibrated_qnet(sizes, acts, loss, X, T, rng, batch_max=1) -> QuantNet:
     for l in range(L):
         if acts[l] in SQUASH:
             shift_a.append(fixed.A_SHIFT_SQUASH)
+        elif acts[l] in (fixed.SWISH, fixed.MISH):
+            shift_a.append(fixed.Z_SHIFT_SQUASH)  # the core's tables fix z and a at Q12
         else:
             peak = np.abs(ref.a[l + 1]).max()
             if l == L - 1:

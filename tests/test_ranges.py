@@ -21,6 +21,7 @@ from edgebp.host.nets.quantize import quantize
 from edgebp.host.nets.ranges import RangeError, check_ranges, core_layout, max_lr
 from edgebp.host.nets.spec import init_float_weights, make_spec
 from edgebp.luts import EXP2, LOG2, SIGMOID as SIG_LUT, TANH as TANH_LUT
+from edgebp.luts_act import MISH_D, MISH_G, SWISH_D
 from edgebp.net import Net
 from specs import XOR, iris_like, regression
 
@@ -230,6 +231,10 @@ class Probe:
                     a[i] = (p >> 12) + ((p >> 11) & 1)
             elif kind in (fixed.SIGMOID, fixed.TANH):
                 a[i] = self._lut(N, SIG_LUT if kind == fixed.SIGMOID else TANH_LUT, v)
+            elif kind in (fixed.SWISH, fixed.MISH):
+                g = self._lut(N, SIG_LUT if kind == fixed.SWISH else MISH_G, v)
+                p = self.rec(N, "z*gate", v * g)
+                a[i] = (p >> 14) + ((p >> 13) & 1)
         if kind == fixed.SOFTMAX:
             mx = max(z[j] for j in range(n))
             tot = 0
@@ -244,6 +249,10 @@ class Probe:
         for i in range(n):
             if kind in (fixed.IDENTITY, fixed.SOFTMAX):
                 d[i] = e[i]
+            elif kind in (fixed.SWISH, fixed.MISH):
+                g = self._lut(N, SWISH_D if kind == fixed.SWISH else MISH_D, z[i])
+                p = self.rec(N, "error*f'", e[i] * g)
+                d[i] = max(-32767, min(32767, (p >> 14) + ((p >> 13) & 1)))
             elif kind == fixed.RELU:
                 d[i] = e[i] if z[i] > 0 else 0
             elif kind == fixed.LEAKY:
@@ -368,6 +377,9 @@ ADVERSARIAL = [
     ("sigmoid-mse", dict(sizes=[5, 3, 2], activations=["sigmoid", "sigmoid"], loss="mse",
                          input_range={"min": -1, "max": 1}, batch_max=2,
                          optimizer={"lr": 0.1, "batch": 2, "rounding": "stochastic"}), None),
+    ("swish-mish", dict(sizes=[4, 5, 5, 2], activations=["swish", "mish", "identity"],
+                        loss="mse", input_range={"min": -1, "max": 1}, batch_max=2,
+                        optimizer={"lr": 0.1, "batch": 2}), None),
     ("relu-out", dict(sizes=[4, 6, 3], activations=["relu", "relu"], loss="mse",
                       input_range={"min": 0, "max": 1}, target_range={"min": 0, "max": 4},
                       optimizer={"lr": 0.1, "weight_decay": 0.001}), (-32768, 32767)),

@@ -115,21 +115,26 @@ def test_swish_and_mish_values():
         assert np.allclose(act_second_derivative(k, big, a, 0.0), [0.0, 0.0])
 
 
-def test_spec_takes_swish_and_mish_and_the_quantiser_refuses_them(tmp_path, capsys):
+def test_spec_takes_swish_and_mish_and_the_quantiser_refuses_them_as_outputs(tmp_path, capsys):
     spec = make_spec(sizes=[2, 3, 3, 1], activations=["tanh", "mish", "sigmoid"], loss="bce",
                      input_range={"min": 0, "max": 1})
     assert spec.acts == [ACT_CODES["tanh"], ACT_CODES["mish"], ACT_CODES["sigmoid"]]
     Ws, Bs = init_float_weights(spec)
     FloatNet(spec.sizes, spec.acts, spec.loss, Ws, Bs).forward(np.zeros((1, 2)))
-    with pytest.raises(RangeError, match=r"^layer 2: mish runs in the float64 reference only"):
-        quantize(spec, Ws, Bs)
+    assert quantize(spec, Ws, Bs).acts == spec.acts  # hidden: the board has them
+    out_spec = make_spec(sizes=[2, 3, 1], activations=["tanh", "swish"], loss="mse",
+                         input_range={"min": 0, "max": 1})
+    FloatNet(out_spec.sizes, out_spec.acts, out_spec.loss,
+             *init_float_weights(out_spec)).forward(np.zeros((1, 2)))
+    with pytest.raises(RangeError, match=r"^layer 2: swish is for hidden layers only"):
+        quantize(out_spec, *init_float_weights(out_spec))
     path = tmp_path / "spec.json"
-    path.write_text('{"sizes": [2, 3, 1], "activations": ["swish", "sigmoid"], "loss": "bce",'
+    path.write_text('{"sizes": [2, 3, 1], "activations": ["sigmoid", "mish"], "loss": "mse",'
                     ' "input_range": {"min": 0, "max": 1}}')
     out = tmp_path / "net.ebp"
     assert cli.main(["quantize", str(path), "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "layer 1: swish" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "layer 2: mish" in err and "Traceback" not in err
     assert not out.exists()
 
 

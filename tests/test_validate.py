@@ -27,7 +27,7 @@ from edgebp.luts import SIGMOID as SIG_LUT, TANH as TANH_LUT
 from edgebp.net import nlog_q14
 from floatinit import random_case, sample_batch
 
-HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
+HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "swish", "mish"]
 OUTPUTS = [  # (output activation, loss): every pairing the core accepts
     ("identity", "mse"),
     ("relu", "mse"),

@@ -50,7 +50,7 @@ DIRS = ("edgebp", "edgebp/firmware")
 # nor the wire codec. (A test imports each set alone on a board.)
 PREDICT = ("edgebp/__init__.py", "edgebp/crc.py", "edgebp/ebp.py", "edgebp/fixed.py",
            "edgebp/kern.py", "edgebp/kernels.py", "edgebp/kernels_viper.py",
-           "edgebp/learner.py", "edgebp/luts.py", "edgebp/net.py")
+           "edgebp/learner.py", "edgebp/luts.py", "edgebp/luts_act.py", "edgebp/net.py")
 LEARN = PREDICT + ("edgebp/ckpt.py",)
 
 # One exec on the board: everything deploy needs to know, printed as a Python literal.

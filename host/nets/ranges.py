@@ -32,6 +32,7 @@ from edgebp.fixed import (
 )
 from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent
 from edgebp.luts import EXP2, LOG2, SIGMOID as SIG_LUT, TANH as TANH_LUT
+from edgebp.luts_act import MISH_D, MISH_G, SWISH_D
 from edgebp.net import MAX_BATCH, Net
 
 MSE_MIN_SHIFT = 6  # the core's minimum output format for mse
@@ -234,9 +235,32 @@ class _Bounds:
         self.report.problems.append(msg)
 
 
+def _table_range(table, z: Interval) -> Interval:
+    # every value kernels._lut(table, v) takes for v in z: between the nodes it reads
+    nodes = table[(z[0] + 32768) >> 9:((z[1] + 32768) >> 9) + 2]
+    return min(nodes), max(nodes)
+
+
+def _gated_forward(c: _Bounds, N: int, act: int, z: Interval) -> Interval:
+    # swish and mish: z * gate(z) >> 14, rounded (kernels.gated)
+    T = SIG_LUT if act == fixed.SWISH else MISH_G
+    c.add(N, "LUT interpolation", _step_product(T, 511))
+    return _rnd(c.add(N, "z*gate", _mul(z, _table_range(T, z))), 14)
+
+
+def _gated_backward(c: _Bounds, N: int, act: int, e: Interval, z: Interval) -> Interval:
+    # f'(z) from its table times the error, rounded and saturated (kernels.gated_bwd)
+    T = SWISH_D if act == fixed.SWISH else MISH_D
+    c.add(N, "LUT interpolation", _step_product(T, 511))
+    p = c.add(N, "error*f'", _mul(e, _table_range(T, z)))
+    return _clip(_rnd(p, 14), -Q_MAX, Q_MAX)
+
+
 def _act_forward(c: _Bounds, N: int, act: int, z: Interval, alpha: int, n: int) -> Interval:
     if act == fixed.IDENTITY:
         return z
+    if act in (fixed.SWISH, fixed.MISH):
+        return _gated_forward(c, N, act, z)
     if act == fixed.RELU:
         return max(z[0], 0), max(z[1], 0)
     if act == fixed.LEAKY:
@@ -257,7 +281,9 @@ def _act_forward(c: _Bounds, N: int, act: int, z: Interval, alpha: int, n: int) 
 
 
 def _act_backward(c: _Bounds, N: int, act: int, e: Interval, a: Interval,
-                  alpha: int) -> Interval:
+                  alpha: int, z: Interval = INT16) -> Interval:
+    if act in (fixed.SWISH, fixed.MISH):
+        return _gated_backward(c, N, act, e, z)
     if act in (fixed.IDENTITY, fixed.SOFTMAX):
         return e
     if act == fixed.RELU:
@@ -343,7 +369,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         err = _clip(diff, -Q_MAX, Q_MAX)
         sq = c.add(L, "error^2", (0, max(err[0] * err[0], err[1] * err[1])))
         c.add(L, "loss term", _rnd(sq, 2 * out.sa_out - 11))
-        d = c.add(L, "delta", _act_backward(c, L, out.act, err, a, alpha), INT16)
+        d = c.add(L, "delta", _act_backward(c, L, out.act, err, a, alpha, Z[L - 1]), INT16)
 
     # backward through the layers
     D: list[Interval] = [(0, 0)] * L
@@ -355,7 +381,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         acc = c.add(N, "backward sum", _terms(_shr(prod, y.kb), y.n_out))
         e = c.add(l, "error", _requant(acc, y.s_b), INT16)
         D[l - 1] = c.add(l, "delta", _act_backward(c, l, lay.layers[l - 1].act, e, A[l],
-                                                   alpha), INT16)
+                                                   alpha, Z[l - 1]), INT16)
 
     # gradient sums and the update
     for l, y in enumerate(lay.layers):

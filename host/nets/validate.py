@@ -86,7 +86,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.nets.reference import from_qnet
+from edgebp.host.nets import actbounds
+from edgebp.host.nets.reference import act_second_derivative, from_qnet
 
 # -- error bounds of the core's function tables, in LSB of their output format --
 #
@@ -121,6 +122,12 @@ def _exp_neg_bound() -> float:
 
 
 EXP_NEG_BOUND = _exp_neg_bound()  # Q14 output
+
+# swish and mish (edgebp.host.nets.actbounds): the output z * gate in Q12 LSB, the derivative
+# table in Q14 LSB; |f'| <= 1.1 for both
+GATED_BOUND = {fixed.SWISH: actbounds.SWISH_BOUND, fixed.MISH: actbounds.MISH_BOUND}
+GATED_D_BOUND = {fixed.SWISH: actbounds.SWISH_D_BOUND, fixed.MISH: actbounds.MISH_D_BOUND}
+_GATED_F1 = 1.1
 
 
 def softmax_bound(n: int) -> float:
@@ -176,6 +183,8 @@ def z_error_bounds(qnet) -> list[np.ndarray]:
         elif act == fixed.LEAKY:
             # the slope's product is rounded to the output format
             err_a = err_z + 0.5 * 2.0 ** -qnet.shift_a[l + 1]
+        elif act in GATED_BOUND:
+            err_a = _GATED_F1 * err_z + GATED_BOUND[act] * 2.0**-12
         else:
             err_a = err_z
     return bounds
@@ -520,6 +529,7 @@ def _propagated_errors(qnet, ref, fprime) -> list[float]:
         return np.sqrt((M * M) @ (err * err))
 
     ea = [np.zeros_like(ref.a[0])]  # inputs: exactly what the reference takes
+    ezs = []
     for l in range(L):
         act, sa, sw = acts[l], qnet.shift_a[l], qnet.shift_w[l]
         sz = fixed.Z_SHIFT_SQUASH if act in _SQUASH else qnet.shift_a[l + 1]
@@ -529,6 +539,7 @@ def _propagated_errors(qnet, ref, fprime) -> list[float]:
         z, a = ref.z[l], ref.a[l + 1]
         if act not in _SQUASH:  # z saturates at the edge of its format (the tables' at +-8)
             ez = ez + np.maximum(np.abs(z) - fixed.Q_MAX * 2.0**-sz, 0.0)
+        ezs.append(ez)
         if act == fixed.TANH:
             tail = np.where(np.abs(z) > 8, 1 - math.tanh(8), 0.0)  # z saturates at +-8
             ea.append((1 - a * a) * ez + TANH_BOUND * q14 + tail)
@@ -542,6 +553,8 @@ def _propagated_errors(qnet, ref, fprime) -> list[float]:
             ea.append(np.where(z > 0, 1.0, ref.alpha) * ez + 0.5 * 2.0 ** -qnet.shift_a[l + 1])
         elif act == fixed.RELU:
             ea.append(np.where(z > 0, 1.0, 0.0) * ez)
+        elif act in GATED_BOUND:  # a = z gate(z) from a table, rounded to Q12
+            ea.append(np.abs(fprime[l]) * ez + GATED_BOUND[act] * 2.0**-12)
         else:
             ea.append(ez)
 
@@ -552,9 +565,12 @@ def _propagated_errors(qnet, ref, fprime) -> list[float]:
             ef = 2 * np.abs(a) * ea[l + 1] + 0.5 * q14
         elif act == fixed.SIGMOID:
             ef = np.abs(1 - 2 * a) * ea[l + 1] + 0.5 * q14
+        elif act in GATED_D_BOUND:  # f' read from its table at the core's z
+            f2 = np.abs(act_second_derivative(act, ref.z[l], a, ref.alpha))
+            ef = f2 * ezs[l] + GATED_D_BOUND[act] * q14
         else:
             ef = 0.0
-        rounded = act in (fixed.TANH, fixed.SIGMOID, fixed.LEAKY)
+        rounded = act in (fixed.TANH, fixed.SIGMOID, fixed.LEAKY, *GATED_D_BOUND)
         return (np.abs(fprime[l]) * ee + np.abs(e) * ef
                 + (0.5 * 2.0 ** -qnet.shift_d[l] if rounded else 0.0))
 
