@@ -180,8 +180,8 @@ def argparse_init(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=_ints, default=[16],
                         help="hidden widths with --data (default 16)")
     parser.add_argument("--activations", type=_names,
-                        help="one per layer: identity, relu, leaky_relu, sigmoid, tanh, softmax "
-                        "(default: relu, then what the loss needs)")
+                        help="one per layer: identity, relu, leaky_relu, sigmoid, tanh, softmax, "
+                        "swish, mish (default: relu, then what the loss needs)")
     parser.add_argument("--loss", choices=fixed.LOSS_NAMES,
                         help="default: mse for a regression; for a classification softmax_ce "
                         "with more than one output, else bce")

@@ -310,7 +310,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
     in t_range (default: any int16) and at most batch_max samples per gradient sum.
 
     Bounded, per layer: forward products W*x and B*one, their guarded sum, z, the activation
-    (LUT interpolation, leaky product, softmax's exp argument, sum and numerator); the loss
+    (LUT interpolation, z*gate, leaky product, softmax's exp argument, sum, numerator); the loss
     (a - t, its square, the BCE and -log products); backward products W*d, their guarded
     sum, the error sent down, the derivative products, the deltas; the gradient products
     and sums GW, GB; the update's (G >> 8) * m, decay and momentum products, step and new
