@@ -52,15 +52,27 @@ class Rand:
         hi_part = self.below(1 << 20)
         return lo + ((hi_part << 20) | self.below(1 << 20)) % span
 
+    def value(self, lo, hi, edges=()):
+        # a random value, or one of the edge values one time in four
+        if edges and self.below(4) == 0:
+            return edges[self.below(len(edges))]
+        return self.int_in(lo, hi)
+
     def values(self, n, lo, hi, edges=()):
         # random values with the edge values sprinkled in
         out = []
         for _ in range(n):
-            if edges and self.below(4) == 0:
-                out.append(edges[self.below(len(edges))])
-            else:
-                out.append(self.int_in(lo, hi))
+            out.append(self.value(lo, hi, edges))
         return out
+
+    def pair(self, typ, n, lo, hi, edges=()):
+        # pair(typ, self.values(...)) without the list: on a 192 KiB board a list of 2000
+        # values is an 8 KB block beside the arrays
+        a = array(typ, range(n))
+        b = array(typ, range(n))
+        for i in range(n):
+            a[i] = b[i] = self.value(lo, hi, edges)
+        return a, b
 
 
 def same(what, a, b):
@@ -267,7 +279,7 @@ def test_gated_every_z():
     # through e = Q, -32768 (the saturating products) and a spread of e, by turns
     need_native()
     r = Rand(14)
-    n = 1024  # buffers of 2 KB: a 192 KiB board's heap has room for them beside the core
+    n = 256  # small buffers: a 192 KiB board's heap stays in large pieces for the tests after
     z, e, a1, a2, d1, d2 = (array("h", range(n)) for _ in range(6))
     for kind in (fixed.SWISH, fixed.MISH):
         for lo in range(-32768, 32768, n):
@@ -279,7 +291,7 @@ def test_gated_every_z():
             for i in range(n):
                 turn = (lo + i) % 3
                 if turn == 2:
-                    e[i] = r.values(1, -Q, Q, (-Q, Q, 0, 1, -1))[0]
+                    e[i] = r.value(-Q, Q, (-Q, Q, 0, 1, -1))
                 else:
                     e[i] = Q if turn == 0 else -32768
             pk.act_bwd(kind, e, z, a1, d1, n, 41)
@@ -364,12 +376,12 @@ def test_act_bwd():
 
 
 def check_update(r, n, m, u, mu, c_m, c_s, mode, momentum, g_lo=G_LO, g_hi=G_HI, lock=False):
-    W1, W2 = pair("h", r.values(n + 1, -Q, Q, (-Q, Q, -32768, 0, 1, -1)))
+    W1, W2 = r.pair("h", n + 1, -Q, Q, (-Q, Q, -32768, 0, 1, -1))
     edges = (g_lo, g_hi, -g_hi, 0, 255, -255, -256, 128, -128, 127 << 8)
-    G1, G2 = pair("i", r.values(n + 1, g_lo, g_hi, edges))
+    G1, G2 = r.pair("i", n + 1, g_lo, g_hi, edges)
     if momentum:
         vm = fixed.V_MAX
-        V1, V2 = pair("i", r.values(n + 1, -vm, vm, (-vm, vm, 0)))
+        V1, V2 = r.pair("i", n + 1, -vm, vm, (-vm, vm, 0))
     else:
         V1 = V2 = None
     seed = seed30(r.int_in(1, 1 << 29))

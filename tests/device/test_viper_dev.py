@@ -194,7 +194,7 @@ def test_gated_every_z():
     # through e = Q, -32768 (the saturating products) and a spread of e, by turns
     need_viper()
     r = Rand(14)
-    n = 1024  # buffers of 2 KB: a 192 KiB board's heap has room for them beside the core
+    n = 256  # small buffers: a 192 KiB board's heap stays in large pieces for the tests after
     z, e, a1, a2, d1, d2 = (array("h", range(n)) for _ in range(6))
     for kind in (fixed.SWISH, fixed.MISH):
         for lo in range(-32768, 32768, n):
