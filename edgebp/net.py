@@ -220,6 +220,7 @@ class Net:
         self.good = 0
         self.frozen = 0  # layers 0..frozen-1 learn nothing (freeze)
         self.inmap = None  # the net file's input map (edgebp/ebp.py), set by its loader
+        self.opt = None  # an optimiser in place of SGD (edgebp.adam.attach), or None
         self.reset_stats()
         self._fuse()
 
@@ -229,7 +230,7 @@ class Net:
         # learning rate m * 2**-e with m in 128..255
         if m < 128 or m > 255:
             raise ValueError("learning-rate mantissa %d outside 128..255" % m)
-        for l in range(self.frozen, self.L):
+        for l in range(self.frozen, self.L if self.opt is None else 0):
             u = e + self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
             if u < 0:
                 raise ValueError("learning rate too large for the formats of layer %d" % (l + 1))
@@ -421,7 +422,7 @@ class Net:
 
     def learn(self, x, t):
         # online (batch 1) or mini-batch learning: update after `batch` samples
-        if self._fused is not None and self.frozen == 0:
+        if self._fused is not None and self.frozen == 0 and self.opt is None:
             return self.k.learn_net(self, x, t)
         self.forward(x)
         loss = self.backward(t)
@@ -433,6 +434,10 @@ class Net:
         # apply the mean gradient of the pending samples
         count = self.count
         if count == 0:
+            return
+        if self.opt is not None:
+            self.opt.update(self)
+            self.count = 0
             return
         if self._fused is not None and self.frozen == 0:
             self.k.update_net(self)

@@ -33,6 +33,19 @@ def mantissa_exponent(value: float, bits: int = 8) -> tuple[int, int]:
     return m, e
 
 
+def adam_q(beta1: float = 0.9, beta2: float = 0.999) -> tuple[int, int]:
+    """Adam's betas as the core takes them: (1 - beta1, 1 - beta2) in Q15, rounded to
+    nearest; beta1 in [0, 0.999], beta2 in [0, 1)."""
+    for name, b in (("beta1", beta1), ("beta2", beta2)):
+        if not (isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1):
+            raise ValueError(f"Adam {name} must lie in [0, 1), not {b!r}")
+    c1 = int(math.floor((1 - beta1) * 32768 + 0.5))
+    c2 = max(1, int(math.floor((1 - beta2) * 32768 + 0.5)))
+    if c1 < 32:
+        raise ValueError(f"Adam beta1 {beta1} above 0.999 (1 - beta1 must be at least 32/32768)")
+    return c1, c2
+
+
 @dataclass
 class Hyper:
     """Training settings in float form; `fixed()` gives what the core takes."""
@@ -85,6 +98,9 @@ class QuantNet:
     # integer inputs (spec integer_inputs): the map the board applies to raw integer inputs,
     # an edgebp.host.nets.inmap.InputMap, written into the net file's input-map section
     in_map: Any = None
+    # Adam in place of SGD (edgebp/adam.py): (c1, c2) = 1 - beta1 and 1 - beta2 in Q15
+    # (adam_q), or None
+    adam: tuple[int, int] | None = None
 
     @property
     def L(self) -> int:
@@ -99,6 +115,10 @@ class QuantNet:
         for l in range(self.L):
             net.W[l][:] = array("h", np.asarray(self.W[l], dtype="<i2").tobytes())
             net.B[l][:] = array("h", np.asarray(self.B[l], dtype="<i2").tobytes())
+        if self.adam is not None:
+            from edgebp import adam
+
+            adam.attach(net, *self.adam)
         if hyper is not None:
             apply_hyper(net, hyper)
         return net
@@ -124,6 +144,8 @@ class QuantNet:
         for l in range(self.L):
             lines.append(f"    net.W[{l}][:] = array('h', {blob(self.W[l])})")
             lines.append(f"    net.B[{l}][:] = array('h', {blob(self.B[l])})")
+        if self.adam is not None:
+            lines += ["    from edgebp import adam", f"    adam.attach(net, {self.adam[0]}, {self.adam[1]})"]
         if hyper is not None:
             h = hyper.fixed()
             lines += [

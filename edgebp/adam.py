@@ -1,0 +1,248 @@
+# Adam in fixed point: the definition (kernel `adam`) and the optimiser state of a net.
+#
+# A net trained with Adam carries, per parameter, its first moment m (int32) and its second
+# moment v (int32, a small float of its own) beside W and the gradient sum G: 10 bytes more
+# than plain SGD's W and G. This module is imported only by nets that use Adam.
+#
+# Units. The mean gradient of a parameter over the `count` samples of a sum G is, in units of
+# twice the product d*x of its delta and input (the format of D times that of A),
+#   x = round(G / count) << (kg - 1)      (kg = 0: round(G / count) >> 1)
+# with |x| <= 2**29 (each term of G is (d*x) >> kg, |d*x| < 2**30). m is kept in the same
+# units, so nothing of the gradient is lost below its smallest step.
+#   m += floor((x - m) * c1 / 2**15)                   c1 = (1 - beta1) in Q15, 32..32768
+#   v += floor((x*x - v) * c2 / 2**15)                 c2 = (1 - beta2) in Q15, 1..32768
+# v spans x*x up to 2**58, so it is stored as F * 4**E (E << 25 | F, F < 2**25, F >= 2**22
+# when E > 0). x*x enters as a*a * 4**k, a = |x| >> k the top 12 bits of |x|; the sum is
+# formed at the larger of the two exponents (the other mantissa shifted down), then the
+# mantissa is shifted back up while it is below 2**22. Both products are split at bit 15 so
+# that every intermediate stays a small int (< 2**30): a floor exactly.
+#   rho = |m| / sqrt(v) in Q12, as (|m| >> E) * 4096 // max(isqrt(F), 1), saturated below 8
+# (the epsilon of Adam is below one unit of m here: the ratio's clamp bounds the step
+# where v is still 0). The step in 2**-8 weight LSB is then
+#   s = sign(m) * ((rho * am) >> u)
+# where am * 2**-u carries the learning rate, the bias correction of this update and the
+# layer's weight format (Adam.update). Weight decay (decoupled: on w, not on the gradient),
+# the clamp and the rounding of the step are SGD's (edgebp.kernels.update). G is cleared.
+# Positional arguments and index loops only: nothing here allocates.
+#
+# The bias correction sqrt(1 - beta2**t) / (1 - beta1**t) is formed once per update from
+# beta1**t and beta2**t, kept in Q28 and multiplied by beta each update (split products
+# again), in Q12; with c1 >= 32 it stays below 2**22, and lr_m times it below 2**30.
+
+from edgebp.fixed import SMALL_MAX, V_MAX, const
+
+ONE28 = const(1 << 28)
+RHO_MAX = const(32767)
+C1_MIN = const(32)
+AM_MAX = const(32767)
+_M30 = const(0x3FFFFFFF)
+
+
+def isqrt(n):
+    # floor(sqrt(n)) for 0 <= n < 2**30, bit by bit
+    r = 0
+    b = 1 << 28
+    while b > n:
+        b >>= 2
+    while b:
+        if n >= r + b:
+            n -= r + b
+            r = (r >> 1) + b
+        else:
+            r >>= 1
+        b >>= 2
+    return r
+
+
+def mul_q15(a, c):
+    # floor(a * c / 2**15) for |a| < 2**30, 0 <= c <= 32768, with no intermediate >= 2**30
+    return (a >> 15) * c + (((a & 32767) * c) >> 15)
+
+
+def adam(W, G, M, V, n, count, kg, c1, c2, am, u, c_m, c_s, mode, rng):
+    half = count >> 1
+    s = rng[0]
+    for p in range(n):
+        g = G[p]
+        G[p] = 0
+        if g >= 0:
+            h = (g + half) // count
+        else:
+            h = -((half - g) // count)
+        x = h << (kg - 1) if kg else h >> 1
+        m = M[p]
+        m += mul_q15(x - m, c1)
+        M[p] = m
+        a = x if x >= 0 else -x
+        k = 0
+        while a >= 4096:
+            a >>= 1
+            k += 1
+        xf = a * a
+        q = V[p]
+        e = q >> 25
+        f = q & 0x1FFFFFF
+        if k > e:
+            f >>= 2 * (k - e)
+            e = k
+        else:
+            xf >>= 2 * (e - k)
+        f += mul_q15(xf - f, c2)
+        while e > 0 and f < 0x400000:
+            f <<= 2
+            e -= 1
+        V[p] = (e << 25) | f
+        r = isqrt(f)
+        if r == 0:
+            r = 1
+        mm = (m if m >= 0 else -m) >> e
+        if mm >= r << 3:
+            rho = RHO_MAX
+        else:
+            rho = (mm << 12) // r
+        v = (rho * am) >> u
+        if m < 0:
+            v = -v
+        if v > V_MAX:
+            v = V_MAX
+        elif v < -V_MAX:
+            v = -V_MAX
+        w = W[p]
+        if c_m:
+            q = w * c_m
+            if c_s > 0:
+                v += (q >> c_s) + ((q >> (c_s - 1)) & 1)
+            else:
+                v += q
+            if v > V_MAX:
+                v = V_MAX
+            elif v < -V_MAX:
+                v = -V_MAX
+        if mode:
+            s ^= (s & (_M30 >> 9)) << 9
+            s ^= s >> 11
+            s ^= (s & (_M30 >> 12)) << 12
+            w -= (v + (s >> 22)) >> 8
+        else:
+            w -= (v + 128) >> 8
+        if w > 32767:
+            w = 32767
+        elif w < -32767:
+            w = -32767
+        W[p] = w
+    rng[0] = s
+
+
+def correction(p1, p2):
+    # sqrt(1 - beta2**t) / (1 - beta1**t) in Q12 from beta**t in Q28
+    d = (ONE28 - p1) >> 14
+    if d < 1:
+        d = 1
+    return (isqrt(ONE28 - p2) << 12) // d
+
+
+def scale(lr_m, corr):
+    # lr_m * corr as am0 * 2**t with am0 <= AM_MAX; returns t (am0 = (lr_m * corr) >> t)
+    P = lr_m * corr
+    t = 0
+    while (P >> t) > AM_MAX:
+        t += 1
+    return t
+
+
+def layer_am(am0, u):
+    # the multiplier of a layer whose shift u = lr_e + 16 - shift_w - t came out below 0:
+    # am0 * 2**-u, saturated at AM_MAX (the shift is then 0)
+    if -u >= 15:
+        return AM_MAX
+    am0 <<= -u
+    return AM_MAX if am0 > AM_MAX else am0
+
+
+def _kernel(k):
+    # the adam kernel of the net's kernel set: the native module has its own; viper's is a
+    # module of its own (compiled only for nets that use Adam)
+    n = k.__name__
+    if n.endswith("native"):
+        return k.adam
+    if n.endswith("viper"):
+        from edgebp import adam_viper
+
+        return adam_viper.adam
+    return adam
+
+
+class Adam:
+    # The state of Adam for one net: moments of every W and B, t and beta**t. Made once, at
+    # its final size (net.zeros); update() allocates nothing.
+    def __init__(self, net, c1, c2):
+        from edgebp.net import _tensors
+
+        check(c1, c2)
+        self.c1 = c1
+        self.c2 = c2
+        sizes = net.sizes
+        L = net.L
+        self.MW = _tensors("i", sizes, L, 1, True)
+        self.MB = _tensors("i", sizes, L, 1, False)
+        self.VW = _tensors("i", sizes, L, 1, True)
+        self.VB = _tensors("i", sizes, L, 1, False)
+        self.t = 0
+        self.p1 = ONE28
+        self.p2 = ONE28
+        self.k = _kernel(net.k)
+
+    def reset(self):
+        for l in range(len(self.MW)):
+            for a in (self.MW[l], self.MB[l], self.VW[l], self.VB[l]):
+                for i in range(len(a)):
+                    a[i] = 0
+        self.t = 0
+        self.p1 = ONE28
+        self.p2 = ONE28
+
+    def update(self, net):
+        # one Adam step of every unfrozen layer from the pending sums of net.count samples
+        count = net.count
+        if self.t < SMALL_MAX:
+            self.t += 1
+        self.p1 = mul_q15(self.p1, 32768 - self.c1)
+        self.p2 = mul_q15(self.p2, 32768 - self.c2)
+        corr = correction(self.p1, self.p2)
+        t = scale(net.lr_m, corr)
+        am0 = (net.lr_m * corr) >> t
+        k = self.k
+        kg = net.kg
+        sizes = net.sizes
+        c1 = self.c1
+        c2 = self.c2
+        for l in range(net.frozen, net.L):
+            # am * 2**-u = lr * corr / 4096 * 2**(shift_w + 8) / 4096
+            u = net.lr_e + 16 - net.shift_w[l] - t
+            am = am0
+            if u < 0:
+                am = layer_am(am0, u)
+                u = 0
+            elif u > 30:
+                u = 30
+            n = sizes[l + 1]
+            k(net.W[l], net.GW[l], self.MW[l], self.VW[l], sizes[l] * n, count, kg, c1, c2,
+              am, u, net.c_m, net.c_s, net.mode, net.rng)
+            k(net.B[l], net.GB[l], self.MB[l], self.VB[l], n, count, kg, c1, c2,
+              am, u, net.c_m, net.c_s, net.mode, net.rng)
+
+
+def check(c1, c2):
+    if c1 < C1_MIN or c1 > 32768:
+        raise ValueError("Adam beta1 outside 0..0.999 (1 - beta1 = %d/32768, not %d..32768)"
+                         % (c1, C1_MIN))
+    if c2 < 1 or c2 > 32768:
+        raise ValueError("Adam beta2 outside 0..1 (1 - beta2 = %d/32768, not 1..32768)" % c2)
+
+
+def attach(net, c1, c2):
+    """Give `net` Adam (c1, c2: 1 - beta1 and 1 - beta2 in Q15) in place of SGD."""
+    if net.VW[0] is not None:
+        raise ValueError("Adam replaces momentum: a net with momentum buffers cannot take it")
+    net.opt = Adam(net, c1, c2)
+    return net.opt
