@@ -15,7 +15,10 @@
 # when E > 0). x*x enters as a*a * 4**k, a = |x| >> k the top 12 bits of |x|; the sum is
 # formed at the larger of the two exponents (the other mantissa shifted down), then the
 # mantissa is shifted back up while it is below 2**22. Both products are split at bit 15 so
-# that every intermediate stays a small int (< 2**30): a floor exactly.
+# that every intermediate stays a small int (< 2**30): a floor exactly. v holds x*x to 22
+# bits or more once |x| >= 2**12 (a mean gradient of 2**13 units of d*x: 3e-5 with D and A
+# in Q14); below that its bits fall with |x|, and so does the precision of the step, whose
+# sign and bound (the ratio's clamp) stay.
 #   rho = |m| / sqrt(v) in Q12, as (|m| >> E) * 4096 // max(isqrt(F), 1), saturated below 8
 # (the epsilon of Adam is below one unit of m here: the ratio's clamp bounds the step
 # where v is still 0). The step in 2**-8 weight LSB is then
