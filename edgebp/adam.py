@@ -11,17 +11,17 @@
 # units, so nothing of the gradient is lost below its smallest step.
 #   m += floor((x - m) * c1 / 2**15)                   c1 = (1 - beta1) in Q15, 32..32768
 #   v += floor((x*x - v) * c2 / 2**15)                 c2 = (1 - beta2) in Q15, 1..32768
-# v spans x*x up to 2**58, so it is stored as F * 4**E (E << 25 | F, F < 2**25, F >= 2**22
-# when E > 0). x*x enters as a*a * 4**k, a = |x| >> k the top 12 bits of |x|; the sum is
-# formed at the larger of the two exponents (the other mantissa shifted down), then the
+# v spans x*x from 1 to 2**58, so it is a small float of its own: F * 4**E, stored as
+# (E + 11) << 25 | F with E in -11..18, F < 2**25, and F >= 2**22 unless E = -11 (0 is F = 0,
+# E = -11). x*x enters as a*a * 4**k, a = |x| * 2**-k its top 12 bits (2**11 <= a < 2**12,
+# k in -11..18: a mean gradient of one unit keeps 12 bits too); the sum is formed at the
+# larger of the two exponents (the other mantissa shifted down, to 0 past 24 bits), then the
 # mantissa is shifted back up while it is below 2**22. Both products are split at bit 15 so
-# that every intermediate stays a small int (< 2**30): a floor exactly. v holds x*x to 22
-# bits or more once |x| >= 2**12 (a mean gradient of 2**13 units of d*x: 3e-5 with D and A
-# in Q14); below that its bits fall with |x|, and so does the precision of the step, whose
-# sign and bound (the ratio's clamp) stay.
-#   rho = |m| / sqrt(v) in Q12, as (|m| >> E) * 4096 // max(isqrt(F), 1), saturated below 8
-# (the epsilon of Adam is below one unit of m here: the ratio's clamp bounds the step
-# where v is still 0). The step in 2**-8 weight LSB is then
+# that every intermediate stays a small int (< 2**30): a floor exactly.
+#   rho = |m| / sqrt(v) in Q12: floor(|m| * 2**-E * 4096 / max(isqrt(F), 1)) (for E >= 0 with
+# |m| >> E first), saturated at 32767, just below 8 (the epsilon of Adam is below 2**-11 of
+# a unit of m here: the ratio's clamp bounds the step where v is still 0). The step in
+# 2**-8 weight LSB is then
 #   s = sign(m) * ((rho * am) >> u)
 # where am * 2**-u carries the learning rate, the bias correction of this update and the
 # layer's weight format (Adam.update). Weight decay (decoupled: on w, not on the gradient),
@@ -35,6 +35,7 @@
 from edgebp.fixed import SMALL_MAX, V_MAX, const
 
 ONE28 = const(1 << 28)
+BIAS = const(11)  # v's exponent field is E + BIAS
 RHO_MAX = const(32767)
 C1_MIN = const(32)
 AM_MAX = const(32767)
@@ -77,32 +78,48 @@ def adam(W, G, M, V, n, count, kg, c1, c2, am, u, c_m, c_s, mode, rng):
         m += mul_q15(x - m, c1)
         M[p] = m
         a = x if x >= 0 else -x
-        k = 0
-        while a >= 4096:
-            a >>= 1
-            k += 1
-        xf = a * a
+        k = -BIAS
+        xf = 0
+        if a:
+            k = 0
+            while a >= 4096:
+                a >>= 1
+                k += 1
+            while a < 2048:
+                a <<= 1
+                k -= 1
+            xf = a * a
         q = V[p]
-        e = q >> 25
+        e = (q >> 25) - BIAS
         f = q & 0x1FFFFFF
         if k > e:
-            f >>= 2 * (k - e)
+            f = f >> (2 * (k - e)) if k - e < 13 else 0
             e = k
-        else:
-            xf >>= 2 * (e - k)
+        elif e > k:
+            xf = xf >> (2 * (e - k)) if e - k < 13 else 0
         f += mul_q15(xf - f, c2)
-        while e > 0 and f < 0x400000:
+        if f == 0:
+            e = -BIAS
+        while e > -BIAS and f < 0x400000:
             f <<= 2
             e -= 1
-        V[p] = (e << 25) | f
+        V[p] = ((e + BIAS) << 25) | f
         r = isqrt(f)
         if r == 0:
             r = 1
-        mm = (m if m >= 0 else -m) >> e
-        if mm >= r << 3:
-            rho = RHO_MAX
+        mm = m if m >= 0 else -m
+        if e >= 0:
+            mm >>= e
+            if mm >= r << 3:
+                rho = RHO_MAX
+            else:
+                rho = (mm << 12) // r
         else:
-            rho = (mm << 12) // r
+            # (mm << -e) < 8 r exactly when mm is below the ceiling of 8 r / 2**-e
+            if mm >= ((r << 3) + (1 << -e) - 1) >> -e:
+                rho = RHO_MAX
+            else:
+                rho = ((mm << -e) << 12) // r
         v = (rho * am) >> u
         if m < 0:
             v = -v
