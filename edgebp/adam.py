@@ -195,6 +195,8 @@ def _kernel(k):
 class Adam:
     # The state of Adam for one net: moments of every W and B, t and beta**t. Made once, at
     # its final size (net.zeros); update() allocates nothing.
+    curv = False  # no curvature pass (see edgebp.sdlm)
+    sgd_lr = False  # its learning rate is not SGD's: set_lr does not check SGD's shifts
     def __init__(self, net, c1, c2):
         from edgebp.net import _tensors
 
@@ -264,5 +266,7 @@ def attach(net, c1, c2):
     """Give `net` Adam (c1, c2: 1 - beta1 and 1 - beta2 in Q15) in place of SGD."""
     if net.VW[0] is not None:
         raise ValueError("Adam replaces momentum: a net with momentum buffers cannot take it")
+    if net.opt is not None:
+        raise ValueError("a net has one optimiser")
     net.opt = Adam(net, c1, c2)
     return net.opt

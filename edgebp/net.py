@@ -220,7 +220,7 @@ class Net:
         self.good = 0
         self.frozen = 0  # layers 0..frozen-1 learn nothing (freeze)
         self.inmap = None  # the net file's input map (edgebp/ebp.py), set by its loader
-        self.opt = None  # an optimiser in place of SGD (edgebp.adam.attach), or None
+        self.opt = None  # an optimiser in place of SGD (edgebp.adam, edgebp.sdlm), or None
         self.reset_stats()
         self._fuse()
 
@@ -230,7 +230,7 @@ class Net:
         # learning rate m * 2**-e with m in 128..255
         if m < 128 or m > 255:
             raise ValueError("learning-rate mantissa %d outside 128..255" % m)
-        for l in range(self.frozen, self.L if self.opt is None else 0):
+        for l in range(self.frozen, self.L if self.opt is None or self.opt.sgd_lr else 0):
             u = e + self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
             if u < 0:
                 raise ValueError("learning rate too large for the formats of layer %d" % (l + 1))
@@ -410,6 +410,9 @@ class Net:
             for l in range(f, L):
                 k.outer_acc(self.GW[l], self.GB[l], self.D[l], self.A[l], sizes[l],
                             sizes[l + 1], self.one[l], kg)
+        o = self.opt
+        if o is not None and o.curv and self.count == 0:
+            o.curvature(self)  # SDLM: the curvature of the first sample of each sum
         self.count += 1
         self.grad_count = self.count
         # counters saturate instead of leaving the small-int range

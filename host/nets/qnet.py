@@ -46,6 +46,20 @@ def adam_q(beta1: float = 0.9, beta2: float = 0.999) -> tuple[int, int]:
     return c1, c2
 
 
+def sdlm_formats(c_max, h_max, headroom: float = 4.0) -> tuple[list[int], list[int]]:
+    """SDLM's curvature formats (edgebp/sdlm.py) per layer from the largest curvature of a
+    unit (c_max) and of a weight or bias (h_max) seen per layer: the finest Q that holds
+    `headroom` times each, C in Q0..Q24 (the output layer's is Q14), h in Q0..Q14."""
+    def q(v: float, hi: int) -> int:
+        v = float(v) * headroom
+        if not v > 0 or not math.isfinite(v):
+            return hi
+        return max(0, min(hi, math.floor(math.log2(32767 / v))))
+    fc = [q(v, 24) for v in c_max]
+    fc[-1] = 14
+    return fc, [q(v, 14) for v in h_max]
+
+
 @dataclass
 class Hyper:
     """Training settings in float form; `fixed()` gives what the core takes."""

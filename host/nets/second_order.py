@@ -334,3 +334,30 @@ def hessian_diagonal(net: FloatNet, X, T, kind: str = "exact", recursion: str = 
                 h = h + curv
         delta = fprime[l - 1] * e
     return dW, dB
+
+
+def curvature_maxima(net: FloatNet, X, T) -> tuple[list[float], list[float]]:
+    """The largest values, over the samples of (X, T), of what the board's stochastic
+    diagonal Levenberg-Marquardt (edgebp/sdlm.py) holds per layer: (units, params). units[l]
+    is the largest of a unit's Gauss-Newton curvature h^l (by the diagonal recursion) and of
+    the sum (W^l+1 * W^l+1)^T h^l+1 it is formed from (the board holds both in one format);
+    params[l] the largest curvature of one sample's weight (h^l a^l-1 squared) or bias
+    (h^l). These choose its fixed-point formats (qnet.sdlm_formats)."""
+    net.forward(X)
+    fprime = _fprimes(net)
+    H = output_hessian(net, T, "gauss_newton")
+    h = np.diagonal(H, axis1=1, axis2=2)  # (N, n_L)
+    units = [0.0] * net.L
+    params = [0.0] * net.L
+    for l in range(net.L - 1, -1, -1):
+        a2 = (net.a[l] ** 2).T  # (N, n_l)
+        units[l] = max(units[l], float(h.max(initial=0.0)))
+        params[l] = float(max(h.max(initial=0.0),
+                              (h.max(axis=1) * a2.max(axis=1, initial=0.0)).max(initial=0.0)))
+        if l == 0:
+            break
+        e = h @ (net.W[l] * net.W[l])  # (N, n_l)
+        fp = fprime[l - 1].T
+        h = fp * fp * e
+        units[l - 1] = float(max(e.max(initial=0.0), h.max(initial=0.0)))
+    return units, params
