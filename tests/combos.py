@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q, sdlm_q
 
 HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "swish", "mish"]
 OUTPUTS = [  # (loss, output activation)
@@ -31,6 +31,8 @@ OPTIMISERS = {
     # Adam (edgebp/adam.py): sums of 3 samples in a sum of up to 4 (a count that is not a
     # power of two, and a last update of 1), decoupled weight decay, stochastic rounding
     "adam": Hyper(lr=0.01, weight_decay=0.01, batch=3, rounding="stochastic", seed=5),
+    # SDLM (edgebp/sdlm.py): curvature from the first sample of each sum of 2, mu 0.1
+    "sdlm": Hyper(lr=0.02, batch=2, rounding="nearest"),
 }
 A = {name: i for i, name in enumerate(fixed.ACT_NAMES)}
 LOSS = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
@@ -81,7 +83,8 @@ def make_case(hidden: str, loss: str, out: str, opt: str, seed: int = 0, sizes=(
     batch_max = max(hyper.batch, 4)
     q = QuantNet(list(sizes), acts, shift_a, shift_w, shift_d, LOSS[loss], W, B,
                  batch_max=batch_max, momentum=hyper.momentum > 0,
-                 adam=adam_q() if opt.startswith("adam") else None)
+                 adam=adam_q() if opt.startswith("adam") else None,
+                 sdlm=sdlm_q(0.1, 0.05, [18] * (L - 1) + [14], [14] * L) if opt == "sdlm" else None)
     if edge:
         Xq = (rng.choice([-1, 1], (n, sizes[0])) * 32767).astype(np.int16)
     else:

@@ -34,10 +34,12 @@ def state_line(name: str, net) -> str:
             parts.append(" ".join(str(int(v)) for v in np.ravel(net.VB[l])))
     if net.opt is not None:
         o = net.opt
+        adam = hasattr(o, "MW")
         for l in range(net.L):
-            for a in (o.MW[l], o.MB[l], o.VW[l], o.VB[l]):
+            for a in ((o.MW[l], o.MB[l], o.VW[l], o.VB[l]) if adam
+                      else (o.C[l], o.HW[l], o.HB[l])):
                 parts.append(" ".join(str(int(v)) for v in np.ravel(a)))
-        parts.append(f"{o.t} {o.p1} {o.p2}")
+        parts.append(f"{o.t} {o.p1} {o.p2}" if adam else f"{o.n}")
     parts.append(f"{int(net.rng[0])} {net.loss_sum} {net.correct} {net.seen}")
     return STATE_PREFIX + "|".join(parts)
 
@@ -80,9 +82,12 @@ def _record(c: Case) -> bytes:
     head = [q.L, *q.sizes, *q.acts, *q.shift_a, *q.shift_w, *q.shift_d, q.loss, q.batch_max,
             int(q.momentum), q.alpha_q, h["lr_m"], h["lr_e"], h["batch"], h["mu"], h["c_m"],
             h["c_e"], h["mode"], h["seed"], X.shape[0], T.shape[1], len(name),
-            *(q.adam if q.adam is not None else (0, 0))]
+            *(q.adam if q.adam is not None else (0, 0)),
+            *((1, *q.sdlm[:3], *q.sdlm[3], *q.sdlm[4]) if q.sdlm is not None
+              else (0, 0, 0, 0, *[0] * (2 * q.L)))]
     if q.adam is not None:  # 1 - beta in Q15 up to 32768: its int16 is read back as uint16
-        head[-2:] = [v - 65536 if v >= 32768 else v for v in head[-2:]]
+        i = len(head) - 2 - (4 + 2 * q.L)  # the pair after len(name)
+        head[i:i + 2] = [v - 65536 if v >= 32768 else v for v in head[i:i + 2]]
     if not all(-32768 <= v < 32768 for v in head):
         raise ValueError(f"{c.name}: a header value does not fit in int16: {head}")
     out = [np.array([len(head), *head], "<i2").tobytes(), name]
@@ -131,13 +136,19 @@ def put_state(name, net):
             put("i", net.VW[l])
             put("i", net.VB[l])
     o = net.opt
-    if o is not None:
+    if o is not None and not o.curv:
         for l in range(net.L):
             put("i", o.MW[l])
             put("i", o.MB[l])
             put("i", o.VW[l])
             put("i", o.VB[l])
         print("|%%d %%d %%d" %% (o.t, o.p1, o.p2), end="")
+    elif o is not None:
+        for l in range(net.L):
+            put("h", o.C[l])
+            put("h", o.HW[l])
+            put("h", o.HB[l])
+        print("|%%d" %% o.n, end="")
     print("|%%d %%d %%d %%d" %% (net.rng[0], net.loss_sum, net.correct, net.seen))
 
 def fill(f, buf):
@@ -176,6 +187,11 @@ def case(f, n_head):
     if c1:
         from edgebp import adam
         adam.attach(net, c1, c2)
+    if h[p + 17]:
+        from edgebp import sdlm
+        fc = [h[p + 21 + l] for l in range(L)]
+        fh = [h[p + 21 + L + l] for l in range(L)]
+        sdlm.attach(net, h[p + 18], h[p + 19], h[p + 20], fc, fh)
     net.set_lr(lr_m, lr_e)
     net.set_batch(batch)
     net.set_momentum(mu)
@@ -278,9 +294,10 @@ def state_line(name, net):
     o = net.opt
     if o is not None:
         for l in range(net.L):
-            for a in (o.MW[l], o.MB[l], o.VW[l], o.VB[l]):
+            for a in ((o.C[l], o.HW[l], o.HB[l]) if o.curv
+                      else (o.MW[l], o.MB[l], o.VW[l], o.VB[l])):
                 parts.append(" ".join(str(v) for v in a))
-        parts.append("%d %d %d" % (o.t, o.p1, o.p2))
+        parts.append(("%d" % o.n) if o.curv else ("%d %d %d" % (o.t, o.p1, o.p2)))
     parts.append("%d %d %d %d" % (net.rng[0], net.loss_sum, net.correct, net.seen))
     return "STATE " + "|".join(parts)
 

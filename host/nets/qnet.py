@@ -46,6 +46,21 @@ def adam_q(beta1: float = 0.9, beta2: float = 0.999) -> tuple[int, int]:
     return c1, c2
 
 
+def sdlm_q(mu: float, gamma: float, fc, fh) -> tuple[int, int, int, tuple[int, ...],
+                                                     tuple[int, ...]]:
+    """SDLM's settings as the core takes them: mu (> 0) as an 8-bit mantissa and exponent,
+    gamma in (0, 1] in Q14, the formats as given (sdlm_formats)."""
+    if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
+        raise ValueError(f"SDLM mu must be a positive number, not {mu!r}")
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and 0 < gamma <= 1):
+        raise ValueError(f"SDLM gamma must lie in (0, 1], not {gamma!r}")
+    mu_m, mu_e = mantissa_exponent(mu)
+    if not 0 <= mu_e <= 30:
+        raise ValueError(f"SDLM mu {mu} outside 2**-30..255")
+    g = max(1, int(math.floor(gamma * 16384 + 0.5)))
+    return mu_m, mu_e, g, tuple(int(v) for v in fc), tuple(int(v) for v in fh)
+
+
 def sdlm_formats(c_max, h_max, headroom: float = 4.0) -> tuple[list[int], list[int]]:
     """SDLM's curvature formats (edgebp/sdlm.py) per layer from the largest curvature of a
     unit (c_max) and of a weight or bias (h_max) seen per layer: the finest Q that holds
@@ -115,6 +130,10 @@ class QuantNet:
     # Adam in place of SGD (edgebp/adam.py): (c1, c2) = 1 - beta1 and 1 - beta2 in Q15
     # (adam_q), or None
     adam: tuple[int, int] | None = None
+    # stochastic diagonal Levenberg-Marquardt in place of SGD (edgebp/sdlm.py): (mu_m, mu_e,
+    # gamma, fc, fh) = mu as mantissa and exponent, gamma in Q14, the curvature formats of
+    # units and parameters per layer (sdlm_q), or None
+    sdlm: tuple[int, int, int, tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def L(self) -> int:
@@ -133,6 +152,10 @@ class QuantNet:
             from edgebp import adam
 
             adam.attach(net, *self.adam)
+        if self.sdlm is not None:
+            from edgebp import sdlm
+
+            sdlm.attach(net, *self.sdlm)
         if hyper is not None:
             apply_hyper(net, hyper)
         return net
@@ -160,6 +183,10 @@ class QuantNet:
             lines.append(f"    net.B[{l}][:] = array('h', {blob(self.B[l])})")
         if self.adam is not None:
             lines += ["    from edgebp import adam", f"    adam.attach(net, {self.adam[0]}, {self.adam[1]})"]
+        if self.sdlm is not None:
+            mu_m, mu_e, gamma, fc, fh = self.sdlm
+            lines += ["    from edgebp import sdlm",
+                      f"    sdlm.attach(net, {mu_m}, {mu_e}, {gamma}, {list(fc)}, {list(fh)})"]
         if hyper is not None:
             h = hyper.fixed()
             lines += [
