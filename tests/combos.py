@@ -121,4 +121,15 @@ def edge_cases() -> list[Case]:
         c.hyper = Hyper(lr=64.0 if i % 2 else 8.0, batch=4 if i % 2 else 1,
                         rounding="nearest")
         out.append(c)
+    for i, (loss, o) in enumerate(OUTPUTS):
+        # SDLM at the edge: curvature formats that saturate every unit (Q24) or round most
+        # to 0 (Q0), mu at one LSB of h (steps that saturate) or at its largest
+        c = make_case("tanh" if i % 2 else "swish", loss, o, "sdlm", seed=300 + i,
+                      sizes=(40, 24, 3), n=6, edge=True)
+        c.name += "-sdlm-edge"
+        c.qnet.sdlm = (sdlm_q(2.0**-14, 1.0, [24, 14], [14, 14]) if i % 2
+                       else sdlm_q(255.0, 2.0**-14, [0, 14], [0, 0]))
+        c.hyper = Hyper(lr=2.0 if i % 2 else 0.5, batch=4 if i % 2 else 1,
+                        rounding="stochastic", seed=9)
+        out.append(c)
     return out
