@@ -85,19 +85,16 @@ def adam(W, G, M, V, n: int, count: int, kg: int, c1: int, c2: int, am: int, u: 
             f <<= 2
             e -= 1
         vp[p] = ((e + _BIAS) << 25) | f
-        # isqrt(f) bit by bit (f < 2**25)
+        # isqrt(f) (f < 2**25) by Newton's iteration from r >= sqrt(f), as kernels.c: each
+        # floor((r + f // r) / 2) stays >= floor(sqrt(f)) and falls until r reaches it
         r = 0
-        b = 1 << 24
-        t = f
-        while b > t:
-            b >>= 2
-        while b:
-            if t >= r + b:
-                t -= r + b
-                r = (r >> 1) + b
-            else:
-                r >>= 1
-            b >>= 2
+        if f:
+            r = 4096 if f < 0x1000000 else 8192
+            while True:
+                t = (r + f // r) >> 1
+                if t >= r:
+                    break
+                r = t
         if r == 0:
             r = 1
         mm = m if m >= 0 else 0 - m

@@ -1164,8 +1164,12 @@ ALWAYS_INLINE int32_t top12(int32_t a) {
     #endif
 }
 
-// floor(sqrt(n)) for 0 <= n < 2**26, bit by bit as isqrt
+// floor(sqrt(n)) for 0 <= n < 2**26, as isqrt. With a divide instruction, Newton's iteration
+// from r = 2**ceil(bits / 2) (8192 without clz) >= sqrt(n): each floor((r + n // r) / 2) stays
+// >= floor(sqrt(n)) and falls until r is floor(sqrt(n)), then it stops falling (checked for
+// every n < 2**26). armv6m has no divide instruction: bit by bit, as isqrt.
 static int32_t isqrt26(int32_t n) {
+    #if defined(__ARM_ARCH_6M__)
     int32_t r = 0, b = 1 << 24;
     while (b > n) {
         b >>= 2;
@@ -1179,6 +1183,20 @@ static int32_t isqrt26(int32_t n) {
         }
     }
     return r;
+    #else
+    if (n == 0) {
+        return 0;
+    }
+    #if defined(__thumb2__) || defined(__x86_64__)
+    int32_t r = 1 << ((33 - __builtin_clz(n)) >> 1);
+    #else
+    int32_t r = 1 << 13;
+    #endif
+    for (int32_t t; (t = (r + n / r) >> 1) < r;) {
+        r = t;
+    }
+    return r;
+    #endif
 }
 
 NOINLINE static int32_t adam_c(int16_t *W, int32_t *G, int32_t *M, int32_t *V, size_t n,
