@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
 
 HIDDEN = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "swish", "mish"]
 OUTPUTS = [  # (loss, output activation)
@@ -28,6 +28,9 @@ OPTIMISERS = {
     "decay": Hyper(lr=0.25, weight_decay=0.01, batch=1),
     "minibatch": Hyper(lr=0.5, momentum=0.5, weight_decay=0.001, batch=3,
                        rounding="stochastic", seed=11),
+    # Adam (edgebp/adam.py): sums of 3 samples in a sum of up to 4 (a count that is not a
+    # power of two, and a last update of 1), decoupled weight decay, stochastic rounding
+    "adam": Hyper(lr=0.01, weight_decay=0.01, batch=3, rounding="stochastic", seed=5),
 }
 A = {name: i for i, name in enumerate(fixed.ACT_NAMES)}
 LOSS = {name: i for i, name in enumerate(fixed.LOSS_NAMES)}
@@ -77,7 +80,8 @@ def make_case(hidden: str, loss: str, out: str, opt: str, seed: int = 0, sizes=(
     hyper = OPTIMISERS[opt]
     batch_max = max(hyper.batch, 4)
     q = QuantNet(list(sizes), acts, shift_a, shift_w, shift_d, LOSS[loss], W, B,
-                 batch_max=batch_max, momentum=hyper.momentum > 0)
+                 batch_max=batch_max, momentum=hyper.momentum > 0,
+                 adam=adam_q() if opt.startswith("adam") else None)
     if edge:
         Xq = (rng.choice([-1, 1], (n, sizes[0])) * 32767).astype(np.int16)
     else:
@@ -103,5 +107,15 @@ def edge_cases() -> list[Case]:
     for i, (hidden, (loss, o)) in enumerate(itertools.product(HIDDEN, OUTPUTS)):
         c = make_case(hidden, loss, o, "minibatch", seed=100 + i, sizes=(40, 24, 3), n=6,
                       edge=True)
+        out.append(c)
+    for i, (loss, o) in enumerate(OUTPUTS):
+        # Adam at the edge: moments of the largest gradients, steps that saturate, and the
+        # betas at their limits
+        c = make_case("relu", loss, o, "adam", seed=200 + i, sizes=(40, 24, 3), n=6, edge=True)
+        c.name += "-adam-edge"
+        c.qnet.adam = (32, 1) if i % 2 else (32768, 32768)
+        # lr 64 takes the multiplier's saturation below a shift of 0 (layer_am)
+        c.hyper = Hyper(lr=64.0 if i % 2 else 8.0, batch=4 if i % 2 else 1,
+                        rounding="nearest")
         out.append(c)
     return out

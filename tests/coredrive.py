@@ -32,6 +32,12 @@ def state_line(name: str, net) -> str:
         if net.VW[l] is not None:
             parts.append(" ".join(str(int(v)) for v in np.ravel(net.VW[l])))
             parts.append(" ".join(str(int(v)) for v in np.ravel(net.VB[l])))
+    if net.opt is not None:
+        o = net.opt
+        for l in range(net.L):
+            for a in (o.MW[l], o.MB[l], o.VW[l], o.VB[l]):
+                parts.append(" ".join(str(int(v)) for v in np.ravel(a)))
+        parts.append(f"{o.t} {o.p1} {o.p2}")
     parts.append(f"{int(net.rng[0])} {net.loss_sum} {net.correct} {net.seen}")
     return STATE_PREFIX + "|".join(parts)
 
@@ -73,7 +79,10 @@ def _record(c: Case) -> bytes:
     name = c.name.encode()
     head = [q.L, *q.sizes, *q.acts, *q.shift_a, *q.shift_w, *q.shift_d, q.loss, q.batch_max,
             int(q.momentum), q.alpha_q, h["lr_m"], h["lr_e"], h["batch"], h["mu"], h["c_m"],
-            h["c_e"], h["mode"], h["seed"], X.shape[0], T.shape[1], len(name)]
+            h["c_e"], h["mode"], h["seed"], X.shape[0], T.shape[1], len(name),
+            *(q.adam if q.adam is not None else (0, 0))]
+    if q.adam is not None:  # 1 - beta in Q15 up to 32768: its int16 is read back as uint16
+        head[-2:] = [v - 65536 if v >= 32768 else v for v in head[-2:]]
     if not all(-32768 <= v < 32768 for v in head):
         raise ValueError(f"{c.name}: a header value does not fit in int16: {head}")
     out = [np.array([len(head), *head], "<i2").tobytes(), name]
@@ -121,6 +130,14 @@ def put_state(name, net):
         if net.VW[l] is not None:
             put("i", net.VW[l])
             put("i", net.VB[l])
+    o = net.opt
+    if o is not None:
+        for l in range(net.L):
+            put("i", o.MW[l])
+            put("i", o.MB[l])
+            put("i", o.VW[l])
+            put("i", o.VB[l])
+        print("|%%d %%d %%d" %% (o.t, o.p1, o.p2), end="")
     print("|%%d %%d %%d %%d" %% (net.rng[0], net.loss_sum, net.correct, net.seen))
 
 def fill(f, buf):
@@ -149,12 +166,16 @@ def case(f, n_head):
     loss, batch_max, momentum, alpha_q = h[p], h[p + 1], h[p + 2], h[p + 3]
     lr_m, lr_e, batch, mu, c_m, c_e, mode, seed = [h[p + 4 + i] for i in range(8)]
     n, n_t, n_name = h[p + 12], h[p + 13], h[p + 14]
+    c1, c2 = h[p + 15] & 0xFFFF, h[p + 16] & 0xFFFF  # 32768 comes as -32768
     name = f.read(n_name).decode()
     net = Net(sizes, acts, shift_a, shift_w, shift_d, loss, batch_max, momentum > 0, alpha_q,
               KERNELS)
     for l in range(L):
         fill(f, net.W[l])
         fill(f, net.B[l])
+    if c1:
+        from edgebp import adam
+        adam.attach(net, c1, c2)
     net.set_lr(lr_m, lr_e)
     net.set_batch(batch)
     net.set_momentum(mu)
@@ -254,6 +275,12 @@ def state_line(name, net):
         if net.VW[l] is not None:
             parts.append(" ".join(str(v) for v in net.VW[l]))
             parts.append(" ".join(str(v) for v in net.VB[l]))
+    o = net.opt
+    if o is not None:
+        for l in range(net.L):
+            for a in (o.MW[l], o.MB[l], o.VW[l], o.VB[l]):
+                parts.append(" ".join(str(v) for v in a))
+        parts.append("%d %d %d" % (o.t, o.p1, o.p2))
     parts.append("%d %d %d %d" % (net.rng[0], net.loss_sum, net.correct, net.seen))
     return "STATE " + "|".join(parts)
 
@@ -313,7 +340,8 @@ def parse_states(stdout: str) -> dict[str, str]:
             continue
         name, *parts = line[len(prefix):].split("|")
         try:
-            arrays = [_decoded(a, _DECODE[prefix]) for a in parts[:-1]]
+            arrays = [_decoded(a, _DECODE[prefix]) if a[:1] in ("h", "i") else a
+                      for a in parts[:-1]]
         except (KeyError, IndexError, ValueError):  # cut short: kept as it came
             states[name] = line
         else:

@@ -26,8 +26,9 @@ def expected() -> dict[str, str]:
 def test_cases_cover_every_combination():
     names = {c.name for c in CASES}
     assert len(names) == len(CASES)
-    # 7 hidden activations x 6 (loss, output) pairs x 5 optimisers, plus 42 edge nets
-    assert len(CASES) == 7 * 6 * 5 + 7 * 6
+    # 7 hidden activations x 6 (loss, output) pairs x 6 optimisers, plus 42 edge nets and 6
+    # Adam edge nets
+    assert len(CASES) == 7 * 6 * 6 + 7 * 6 + 6
 
 
 def test_twin_equals_core_on_every_case(expected):
