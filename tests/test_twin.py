@@ -6,8 +6,8 @@ gradient sums, momentum, Adam's moments and t, beta**t, the Z/A/D buffers, the r
 correct and loss sums.
 
 The edge-of-range nets run on a copy of the core whose every arithmetic expression is wrapped in
-a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py and adam.py), so the same runs also show
-that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
+a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py and adam.py), so the same runs
+also show that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ is shifted by its guard before it is summed, as in the kernels, so sums cannot u
 Parameters live in one flat vector in the order in which the core updates them (layer 0 W
 row-major, layer 0 B, layer 1 W, ...); W[l] (n_out x n_in) and B[l] are views into it, and the
 same holds for the gradient sums, momentum and Adam's moments. An update is then one vectorised
-step over all parameters. Stochastic rounding needs the core's xorshift30 state for every parameter: the
-generator is linear over GF(2), so the state k steps after s is the XOR of the images of s's set
-bits under k steps, which are tabulated once per net (`Xorshift30Jumps`).
+step over all parameters. Stochastic rounding needs the core's xorshift30 state for every
+parameter: the generator is linear over GF(2), so the state k steps after s is the XOR of the
+images of s's set bits under k steps, which are tabulated once per net (`Xorshift30Jumps`).
 
 Samples that share weights (one mini-batch) go through forward and backward together: the
 gradient sums are integer sums, so their order does not matter.
@@ -27,8 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgebp import adam as core_adam
-from edgebp import luts, luts_act
+from edgebp import adam as core_adam, luts, luts_act
 from edgebp.fixed import (
     BCE,
     IDENTITY,
