@@ -17,3 +17,13 @@ def test_adam_bench_prints_its_table():
     for r in body:
         f, x, gap = float(r[2][:-1]), float(r[3][:-1]), float(r[4])
         assert 0 <= f <= 100 and 0 <= x <= 100 and abs(f - x - gap) < 0.011
+
+
+def test_optim_bench_has_fixed_adam_rows():
+    from edgebp.host.bench import optim
+
+    text = optim.run(seeds=1, sweep_seeds=1, budget=0.01, only=["XOR", "sin"], max_width=1,
+                     out=lambda s: None)
+    rows = [line for line in text.splitlines() if optim.FIXED in line]
+    assert [r.split()[0] for r in rows] == ["XOR", "sin"]
+    assert "%" in rows[0] and "RMSE" in rows[1]
