@@ -1,8 +1,9 @@
 """The integer twin: edgebp's fixed-point net in vectorised numpy, bit-identical to the core.
 
 `TwinNet` holds the same state as `edgebp.net.Net` (W, B, GW, GB, VW, VB, Z, A, D, rng, count,
-seen, correct, loss_sum, the settings) and reproduces `Net` with the pure-Python kernels bit for
-bit, but fast enough to train whole data sets on the host: `train_epoch` and `evaluate`.
+seen, correct, loss_sum, the settings, and with Adam its opt: MW, MB, VW, VB, t, p1, p2) and
+reproduces `Net` with the pure-Python kernels bit for bit, but fast enough to train whole data
+sets on the host: `train_epoch` and `evaluate`.
 
 Formats are the core's (see edgebp/net.py). All arrays here are int64, which holds every
 intermediate of the core exactly (the core keeps them inside [-2**30, 2**30)); `>>` on int64
