@@ -498,30 +498,44 @@ class AdamProbe(Probe):
             m = r("m", m + self._mul_q15(N, "(x - m)", r("x - m", x - m), c1, "c1"))
             M[p] = m
             a = abs(x)
-            k = 0
-            while a >= 4096:
-                a >>= 1
-                k += 1
-            xf = r("x*x mantissa", a * a)
+            k = -adam_core.BIAS
+            xf = 0
+            if a:
+                k = 0
+                while a >= 4096:
+                    a >>= 1
+                    k += 1
+                while a < 2048:
+                    a = r("a << 1", a << 1)
+                    k -= 1
+                xf = r("x*x mantissa", a * a)
             q = V[p]
-            e = q >> 25
+            e = (q >> 25) - adam_core.BIAS
             f = q & 0x1FFFFFF
             if k > e:
-                f >>= 2 * (k - e)
+                f = f >> (2 * (k - e)) if k - e < 13 else 0
                 e = k
-            else:
-                xf >>= 2 * (e - k)
+            elif e > k:
+                xf = xf >> (2 * (e - k)) if e - k < 13 else 0
             f += self._mul_q15(N, "(x*x - f)", r("x*x - f", xf - f), c2, "c2")
-            while e > 0 and f < 0x400000:
+            if f == 0:
+                e = -adam_core.BIAS
+            while e > -adam_core.BIAS and f < 0x400000:
                 f = r("f << 2", f << 2)
                 e -= 1
-            V[p] = r("v (E << 25 | F)", (e << 25) | f)
+            V[p] = r("v (E + 11 << 25 | F)", ((e + adam_core.BIAS) << 25) | f)
             rt = max(self.isqrt(N, f), 1)
-            mm = r("|m|", abs(m)) >> e
-            if mm >= r("r << 3", rt << 3):
+            mm = r("|m|", abs(m))
+            if e >= 0:
+                mm >>= e
+                if mm >= r("r << 3", rt << 3):
+                    rho = adam_core.RHO_MAX
+                else:
+                    rho = r("|m| << 12", mm << 12) // rt
+            elif mm >= r("8 r + 2**-e - 1", (rt << 3) + (1 << -e) - 1) >> -e:
                 rho = adam_core.RHO_MAX
             else:
-                rho = r("|m| << 12", mm << 12) // rt
+                rho = r("|m| << 12", r("|m| << -e", mm << -e) << 12) // rt
             v = r("rho*am", r("rho", rho) * am) >> u
             v = max(-V_MAX, min(V_MAX, -v if m < 0 else v))
             w = W[p]

@@ -361,22 +361,31 @@ def _adam_kernel(c: _Bounds, N: int, term: Interval, G: Interval, batch_max: int
     # m lies in the hull of 0 and every x
     M = c.add(N, "m", _join(x, (0, 0)))
     _mul_q15(c, N, "(x - m)", c.add(N, "x - m", (x[0] - M[1], x[1] - M[0])), c1, "c1")
-    # x*x as a*a * 4**k, a the top 12 bits of |x|: k up to |x|'s bit length - 12. v's
-    # exponent e becomes max(e, k) and then only falls (from 0: e <= the largest k), its
-    # mantissa lies between f and a*a, or below 2**22 before its last shift by 2
+    # x*x as a*a * 4**k, a the top 12 bits of |x| (|x| shifted up to 2**11 or more, or down
+    # below 2**12), k from -11 to |x|'s bit length - 12. v's exponent e becomes max(e, k) and
+    # then only falls, never below -11 (from -11: e <= the largest k); its mantissa lies
+    # between f and a*a, or below 2**22 before a shift by 2: below 2**24 throughout
+    B = adam_core.BIAS
     xmax = max(-x[0], x[1])
-    e_max = max(0, xmax.bit_length() - 12)
-    sq = c.add(N, "x*x mantissa", (0, min(xmax, 4095) ** 2))
-    f_max = max(sq[1], ((1 << 22) - 1) << 2 if e_max else 0)
+    e_max = max(-B, xmax.bit_length() - 12)
+    if xmax:
+        c.add(N, "a << 1", (0, min(xmax, 2047) << 1))
+    sq = c.add(N, "x*x mantissa", (0, 4095 ** 2 if xmax else 0))
+    f_max = max(sq[1], ((1 << 22) - 1) << 2 if e_max > -B else 0)
     _mul_q15(c, N, "(x*x - f)", c.add(N, "x*x - f", (-f_max, sq[1])), c2, "c2")
-    if e_max:
+    if e_max > -B:
         c.add(N, "f << 2", (0, ((1 << 22) - 1) << 2))
-    c.add(N, "v (E << 25 | F)", (0, (e_max << 25) | f_max))
+    c.add(N, "v (E + 11 << 25 | F)", (0, ((e_max + B) << 25) | f_max))
     r = _isqrt(c, N, (0, f_max))
-    # rho = (|m| >> e) * 4096 // r below the clamp |m| >> e >= 8 r: there |m| >> e <= 8 r - 1
+    # rho = (|m| >> e) * 4096 // r below the clamp |m| >> e >= 8 r: there |m| >> e <= 8 r - 1;
+    # for e < 0, (|m| << -e) * 4096 // r below the clamp |m| >= ceil(8 r / 2**-e): there
+    # |m| << -e <= 8 r - 1 too
     mabs = c.add(N, "|m|", (0, max(-M[0], M[1])))
-    c.add(N, "r << 3", (8, max(r, 1) << 3))
-    c.add(N, "|m| << 12", (0, min(mabs[1], (max(r, 1) << 3) - 1) << 12))
+    rr = max(r, 1)
+    c.add(N, "r << 3", (8, rr << 3))
+    c.add(N, "8 r + 2**-e - 1", (8, (rr << 3) + (1 << B) - 1))
+    c.add(N, "|m| << -e", (0, (rr << 3) - 1))
+    c.add(N, "|m| << 12", (0, min(mabs[1], (rr << 3) - 1) << 12))
     rho = c.add(N, "rho", (0, max(adam_core.RHO_MAX, (8 << 12) - 1)), (0, adam_core.RHO_MAX))
     p = c.add(N, "rho*am", _mul(rho, (0, adam_core.AM_MAX)))
     return _clip((-p[1], p[1]), -V_MAX, V_MAX)  # >> u, u >= 0, the sign of m, the clamp

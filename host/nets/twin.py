@@ -267,7 +267,7 @@ class TwinAdam:
     def __init__(self, net: TwinNet, c1: int, c2: int) -> None:
         self.c1, self.c2 = c1, c2
         self.m = np.zeros(net.n_params, I64)
-        self.v = np.zeros(net.n_params, I64)  # E << 25 | F
+        self.v = np.zeros(net.n_params, I64)  # (E + BIAS) << 25 | F
         self.MW, self.MB = net._views(self.m)
         self.VW, self.VB = net._views(self.v)
         self.t = 0
@@ -320,28 +320,38 @@ class TwinAdam:
         M = self.m[p0:]
         m = M + mul_q15_v(x - M, self.c1)
         M[...] = m
-        # x*x as a*a * 4**k, a the top 12 bits of |x|
+        # x*x as a*a * 4**k, a the top 12 bits of |x| (2**11 <= a < 2**12; x = 0: k = -BIAS)
+        B = core_adam.BIAS
         a = np.abs(x)
-        k = np.maximum(bit_length_v(a) - 12, 0)
-        a >>= k
-        xf = a * a
+        nz = a > 0
+        k = np.where(nz, bit_length_v(a) - 12, -B)
+        a = np.where(k >= 0, a >> np.maximum(k, 0), a << np.maximum(-k, 0))
+        xf = np.where(nz, a * a, 0)
         V = self.v[p0:]
-        e = V >> 25
+        e = (V >> 25) - B
         f = V & 0x1FFFFFF
-        up = k > e
-        f = np.where(up, f >> np.minimum(2 * (k - e), 63), f)
-        xf = np.where(up, xf, xf >> np.minimum(2 * (e - k), 63))
+        # the lower of the two exponents' mantissa shifted down, to 0 past 24 bits
+        f = np.where(k > e, np.where(k - e < 13, f >> np.clip(2 * (k - e), 0, 62), 0), f)
+        xf = np.where(e > k, np.where(e - k < 13, xf >> np.clip(2 * (e - k), 0, 62), 0), xf)
         e = np.maximum(e, k)
         f += mul_q15_v(xf - f, self.c2)
+        e = np.where(f == 0, -B, e)
         # the normalisation loop: j shifts by 2 bring f to 2**22 or more (bit length 23),
-        # at most e of them; f = 0 takes all e
-        j = np.where(f == 0, e, np.minimum(e, np.maximum((24 - bit_length_v(f)) >> 1, 0)))
+        # at most e + BIAS of them
+        j = np.where(f == 0, 0,
+                     np.minimum(e + B, np.maximum((24 - bit_length_v(f)) >> 1, 0)))
         f <<= 2 * j
         e -= j
-        V[...] = (e << 25) | f
+        V[...] = ((e + B) << 25) | f
         r = np.maximum(isqrt_v(f), 1)
-        mm = np.abs(m) >> e
-        rho = np.where(mm >= r << 3, core_adam.RHO_MAX, (mm << 12) // r)
+        mm = np.abs(m)
+        pe = np.maximum(e, 0)
+        ne = np.maximum(-e, 0)
+        mp = mm >> pe
+        rho_pos = np.where(mp >= r << 3, core_adam.RHO_MAX, (mp << 12) // r)
+        lim = ((r << 3) + (1 << ne) - 1) >> ne
+        rho_neg = np.where(mm >= lim, core_adam.RHO_MAX, ((np.minimum(mm, lim) << ne) << 12) // r)
+        rho = np.where(e >= 0, rho_pos, rho_neg)
         v = (rho * am) >> u
         v = np.where(m < 0, -v, v)
         return clip_v(v, -V_MAX, V_MAX)
