@@ -339,9 +339,10 @@ class Loader:
                          ram_need(sizes, momentum, adam), -1) from None
         except ValueError as e:
             raise EbpError("net: %s" % e) from None
-        except ImportError as e:
-            # Adam's kernel for these kernels (edgebp.adam._kernel) is not on the board
-            raise EbpError("Adam: %s" % e) from None
+        except (ImportError, AttributeError) as e:
+            # Adam's kernel for these kernels (edgebp.adam._kernel) is not on the board: no
+            # edgebp/adam_viper, or a native module built without adam
+            raise EbpError("Adam: no kernel for the %s kernels (%s)" % (self._kname(), e)) from None
         if flags & FLAG_HYPER:
             try:
                 apply_hyper(net, h, HYPER_AT)
@@ -358,6 +359,10 @@ class Loader:
         self.net = net
         self.crc = crc16(h, 0, n + 2)
         self.phase = 1
+
+    def _kname(self):
+        k = self.kernels
+        return "default" if k is None else k.__name__.split(".")[-1]
 
     @property
     def hyper(self):

@@ -3,7 +3,6 @@ exactly, so that training that survives resets ends bit-identical to training th
 
 import re
 from array import array
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,14 +81,21 @@ def test_restored_state_is_the_saved_state(kind, tmp_path):
     assert state(back) == state(net)
 
 
-def test_device_resume_and_torn_files(runtime):
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_device_resume_and_torn_files(runtime, optimizer):
     """The same checkpoint code on the device: resumed training matches the host's reference,
     a torn new file is never taken."""
-    q = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4)
+    if optimizer == "adam" and runtime not in ("cpython", "wasm"):
+        # the others take the viper or native kernels, and their Adam kernels are not here
+        pytest.skip("Adam on the pure kernels only")
+    if optimizer == "adam":
+        q, hyper = adam_qnet("ce", (5, 6, 3)), ADAM_HYPER
+    else:
+        q, hyper = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4), HYPER
     X, T = make_data(q, 17)
-    final = reference_train(q, HYPER, X, T)
+    final = reference_train(q, hyper, X, T)
     fixture = "\n".join([
-        f"NET = {ebpfile.board_part(q, HYPER)!r}",
+        f"NET = {ebpfile.board_part(q, hyper)!r}",
         f"N_IN = {X.shape[1]}",
         f"N_T = {T.shape[1]}",
         f"N = {len(X)}",
@@ -479,15 +485,19 @@ def test_adam_session_resumes_after_resets_of_an_in_process_board(tmp_path):
 
 def test_adam_session_resumes_after_the_micropython_process_is_killed(tmp_path):
     require_runtime("unix")
-    if not (Path(ckpt.__file__).parent / "adam_viper.py").is_file():
-        pytest.skip("no viper Adam kernel (edgebp/adam_viper.py), which this runtime takes")
     q = adam_qnet("mse", (5, 7, 2))
     X, T = make_data(q, 24)
     rng = np.random.default_rng(6)
     orders = [rng.permutation(len(X))]
     with MicroPythonBoard(root=tmp_path) as board:
         # reset(): the power cut off wherever the process is, and back on
-        st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [9], ADAM_HYPER)
+        try:
+            st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [9],
+                                          ADAM_HYPER)
+        except SessionError as e:
+            if "Adam: no kernel" not in str(e):
+                raise
+            pytest.skip(f"this runtime's kernels have no Adam kernel yet ({e})")
     _check(q, X, T, orders, W, B, st, ADAM_HYPER)
 
 

@@ -77,7 +77,8 @@ def _fleet(args: argparse.Namespace) -> int:
           + (f", held out: {len(p.val)} ({p.val.name})" if p.val is not None else ""))
     print(f"fleet     {args.clients} clients, {settings.partition} split (seed "
           f"{settings.seed}), {args.rounds} rounds of {args.local_epochs} local epoch"
-          f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper)}; boards: "
+          f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper, qnet.adam)}; "
+          "boards: "
           + (f"{named}, the rest simulated {simulated}" if named
              else f"all simulated {simulated}"))
     if args.partition != "iid" or args.show_split:

@@ -16,6 +16,11 @@ up to blocks:
                      attribute has one
   native tables      with the native kernels (Net._fuse): a tuple of the net's lists of
                      buffers and an array('i') of 5 + 9 L small tables
+  Adam               with Adam (edgebp/adam.py, attached by the loader after Net()): its
+                     instance, the lists MW, MB, VW, VB and their int32 arrays, first and
+                     second moments of every parameter (8 bytes more per parameter than
+                     SGD). The code of edgebp.adam, imported at the first Adam load and kept
+                     by the board after it, is not part of a net: the reserve covers it
 
 The Net's attribute count is read off the engine itself (a Net built here under CPython),
 so the plan follows edgebp/net.py as it changes. Layer tables (sizes, acts, shifts) are the
@@ -81,6 +86,14 @@ def net_attributes() -> int:
     """How many attributes a Net instance carries (each takes a slot of its table)."""
     net = Net([1, 1], [fixed.IDENTITY], [8, 8], [8], [8], fixed.MSE)
     return len(vars(net))
+
+
+def adam_attributes() -> int:
+    """How many attributes the Adam state of a net carries (edgebp.adam.Adam)."""
+    from edgebp import adam
+
+    net = Net([1, 1], [fixed.IDENTITY], [8, 8], [8], [8], fixed.MSE)
+    return len(vars(adam.attach(net, 3277, 33)))
 
 
 @dataclass
@@ -155,6 +168,7 @@ class Plan:
     holes_by_address: list[int] = field(default_factory=list)  # the same by address, if known
     beside: int = 0  # bytes of the board's net, held while this one loads (0: none)
     replaces: bool = False  # it does not fit beside the board's net, which is dropped first
+    adam: bool = False  # Adam in place of SGD: its moments are counted
 
     @property
     def net(self) -> int:
@@ -229,7 +243,8 @@ class Plan:
         arch = (f"{8 * self.word}-bit heap, {WORDS_PER_BLOCK * self.word}-byte gc blocks, "
                 f"{'native' if self.fused else 'viper or pure-Python'} kernels")
         lines = [f"net {'-'.join(map(str, self.sizes))}"
-                 f"{' with momentum' if self.momentum else ''}: {self.params} parameters, "
+                 f"{' with momentum' if self.momentum else ''}"
+                 f"{' with Adam' if self.adam else ''}: {self.params} parameters, "
                  f"{arch}"]
         for name, n in rows:
             lines.append(f"  {name.ljust(width)}  {n:8d} B")
@@ -277,12 +292,13 @@ def _worst_fit(holes: list[int], allocs: list[int]) -> int | None:
 
 
 def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: int = 4,
-         max_payload: int = 512, fused: bool = True) -> Plan:
+         max_payload: int = 512, fused: bool = True, adam: bool = False) -> Plan:
     """The heap a net of these layer sizes takes on a board with `word`-byte words, and what
     loading it takes.
 
     `loss` sets the target width of a sample, `max_payload` the server's frame buffers;
-    `fused`: the board runs the native kernels (whose tables the net then holds).
+    `fused`: the board runs the native kernels (whose tables the net then holds); `adam`:
+    the net trains with Adam (its moments beside the net).
     """
     sizes = [int(n) for n in sizes]
     L = len(sizes) - 1
@@ -328,6 +344,16 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
         g.alloc(slots * word)  # P's items, as they end
         g.obj()  # the list's iterator
         parts["native kernels' tables"] = h.tuple(FUSED_LISTS) + h.array(n_p, 4)
+    if adam:
+        # edgebp.adam.attach, once Net() is built: the instance, then MW, MB, VW, VB
+        # its attribute table grows as __init__ sets them: the smaller tables are garbage
+        n = adam_attributes()
+        for slots in MAP_SIZES[1:]:
+            if slots >= n:
+                break
+            g.alloc(2 * slots * word)
+        parts["Adam moments M, V (int32)"] = (h.instance(n)
+                                              + 2 * (tensors(weights, 4) + tensors(outs, 4)))
     g.tuple(8)  # apply_hyper(): the settings it would restore on an error
     # LOAD_COMMIT: the server's buffers for one sample, the loader still held
     n_t = 1 if loss == fixed.SOFTMAX_CE else sizes[-1]
@@ -340,7 +366,7 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
               + o.array(wire.encoded_max(frame), 1) + o.array(link, 1)
               + o.array(wire.encoded_max(link), 1))
     return Plan(sizes, momentum, word, parts, sample=sample, server=server, loader=loader,
-                garbage=g.total, fused=fused, allocs=order)
+                garbage=g.total, fused=fused, allocs=order, adam=adam)
 
 
 def plan_for(qnet, info=None) -> Plan:
@@ -350,7 +376,8 @@ def plan_for(qnet, info=None) -> Plan:
     kernels = getattr(info, "kernels", "")
     fused = kernels == "native" if kernels else True  # a board that does not say: the most
     p = plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=word,
-             max_payload=max_payload, fused=fused)
+             max_payload=max_payload, fused=fused,
+             adam=getattr(qnet, "adam", None) is not None)
     free = getattr(info, "free_ram", 0)
     if free:
         # measured with the board's net in place, where it stays while this one loads: what
@@ -361,7 +388,8 @@ def plan_for(qnet, info=None) -> Plan:
         if getattr(info, "sizes", None):
             held = plan(info.sizes, momentum=bool(getattr(info, "momentum", False)),
                         loss=info.loss if info.loss is not None else fixed.SOFTMAX_CE,
-                        word=word, max_payload=max_payload, fused=fused)
+                        word=word, max_payload=max_payload, fused=fused,
+                        adam=bool(getattr(info, "adam", False)))
             p.beside = held.net + held.sample
             if not p.fits(free):
                 # the host drops the board's net first: its memory counts as free, and
@@ -379,6 +407,7 @@ def check(qnet, info, reserve: int = DEFAULT_RESERVE) -> Plan:
     p = plan_for(qnet, info)
     name = "-".join(map(str, p.sizes))
     advice = ("shrink the net" + (", drop momentum" if p.momentum else "")
+              + (", train with SGD in place of Adam" if p.adam else "")
               + " or free RAM on the board")
     if p.free is not None and p.need + reserve > p.free:
         parts = ", ".join(f"{part} {n}" for part, n in p.parts.items())
