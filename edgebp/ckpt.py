@@ -35,8 +35,9 @@
 #   GW, GB of each layer if F_PENDING
 #   end-2  2  CRC-16 (crc.crc16) of everything before it
 # Counters stay below 2**30; momentum, Adam's moments and gradient sums are small ints by the
-# range proof, so their four bytes decode without leaving the small-int range. Writing and reading allocate
-# (file objects, a 256-byte buffer): they run between frames, never inside a training step.
+# range proof, so their four bytes decode without leaving the small-int range. Writing and
+# reading allocate (file objects, a 256-byte buffer): they run between frames, never inside a
+# training step.
 #
 # A CRC tells a torn or damaged file, not one written wrong: load() checks every field
 # against the net and the arithmetic contract (flags, lengths, counters below 2**30, a

@@ -195,6 +195,15 @@ def u32(b, o):
     return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
+def _adam_module():
+    # edgebp.adam, imported by the first net that has Adam
+    try:
+        from edgebp import adam
+    except ImportError:
+        raise EbpError("an Adam net, and this board has no edgebp/adam") from None
+    return adam
+
+
 class Loader:
     """Parse a .ebp arriving in pieces: feed(buf, start, end) ..., then finish() -> Net.
 
@@ -312,18 +321,13 @@ class Loader:
             raise EbpError("truncated: %d bytes of %d" % (self.total, n_bytes))
         self.n_bytes = n_bytes
         momentum = bool(flags & FLAG_MOMENTUM)
-        c1 = c2 = 0
-        mod = None
-        if adam:
-            if momentum:
-                raise EbpError("Adam and momentum buffers together: Adam takes the place of "
-                               "momentum")
-            c1 = u16(h, FIXED + 6 * L)
-            c2 = u16(h, FIXED + 6 * L + 2)
-            try:
-                from edgebp import adam as mod
-            except ImportError:
-                raise EbpError("an Adam net, and this board has no edgebp/adam") from None
+        if adam and momentum:
+            raise EbpError("Adam and momentum buffers together: Adam takes the place of "
+                           "momentum")
+        c1 = u16(h, FIXED + 6 * L)
+        c2 = u16(h, FIXED + 6 * L + 2)
+        mod = _adam_module() if adam else None
+        if mod is not None:
             try:
                 mod.check(c1, c2)
             except ValueError as e:
