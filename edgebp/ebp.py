@@ -343,10 +343,10 @@ class Loader:
                          ram_need(sizes, momentum, adam), -1) from None
         except ValueError as e:
             raise EbpError("net: %s" % e) from None
-        except (ImportError, AttributeError) as e:
+        except (ImportError, AttributeError):
             # Adam's kernel for these kernels (edgebp.adam._kernel) is not on the board: no
             # edgebp/adam_viper, or a native module built without adam
-            raise EbpError("Adam: no kernel for the %s kernels (%s)" % (self._kname(), e)) from None
+            raise EbpError("no Adam kernel for the %s kernels" % self._kname()) from None
         if flags & FLAG_HYPER:
             try:
                 apply_hyper(net, h, HYPER_AT)
@@ -365,8 +365,8 @@ class Loader:
         self.phase = 1
 
     def _kname(self):
-        k = self.kernels
-        return "default" if k is None else k.__name__.split(".")[-1]
+        n = "" if self.kernels is None else self.kernels.__name__
+        return "native" if n.endswith("native") else "viper" if n.endswith("viper") else "python"
 
     @property
     def hyper(self):

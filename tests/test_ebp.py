@@ -439,3 +439,23 @@ def test_an_sgd_net_does_not_import_adam():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=os.path.dirname(__file__), check=True)
     assert done.stdout.split()[-1] == "False"
+
+
+def test_kernels_without_adam_refuse_an_adam_net_in_one_line():
+    # a native module built before Adam (no `adam` function): the loader says so, naming the
+    # kernels, rather than failing inside the net
+    import types
+
+    from edgebp import kernels
+
+    old = types.ModuleType("edgebp.kernels_native")
+    for name in dir(kernels):
+        if not name.startswith("_"):
+            setattr(old, name, getattr(kernels, name))
+    with pytest.raises(EbpError, match="^no Adam kernel for the native kernels$"):
+        ebp.Loader(-1, old).feed(adam_good(), 0, len(adam_good()))
+    # an SGD net loads with them
+    ld = ebp.Loader(-1, old)
+    ld.feed(good(), 0, len(good()))
+    net = ld.finish()
+    assert net.opt is None and net.k is old
