@@ -63,14 +63,27 @@ def test_adam_plan_matches_gc_mem_alloc(runtime):
             if "no Adam kernel" in str(e):
                 pytest.skip("this runtime's kernels have no Adam kernel yet")
             raise
+        # measured after a warm-up load: edgebp.adam already imported
         p = planner.plan(sizes, loss=q.loss, word=use.word, fused=use.kernels == "native",
-                         adam=True)
+                         adam=True, adam_imported=True)
         sgd = planner.plan(sizes, loss=q.loss, word=use.word, fused=use.kernels == "native")
         rows.append((sizes, use, p.net, p.need))
         assert abs(use.net - p.net) <= 0.05 * p.net, rows
         assert abs(use.peak - p.need) <= 0.05 * p.need, rows
         # M and V: 8 bytes a parameter, and a little for their lists and the Adam object
         assert 8 * p.params <= p.net - sgd.net <= 8 * p.params + 64 * len(sizes) * use.word + 512
+
+
+def test_the_adam_module_costs_what_the_plan_counts(runtime):
+    """The first Adam load imports edgebp.adam: the plan counts its code (ADAM_CODE), at
+    least what it takes and not much more."""
+    if runtime in ("cpython", "wasm"):
+        pytest.skip("no MicroPython heap whose collection frees garbage to measure")
+    used, word = heap.measure_import(runtime, "edgebp.adam")
+    counted = planner.plan([4, 4, 2], adam=True, word=word).code
+    assert used <= counted <= 1.3 * used + 256, (used, counted)
+    assert planner.plan([4, 4, 2], adam=True, word=word, adam_imported=True).code == 0
+    assert planner.plan([4, 4, 2], word=word).code == 0
 
 
 def test_training_state_against_the_minimum():

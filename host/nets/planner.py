@@ -19,8 +19,11 @@ up to blocks:
   Adam               with Adam (edgebp/adam.py, attached by the loader after Net()): its
                      instance, the lists MW, MB, VW, VB and their int32 arrays, first and
                      second moments of every parameter (8 bytes more per parameter than
-                     SGD). The code of edgebp.adam, imported at the first Adam load and kept
-                     by the board after it, is not part of a net: the reserve covers it
+                     SGD). The code of edgebp.adam, imported at the first Adam load (the
+                     loader imports it while it parses the header) and kept by the board
+                     after it, is no part of the net but of that load: ADAM_CODE, measured
+                     (edgebp.host.boards.heap.measure_import), counted unless the board has
+                     it already (adam_imported)
 
 The Net's attribute count is read off the engine itself (a Net built here under CPython),
 so the plan follows edgebp/net.py as it changes. Layer tables (sizes, acts, shifts) are the
@@ -71,6 +74,11 @@ HOLES_REPORTED = 8
 HOLE_LEAST = 256
 # attributes of an edgebp.ebp.Loader
 LOADER_ATTRIBUTES = 16
+# Bytes of the heap edgebp.adam's code takes once imported, by word size (measured on the
+# emulated boards and the unix port: heap.measure_import, tests/test_planner.py), placed as
+# allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are
+ADAM_CODE = {4: 3072, 8: 7680}
+ADAM_CODE_PIECE = 64
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
 FUSED_HEAD = 5
@@ -169,6 +177,7 @@ class Plan:
     beside: int = 0  # bytes of the board's net, held while this one loads (0: none)
     replaces: bool = False  # it does not fit beside the board's net, which is dropped first
     adam: bool = False  # Adam in place of SGD: its moments are counted
+    code: int = 0  # edgebp.adam's code, imported by this load (0: the board has it)
 
     @property
     def net(self) -> int:
@@ -185,7 +194,7 @@ class Plan:
         """Bytes a load takes at its peak: the net, its sample, the loader and the
         garbage made on the way (gc.mem_alloc() grows by this much if nothing is
         collected)."""
-        return self.net + self.sample + self.transient
+        return self.net + self.sample + self.transient + self.code
 
     @property
     def params(self) -> int:
@@ -233,7 +242,10 @@ class Plan:
 
     def table(self) -> str:
         rows = [(name, n) for name, n in self.parts.items()]
-        rows += [("net, total", self.net), ("sample buffers x, t", self.sample),
+        rows += [("net, total", self.net), ("sample buffers x, t", self.sample)]
+        if self.code:
+            rows += [("edgebp.adam code (first Adam load)", self.code)]
+        rows += [
                  ("loader (while loading)", self.loader),
                  ("garbage of the load (until collected)", self.garbage),
                  ("load at its peak", self.need),
@@ -292,13 +304,15 @@ def _worst_fit(holes: list[int], allocs: list[int]) -> int | None:
 
 
 def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: int = 4,
-         max_payload: int = 512, fused: bool = True, adam: bool = False) -> Plan:
+         max_payload: int = 512, fused: bool = True, adam: bool = False,
+         adam_imported: bool = False) -> Plan:
     """The heap a net of these layer sizes takes on a board with `word`-byte words, and what
     loading it takes.
 
     `loss` sets the target width of a sample, `max_payload` the server's frame buffers;
     `fused`: the board runs the native kernels (whose tables the net then holds); `adam`:
-    the net trains with Adam (its moments beside the net).
+    the net trains with Adam (its moments beside the net), and the load imports edgebp.adam
+    unless `adam_imported` (a board that loaded an Adam net before keeps the module).
     """
     sizes = [int(n) for n in sizes]
     L = len(sizes) - 1
@@ -313,7 +327,12 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
 
     # LOAD_BEGIN: the loader, its header copy; then the layer tables it parses
     ld.instance(LOADER_ATTRIBUTES)
-    ld.array(ebp.head_len(ebp.MAX_LAYERS), 1)
+    ld.array(ebp.head_len(ebp.MAX_LAYERS, True), 1)
+    code = Heap(word, order)  # edgebp.adam, imported while the header is parsed
+    if adam and not adam_imported:
+        left = ADAM_CODE.get(word, ADAM_CODE[8] * word // 8)
+        while left > 0:
+            left -= code.alloc(min(left, ADAM_CODE_PIECE * word))
     tables = 2 * h.list(L + 1) + 3 * h.list(L)  # sizes, shift_a; acts, shift_w, shift_d
     # Net(): its attribute table, the per-layer constants (shift_z, k_f, s_f, k_b, s_b, one)
     tables += h.instance(net_attributes()) + 6 * h.list(L)
@@ -366,7 +385,7 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
               + o.array(wire.encoded_max(frame), 1) + o.array(link, 1)
               + o.array(wire.encoded_max(link), 1))
     return Plan(sizes, momentum, word, parts, sample=sample, server=server, loader=loader,
-                garbage=g.total, fused=fused, allocs=order, adam=adam)
+                garbage=g.total, fused=fused, allocs=order, adam=adam, code=code.total)
 
 
 def plan_for(qnet, info=None) -> Plan:
