@@ -20,7 +20,7 @@ from edgebp.host.boards import board as mb
 from edgebp.host.boards.qemu import KINDS, QemuBoard
 from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.nets import planner
-from edgebp.host.nets.qnet import Hyper, adam_q
+from edgebp.host.nets.qnet import Hyper
 from test_ebp import make_data, make_qnet
 
 TIMEOUT = 5.0  # per answer; a board under qemu on a busy host is slow at times
@@ -42,19 +42,15 @@ def port(request, tmp_path_factory):
         yield b.port
 
 
-def net(hidden: int, momentum: bool | str):
-    # momentum: False (SGD), True (with momentum) or "adam"
-    q = make_qnet("ce", (64, hidden, 10), momentum=momentum is True)
-    if momentum == "adam":
-        q.adam = adam_q()
-    return q
+def net(hidden: int, momentum: bool):
+    return make_qnet("ce", (64, hidden, 10), momentum=momentum)
 
 
-def hyper(momentum: bool | str) -> Hyper:
-    return Hyper(lr=0.01, momentum=0.5 if momentum is True else 0.0)
+def hyper(momentum: bool) -> Hyper:
+    return Hyper(lr=0.01, momentum=0.5 if momentum else 0.0)
 
 
-def largest_accepted(info, momentum: bool | str) -> int:
+def largest_accepted(info, momentum: bool) -> int:
     """The widest hidden layer of a 64-H-10 net that the plan accepts on this board."""
 
     def accepted(hidden):
@@ -72,17 +68,13 @@ def largest_accepted(info, momentum: bool | str) -> int:
     return lo
 
 
-def _what(momentum: bool | str) -> str:
-    return " with Adam" if momentum == "adam" else " with momentum" if momentum else ""
-
-
 def repl_answers(port: str) -> bool:
     """mpremote's raw REPL at once, and code runs there."""
     with mb.Board(port) as b:
         return b.exec("print(6 * 7)").strip() == b"42"
 
 
-@pytest.mark.parametrize("momentum", [False, True, "adam"], ids=["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("momentum", [False, True], ids=["sgd", "momentum"])
 def test_the_largest_net_the_plan_accepts_trains_and_the_next_is_refused(port, momentum):
     # the next size up: refused by the plan with its numbers, before the net is sent
     with Session(port, start=True, timeout=TIMEOUT) as s:
@@ -102,7 +94,7 @@ def test_the_largest_net_the_plan_accepts_trains_and_the_next_is_refused(port, m
         assert counters.frames == frames + 1  # the BYE that ended the session: no net sent
     assert repl_answers(port)
     print(f"\n{port}: free {info.free_ram} B, largest blocks {info.holes[:3]}: 64-{hidden + 1}-10"
-          f"{_what(momentum)} refused: {message}")
+          f"{' with momentum' if momentum else ''} refused: {message}")
 
     # the largest it accepts: loads and trains
     with Session(port, start=True, timeout=TIMEOUT) as s:
@@ -116,7 +108,7 @@ def test_the_largest_net_the_plan_accepts_trains_and_the_next_is_refused(port, m
         assert s.evaluate(X, T).samples == 8
         assert s.bye()
     print(f"{port}: free {info.free_ram} B, largest blocks {info.holes[:3]}: 64-{hidden}-10"
-          f"{_what(momentum)} accepted and trained, {p.need} B at the "
+          f"{' with momentum' if momentum else ''} accepted and trained, {p.need} B at the "
           f"peak of its load")
 
     # The plan is the limit: without it, a net a twentieth wider than the widest it accepts
