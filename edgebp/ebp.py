@@ -40,7 +40,6 @@
 # refused.
 
 import gc
-import sys
 
 from edgebp.crc import CRC_TABLE, crc16
 from edgebp.fixed import SMALL_MAX
@@ -197,16 +196,11 @@ def u32(b, o):
 
 
 def _adam_module():
-    # edgebp.adam, imported by the first net that has Adam. The import leaves garbage (the
-    # file's reader) between the pieces of code it keeps: collected at once, before the net's
-    # tensors are placed, the holes it leaves take the net's small allocations
-    first = "edgebp.adam" not in sys.modules
+    # edgebp.adam, imported by the first net that has Adam
     try:
         from edgebp import adam
     except ImportError:
         raise EbpError("an Adam net, and this board has no edgebp/adam") from None
-    if first:
-        gc.collect()
     return adam
 
 
