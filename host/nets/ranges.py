@@ -411,6 +411,7 @@ def _adam_scalars(c: _Bounds, c1: int, c2: int, lr_m: int) -> None:
 
 def _adam_settings(qnet: QuantNet, hyper: Hyper | None, c: _Bounds) -> bool:
     # what the core refuses of a net with Adam, one line each; whether the bounds apply
+    assert qnet.adam is not None
     c1, c2 = qnet.adam
     ok = True
     try:
