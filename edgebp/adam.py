@@ -1,8 +1,8 @@
 # Adam in fixed point: the definition (kernel `adam`) and the optimiser state of a net.
 #
 # A net trained with Adam carries, per parameter, its first moment m (int32) and its second
-# moment v (int32, a small float of its own) beside W and the gradient sum G: 10 bytes more
-# than plain SGD's W and G. This module is imported only by nets that use Adam.
+# moment v (int32, a small float of its own) beside W and the gradient sum G: 8 bytes more
+# than plain SGD's W and G, 14 bytes a parameter in all. This module is imported only by nets that use Adam.
 #
 # Units. The mean gradient of a parameter over the `count` samples of a sum G is, in units of
 # twice the product d*x of its delta and input (the format of D times that of A),
@@ -30,7 +30,7 @@
 #
 # The bias correction sqrt(1 - beta2**t) / (1 - beta1**t) is formed once per update from
 # beta1**t and beta2**t, kept in Q28 and multiplied by beta each update (split products
-# again), in Q12; with c1 >= 32 it stays below 2**22, and lr_m times it below 2**30.
+# again), in Q12; with c1 >= 32 it is at most 2**22, and lr_m times it below 2**30.
 
 from edgebp.fixed import SMALL_MAX, V_MAX, const
 

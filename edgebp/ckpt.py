@@ -9,14 +9,16 @@
 # data being on the medium once it is closed, as littlefs and FAT give.)
 #
 # Everything the next update depends on is saved, so training resumed from a checkpoint is
-# bit-identical to training that never stopped: weights, momentum, the pending gradient sums
-# and their count (a checkpoint may fall inside a batch), the hyper-parameters, the state of
-# the stochastic-rounding generator and the sample counters.
+# bit-identical to training that never stopped: weights, momentum or Adam's moments and
+# step count, the pending gradient sums and their count (a checkpoint may fall inside a
+# batch), the hyper-parameters, the state of the stochastic-rounding generator and the sample
+# counters.
 #
 # Layout, little-endian:
 #   0   4  magic b"EBPC"
 #   4   1  version (1)
-#   5   1  flags: F_MOMENTUM (momentum buffers follow), F_PENDING (gradient sums follow)
+#   5   1  flags: F_MOMENTUM (momentum buffers follow), F_PENDING (gradient sums follow),
+#          F_ADAM (Adam's state follows)
 #   6   2  every: period of automatic checkpoints, in weight updates (0: on request only)
 #   8   4  generation: one more than any checkpoint on the filesystem when it was written
 #   12  4  samples: training samples learned since the net was loaded
@@ -25,19 +27,24 @@
 #   32  2  count: samples in the pending gradient sums; 34 2 grad_count
 #   36  4  length of the whole file
 #   40  4  length of the .ebp part
-#   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters and its
-#           input map if it has one; its seed field holds the live state of the rounding
-#           generator
-#   then VW, VB of each layer (int32) if F_MOMENTUM, then GW, GB of each layer if F_PENDING
+#   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters, its
+#           Adam block if it has Adam and its input map if it has one; its seed field holds
+#           the live state of the rounding generator
+#   then VW, VB of each layer (int32) if F_MOMENTUM; if F_ADAM, Adam's MW, MB of each layer,
+#   then its VW, VB of each layer (int32), then t, p1, p2 (u32 each: edgebp/adam.py); then
+#   GW, GB of each layer if F_PENDING
 #   end-2  2  CRC-16 (crc.crc16) of everything before it
-# Counters stay below 2**30; momentum and gradient sums are small ints by the range proof, so
-# their four bytes decode without leaving the small-int range. Writing and reading allocate
-# (file objects, a 256-byte buffer): they run between frames, never inside a training step.
+# Counters stay below 2**30; momentum, Adam's moments and gradient sums are small ints by the
+# range proof, so their four bytes decode without leaving the small-int range. Writing and
+# reading allocate (file objects, a 256-byte buffer): they run between frames, never inside a
+# training step.
 #
 # A CRC tells a torn or damaged file, not one written wrong: load() checks every field
 # against the net and the arithmetic contract (flags, lengths, counters below 2**30, a
 # pending count within batch_max, |V| <= V_MAX, each gradient sum within what its samples
-# can add) and refuses with CheckpointError what the engine could not have written.
+# can add; Adam's |M| <= 2**29, each of its V a well-formed small float, t and beta**t in
+# step with each other) and refuses with CheckpointError what the engine could not have
+# written.
 
 import os
 
@@ -53,6 +60,10 @@ VERSION = const(1)
 HEAD = const(44)
 F_MOMENTUM = const(1)
 F_PENDING = const(2)
+F_ADAM = const(4)
+M_MAX = const(1 << 29)  # |M| of Adam (edgebp/adam.py)
+ONE28 = const(1 << 28)  # beta**t of Adam before its first update
+V_FIELD_MAX = const(29)  # the exponent field of Adam's V: E + BIAS, E <= 18
 _CHUNK = const(256)
 
 
@@ -142,6 +153,12 @@ class _In:
         self.pos += 1
         return b
 
+    def u32(self):
+        # a u32 below 2**30, else -1 (the bytes are read either way)
+        lo = self.byte() | (self.byte() << 8) | (self.byte() << 16)
+        hi = self.byte()
+        return -1 if hi >= 0x40 else lo | (hi << 24)
+
     def int32s(self, arr, bound, what):
         # int32 values, each within -bound..bound
         for i in range(len(arr)):
@@ -164,7 +181,7 @@ def _params(net):
     return n
 
 
-def _write_ebp(o, net, momentum):
+def _write_ebp(o, net, momentum, opt):
     # the net as an .ebp board part, byte for byte what host/nets/ebpfile.py writes
     L = net.L
     sizes = net.sizes
@@ -178,7 +195,8 @@ def _write_ebp(o, net, momentum):
     o.byte(net.loss_kind)
     inmap = net.inmap
     o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
-           | (ebp.FLAG_INMAP if inmap is not None else 0))
+           | (ebp.FLAG_INMAP if inmap is not None else 0)
+           | (ebp.FLAG_ADAM if opt is not None else 0))
     o.u16(net.batch_max)
     o.u16(net.alpha)
     if hyper:
@@ -193,7 +211,7 @@ def _write_ebp(o, net, momentum):
     else:
         for _ in range(ebp.HYPER_LEN):
             o.byte(0)
-    o.u32(ebp.file_len(sizes, inmap is not None))
+    o.u32(ebp.file_len(sizes, inmap is not None, opt is not None))
     o.u16(sizes[0])
     o.byte(net.shift_a[0])
     o.byte(0)
@@ -203,6 +221,9 @@ def _write_ebp(o, net, momentum):
         o.byte(net.shift_a[l + 1])
         o.byte(net.shift_w[l])
         o.byte(net.shift_d[l])
+    if opt is not None:
+        o.u16(opt.c1)
+        o.u16(opt.c2)
     o.flush()
     o.u16(o.part)
     for l in range(L):
@@ -255,12 +276,15 @@ def save(net, root="", every=0, samples=0, updates=0):
     if gen > SMALL_MAX:
         raise CheckpointError("checkpoint generations exhausted")
     momentum = net.VW[0] is not None
+    opt = net.opt
     pending = net.count > 0
     params = _params(net)
-    ebp_len = ebp.file_len(net.sizes, net.inmap is not None)
+    ebp_len = ebp.file_len(net.sizes, net.inmap is not None, opt is not None)
     total = HEAD + ebp_len + 2
     if momentum:
         total += 4 * params
+    if opt is not None:
+        total += 8 * params + 12
     if pending:
         total += 4 * params
     f = open(new, "wb")
@@ -269,7 +293,8 @@ def save(net, root="", every=0, samples=0, updates=0):
         for b in MAGIC:
             o.byte(b)
         o.byte(VERSION)
-        o.byte((F_MOMENTUM if momentum else 0) | (F_PENDING if pending else 0))
+        o.byte((F_MOMENTUM if momentum else 0) | (F_PENDING if pending else 0)
+               | (F_ADAM if opt is not None else 0))
         o.u16(every)
         o.u32(gen)
         o.u32(samples)
@@ -281,11 +306,21 @@ def save(net, root="", every=0, samples=0, updates=0):
         o.u16(net.grad_count)
         o.u32(total)
         o.u32(ebp_len)
-        _write_ebp(o, net, momentum)
+        _write_ebp(o, net, momentum, opt)
         for l in range(net.L):
             if momentum:
                 o.values(net.VW[l], 4)
                 o.values(net.VB[l], 4)
+        if opt is not None:
+            for l in range(net.L):
+                o.values(opt.MW[l], 4)
+                o.values(opt.MB[l], 4)
+            for l in range(net.L):
+                o.values(opt.VW[l], 4)
+                o.values(opt.VB[l], 4)
+            o.u32(opt.t)
+            o.u32(opt.p1)
+            o.u32(opt.p2)
         for l in range(net.L):
             if pending:
                 o.values(net.GW[l], 4)
@@ -368,8 +403,11 @@ def _grad_bound(count, kg):
 def _check_head(head):
     # the header's own fields, before anything is allocated
     flags = head[5]
-    if flags & ~(F_MOMENTUM | F_PENDING):
+    if flags & ~(F_MOMENTUM | F_PENDING | F_ADAM):
         raise CheckpointError("unknown flags 0x%02x" % flags)
+    if flags & F_MOMENTUM and flags & F_ADAM:
+        raise CheckpointError("momentum and Adam state together: Adam takes the place of "
+                              "momentum")
     for at, what in ((8, "generation"), (12, "samples"), (16, "updates"), (20, "seen"),
                      (24, "correct"), (28, "loss sum")):
         if u32(head, at) < 0:
@@ -384,6 +422,43 @@ def _check_head(head):
     if count and u16(head, 34) != count:
         raise CheckpointError("gradient count %d is not the pending count %d"
                               % (u16(head, 34), count))
+
+
+def _read_adam(src, net, opt):
+    # Adam's moments, t and beta**t, each checked as the kernel assumes them
+    for l in range(net.L):
+        src.int32s(opt.MW[l], M_MAX, "Adam first moment")
+        src.int32s(opt.MB[l], M_MAX, "Adam first moment")
+    for l in range(net.L):
+        _read_v(src, opt.VW[l])
+        _read_v(src, opt.VB[l])
+    t = src.u32()
+    p1 = src.u32()
+    p2 = src.u32()
+    if t < 0:
+        raise CheckpointError("Adam step count beyond 2**30")
+    if p1 < 0 or p1 > ONE28 or p2 < 0 or p2 > ONE28:
+        raise CheckpointError("Adam beta**t (%d, %d) outside 0..2**28" % (p1, p2))
+    # beta**t is 1 before the first update, below 1 after it (1 - beta2 >= 2**-15,
+    # 1 - beta1 >= 2**-10)
+    if (t == 0) != (p1 == ONE28) or (t == 0) != (p2 == ONE28):
+        raise CheckpointError("Adam step count %d disagrees with beta**t (%d, %d)"
+                              % (t, p1, p2))
+    opt.t = t
+    opt.p1 = p1
+    opt.p2 = p2
+
+
+def _read_v(src, arr):
+    # Adam's second moments: (E + BIAS) << 25 | F, the field at most V_FIELD_MAX, and F at
+    # least 2**22 unless the field is 0 (edgebp/adam.py)
+    src.int32s(arr, SMALL_MAX, "Adam second moment")
+    for i in range(len(arr)):
+        q = arr[i]
+        e = q >> 25
+        if q < 0 or e > V_FIELD_MAX or (e and (q & 0x1FFFFFF) < 0x400000):
+            raise CheckpointError("Adam second moment 0x%08x is not a well-formed small "
+                                  "float" % q)
 
 
 def load(path, head, kernels=None, mem_free=None):
@@ -414,9 +489,17 @@ def load(path, head, kernels=None, mem_free=None):
             raise CheckpointError("momentum state for a net without momentum buffers")
         if momentum and not flags & F_MOMENTUM:
             raise CheckpointError("no momentum state for a net with momentum buffers")
+        opt = net.opt
+        if flags & F_ADAM and opt is None:
+            raise CheckpointError("Adam state for a net without Adam")
+        if opt is not None and not flags & F_ADAM:
+            raise CheckpointError("no Adam state for a net with Adam")
         params = _params(net)
         expect = HEAD + ebp_len + 2 + 4 * params * ((1 if momentum else 0)
-                                                    + (1 if flags & F_PENDING else 0))
+                                                    + (1 if flags & F_PENDING else 0)
+                                                    + (2 if opt is not None else 0))
+        if opt is not None:
+            expect += 12
         if total != expect:
             raise CheckpointError("file of %d bytes, its fields need %d" % (total, expect))
         count = u16(head, 32)
@@ -427,6 +510,8 @@ def load(path, head, kernels=None, mem_free=None):
             for l in range(net.L):
                 src.int32s(net.VW[l], V_MAX, "momentum")
                 src.int32s(net.VB[l], V_MAX, "momentum")
+        if opt is not None:
+            _read_adam(src, net, opt)
         if count:
             bound = _grad_bound(count, net.kg)
             for l in range(net.L):

@@ -7,7 +7,7 @@
 #   5       1     L
 #   6       1     loss code (fixed.LOSS_NAMES)
 #   7       1     flags: bit 0 momentum buffers, bit 1 hyper-parameters present, bit 2 input
-#                 map present
+#                 map present, bit 3 Adam (edgebp/adam.py) in place of SGD
 #   8       2     batch_max (1..32768)
 #   10      2     alpha_q, leaky-ReLU slope in Q12 (int16)
 #   12      12    hyper block: lr_m u8, lr_e u8, mu u8 (Q8), c_m u8, c_e u8, rounding u8,
@@ -17,8 +17,10 @@
 #   30      1     shift_a[0]
 #   31      1     0
 #   32+6l   6     layer l: n_(l+1) u16, activation u8, shift_a[l+1] u8, shift_w u8, shift_d u8
-#   32+6L   2     CRC-16 of bytes 0..32+6L (checked before anything is allocated)
-#   34+6L   ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
+#   32+6L   4     only with flag bit 3: the Adam block, c1 u16 = 1 - beta1 in Q15 (32..32768),
+#                 c2 u16 = 1 - beta2 in Q15 (1..32768); a = 4 with it, else 0
+#   32+6L+a 2     CRC-16 of every header byte before it (checked before anything is allocated)
+#   34+6L+a ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
 #   ...     21n_0+2  only with flag bit 2: the input map, per input i (of n_0)
 #                 lo i32, hi i32, o i32, m i32, c i32, s u8, then the map's own CRC-16.
 #                 It takes a raw integer input x to the net's input format:
@@ -32,6 +34,10 @@
 # Loader parses the file as it arrives in pieces of any size (a file in memory, a stream,
 # or LOAD_CHUNK payloads): it checks the header, builds the Net, then writes each parameter
 # straight into the Net's arrays, so the board never holds the file and the net together.
+# A net with Adam gets its optimiser state (edgebp.adam.attach, the moments M and V of every
+# parameter) before its hyper-parameters are applied; edgebp.adam is imported only then, so
+# that it costs an SGD net nothing. Adam takes the place of momentum: a file with both is
+# refused.
 
 import gc
 
@@ -47,6 +53,8 @@ HYPER_LEN = 12
 FLAG_MOMENTUM = 1
 FLAG_HYPER = 2
 FLAG_INMAP = 4
+FLAG_ADAM = 8
+ADAM_LEN = 4  # the Adam block: c1, c2
 INMAP_REC = 21  # bytes per input in the input map
 RAW_MAX = 1 << 29  # raw inputs of an input map lie in [-RAW_MAX, RAW_MAX)
 
@@ -116,25 +124,26 @@ def inmap_check(lo, hi, o, m, c, s):
     return None
 
 
-def head_len(L):
-    return FIXED + 6 * L + 2
+def head_len(L, adam=False):
+    return FIXED + 6 * L + (ADAM_LEN if adam else 0) + 2
 
 
 def inmap_len(n_in):
     return INMAP_REC * n_in + 2
 
 
-def file_len(sizes, inmap=False):
-    n = head_len(len(sizes) - 1) + 2 + (inmap_len(sizes[0]) if inmap else 0)
+def file_len(sizes, inmap=False, adam=False):
+    n = head_len(len(sizes) - 1, adam) + 2 + (inmap_len(sizes[0]) if inmap else 0)
     for l in range(len(sizes) - 1):
         n += 2 * sizes[l + 1] * (sizes[l] + 1)
     return n
 
 
-def ram_need(sizes, momentum):
+def ram_need(sizes, momentum, adam=False):
     # bytes of RAM a net of these sizes takes, about: W or B int16, G int32, V int32 per
-    # parameter, Z, A, D, the bias and gradient bookkeeping per unit
-    per = 10 if momentum else 6
+    # parameter (momentum), Adam's M and V int32 per parameter, Z, A, D, the bias and
+    # gradient bookkeeping per unit
+    per = 6 + (4 if momentum else 0) + (8 if adam else 0)
     need = 0
     for l in range(len(sizes) - 1):
         need += per * sizes[l + 1] * (sizes[l] + 1) + 8 * sizes[l + 1] + 2 * sizes[l]
@@ -186,6 +195,15 @@ def u32(b, o):
     return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
+def _adam_module():
+    # edgebp.adam, imported by the first net that has Adam
+    try:
+        from edgebp import adam
+    except ImportError:
+        raise EbpError("an Adam net, and this board has no edgebp/adam") from None
+    return adam
+
+
 class Loader:
     """Parse a .ebp arriving in pieces: feed(buf, start, end) ..., then finish() -> Net.
 
@@ -197,7 +215,7 @@ class Loader:
         self.total = total
         self.kernels = kernels
         self.mem_free = mem_free if mem_free is not None else getattr(gc, "mem_free", None)
-        self.head = bytearray(head_len(MAX_LAYERS))
+        self.head = bytearray(head_len(MAX_LAYERS, True))
         self.need = FIXED  # header bytes needed (known in full once L is)
         self.got = 0  # bytes consumed
         self.net = None
@@ -253,7 +271,9 @@ class Loader:
             L = h[5]
             if L < 1 or L > MAX_LAYERS:
                 raise EbpError("%d layers: a net has 1 to %d" % (L, MAX_LAYERS))
-            self.need = head_len(L)
+        if g >= 8 and self.need == FIXED:
+            # the flags say whether the Adam block lengthens the header
+            self.need = head_len(h[5], h[7] & FLAG_ADAM)
         if g == self.need and self.need > FIXED:
             self._parse_head()
         return i
@@ -261,11 +281,11 @@ class Loader:
     def _parse_head(self):
         h = self.head
         L = h[5]
-        n = FIXED + 6 * L
+        flags = h[7]
+        n = self.need - 2
         if crc16(h, 0, n) != u16(h, n):
             raise EbpError("header CRC mismatch")
-        flags = h[7]
-        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP):
+        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP | FLAG_ADAM):
             raise EbpError("unknown flags 0x%02x" % flags)
         batch_max = u16(h, 8)
         if batch_max < 1 or batch_max > MAX_BATCH:
@@ -292,7 +312,8 @@ class Loader:
                 what = "input" if l == 0 else "layer %d output" % l
                 raise EbpError("%s width %d out of range 1..%d" % (what, sizes[l], MAX_WIDTH))
         n_bytes = u32(h, 24)
-        expect = file_len(sizes, flags & FLAG_INMAP)
+        adam = flags & FLAG_ADAM
+        expect = file_len(sizes, flags & FLAG_INMAP, adam)
         if n_bytes != expect:
             raise EbpError("header says %d bytes but the layer sizes need %d"
                            % (n_bytes, expect))
@@ -300,15 +321,32 @@ class Loader:
             raise EbpError("truncated: %d bytes of %d" % (self.total, n_bytes))
         self.n_bytes = n_bytes
         momentum = bool(flags & FLAG_MOMENTUM)
-        self._check_memory(sizes, momentum)
+        if adam and momentum:
+            raise EbpError("Adam and momentum buffers together: Adam takes the place of "
+                           "momentum")
+        c1 = u16(h, FIXED + 6 * L)
+        c2 = u16(h, FIXED + 6 * L + 2)
+        mod = _adam_module() if adam else None
+        if mod is not None:
+            try:
+                mod.check(c1, c2)
+            except ValueError as e:
+                raise EbpError(str(e)) from None
+        self._check_memory(sizes, momentum, adam)
         try:
             net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
                       alpha, self.kernels)
+            if mod is not None:
+                mod.attach(net, c1, c2)
         except MemoryError:
             raise NoRoom("out of memory building a net of %d parameters" % (expect // 2),
-                         ram_need(sizes, momentum), -1) from None
+                         ram_need(sizes, momentum, adam), -1) from None
         except ValueError as e:
             raise EbpError("net: %s" % e) from None
+        except (ImportError, AttributeError):
+            # Adam's kernel for these kernels (edgebp.adam._kernel) is not on the board: no
+            # edgebp/adam_viper, or a native module built without adam
+            raise EbpError("no Adam kernel for the %s kernels" % self._kname()) from None
         if flags & FLAG_HYPER:
             try:
                 apply_hyper(net, h, HYPER_AT)
@@ -326,17 +364,21 @@ class Loader:
         self.crc = crc16(h, 0, n + 2)
         self.phase = 1
 
+    def _kname(self):
+        n = "" if self.kernels is None else self.kernels.__name__
+        return "native" if n.endswith("native") else "viper" if n.endswith("viper") else "python"
+
     @property
     def hyper(self):
         # the hyper block as bytes, None if the file has none (made when asked for: the
         # board never asks)
         return bytes(self.head[HYPER_AT:HYPER_AT + HYPER_LEN]) if self.has_hyper else None
 
-    def _check_memory(self, sizes, momentum):
+    def _check_memory(self, sizes, momentum, adam):
         if self.mem_free is None:
             return
         # before anything of the net is allocated
-        need = ram_need(sizes, momentum)
+        need = ram_need(sizes, momentum, adam)
         free = self.mem_free()
         if need > free:
             # garbage is free RAM too: MicroPython collects only when an allocation fails, so

@@ -370,7 +370,7 @@ class Server:
         net = self.net
         used = self.held + 2 * (len(self.x) + len(self.t))
         if net is not None:
-            used += ebp.ram_need(net.sizes, net.VW[0] is not None)
+            used += ebp.ram_need(net.sizes, net.VW[0] is not None, net.opt is not None)
         return max(0, self.heap - used)
 
     def _mem_free(self):
@@ -383,7 +383,7 @@ class Server:
         gc.collect()
         net = self.net
         if net is None or (e.free >= 0 and e.need > e.free + ebp.ram_need(
-                net.sizes, net.VW[0] is not None)):
+                net.sizes, net.VW[0] is not None, net.opt is not None)):
             return self.fail(seq, E_MEM, _text(e))
         if e.free < 0:
             return self.fail(seq, E_ROOM, _text("needs about %d bytes beside the loaded net"

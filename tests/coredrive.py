@@ -364,3 +364,30 @@ def parse_states(stdout: str) -> dict[str, str]:
         else:
             states[name] = "|".join([name, *arrays, *parts[-1:]])
     return states
+
+
+def adam_lines(runtime: str, kernels: str) -> list[str]:
+    """The ADAM lines of tests/device/test_adam_dev.py on `runtime` with the adam kernel of
+    `kernels` ("python", "viper", "native"): every buffer after each case."""
+    from conftest import run_device_module
+
+    result = run_device_module(runtime, "tests/device/test_adam_dev.py",
+                               {"adam_under.py": f"KERNELS = {kernels!r}\n"}, timeout=900)
+    if kernels == "native":  # its argument checks ran too
+        assert "SKIP" not in result.stdout, result.stdout[-2000:]
+    return [ln for ln in result.stdout.splitlines() if ln.startswith("ADAM ")]
+
+
+_ADAM_EXPECTED: list[str] = []
+
+
+def check_adam_kernel(runtime: str, kernels: str) -> None:
+    """The fast adam kernel of `kernels` on `runtime` gives the pure kernel's buffers under
+    CPython on every case, bit for bit."""
+    if not _ADAM_EXPECTED:
+        _ADAM_EXPECTED.extend(adam_lines("cpython", "python"))
+    expected = _ADAM_EXPECTED
+    got = adam_lines(runtime, kernels)
+    assert len(expected) > 100 and len(got) == len(expected), (len(got), len(expected))
+    bad = [e.split("|")[0] for e, g in zip(expected, got, strict=True) if e != g]
+    assert not bad, f"{len(bad)} cases differ from the pure kernel: {bad[:5]}"

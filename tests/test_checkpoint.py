@@ -3,6 +3,7 @@ exactly, so that training that survives resets ends bit-identical to training th
 
 import re
 from array import array
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +13,20 @@ from edgebp import ckpt, ebp
 from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.boards.sim import InProcessBoard, MicroPythonBoard
 from edgebp.host.nets import ebpfile
-from edgebp.host.nets.qnet import Hyper
+from edgebp.host.nets.qnet import Hyper, adam_q
 from test_ebp import make_data, make_qnet, reference_train
 
 # everything that carries state from one update to the next: momentum, weight decay,
 # stochastic rounding, and batches that checkpoints cut through
 HYPER = Hyper(lr=0.05, batch=3, momentum=0.5, weight_decay=0.01, rounding="stochastic", seed=7)
+# the same for Adam (which takes the place of momentum)
+ADAM_HYPER = Hyper(lr=0.01, batch=3, weight_decay=0.01, rounding="stochastic", seed=7)
+
+
+def adam_qnet(kind, sizes, batch_max=4, betas=(0.9, 0.999)):
+    q = make_qnet(kind, sizes, batch_max=batch_max)
+    q.adam = adam_q(*betas)
+    return q
 
 
 def learn(net, X, T, idx):
@@ -33,6 +42,11 @@ def state(net):
         out += [list(net.W[l]), list(net.B[l]), list(net.GW[l]), list(net.GB[l])]
         if net.VW[l] is not None:
             out += [list(net.VW[l]), list(net.VB[l])]
+    opt = net.opt
+    if opt is not None:
+        out += [opt.c1, opt.c2, opt.t, opt.p1, opt.p2]
+        for l in range(net.L):
+            out += [list(opt.MW[l]), list(opt.MB[l]), list(opt.VW[l]), list(opt.VB[l])]
     return out
 
 
@@ -68,14 +82,22 @@ def test_restored_state_is_the_saved_state(kind, tmp_path):
     assert state(back) == state(net)
 
 
-def test_device_resume_and_torn_files(runtime):
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_device_resume_and_torn_files(runtime, optimizer):
     """The same checkpoint code on the device: resumed training matches the host's reference,
     a torn new file is never taken."""
-    q = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4)
+    if optimizer == "adam" and runtime not in ("cpython", "wasm") and not (
+            Path(ckpt.__file__).parent / "adam_viper.py").is_file():
+        # the others take the viper or native kernels, whose Adam kernels come with it
+        pytest.skip("no viper or native Adam kernels here (edgebp/adam_viper.py)")
+    if optimizer == "adam":
+        q, hyper = adam_qnet("ce", (5, 6, 3)), ADAM_HYPER
+    else:
+        q, hyper = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4), HYPER
     X, T = make_data(q, 17)
-    final = reference_train(q, HYPER, X, T)
+    final = reference_train(q, hyper, X, T)
     fixture = "\n".join([
-        f"NET = {ebpfile.board_part(q, HYPER)!r}",
+        f"NET = {ebpfile.board_part(q, hyper)!r}",
         f"N_IN = {X.shape[1]}",
         f"N_T = {T.shape[1]}",
         f"N = {len(X)}",
@@ -190,10 +212,10 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
 
 # -- through the wire: the session survives resets of the board --
 
-def _train_with_resets(board, reset, q, X, T, orders, resets_at):
+def _train_with_resets(board, reset, q, X, T, orders, resets_at, hyper=HYPER):
     """Train epochs with resume=True, resetting the board after the samples in resets_at."""
     with Session(board.url, timeout=0.3, retries=2) as s:
-        s.load(q, HYPER)
+        s.load(q, hyper)
         st = s.checkpoint(every=2, now=False)
         assert st.every == 2
         pending = sorted(resets_at)
@@ -215,15 +237,15 @@ def _train_with_resets(board, reset, q, X, T, orders, resets_at):
     return state_now, W, B
 
 
-def _expected(q, X, T, orders):
-    net = q.build(HYPER)
+def _expected(q, X, T, orders, hyper=HYPER):
+    net = q.build(hyper)
     for order in orders:
         learn(net, X, T, order)
     return net
 
 
-def _check(q, X, T, orders, W, B, st):
-    ref = _expected(q, X, T, orders)
+def _check(q, X, T, orders, W, B, st, hyper=HYPER):
+    ref = _expected(q, X, T, orders, hyper)
     for l in range(q.L):
         assert W[l].ravel().tolist() == list(ref.W[l]), f"layer {l + 1} weights"
         assert B[l].tolist() == list(ref.B[l])
@@ -407,3 +429,169 @@ def test_a_checkpoint_the_board_cannot_write_stops_training_and_says_what_was_le
         W, B = s.get_weights()
     ref = reference_train(q, hyper, X, T)
     assert [w.ravel().tolist() for w in W] == [list(a) for a in ref.W]
+
+
+# -- Adam: its moments, step count and beta**t are training state too --
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+def test_adam_net_part_is_the_host_net_file(kind, tmp_path):
+    q = adam_qnet(kind, (5, 7, 3))
+    ckpt.save(q.build(ADAM_HYPER), str(tmp_path))
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    assert raw[5] & ckpt.F_ADAM and not raw[5] & ckpt.F_MOMENTUM
+    n = ebp.file_len(q.sizes, adam=True)
+    assert raw[ckpt.HEAD:ckpt.HEAD + n] == ebpfile.board_part(q, ADAM_HYPER)
+
+
+@pytest.mark.parametrize("kind", ["ce", "mse"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.0, 0.5)])
+def test_adam_resumed_from_a_checkpoint_is_bit_exact(kind, betas, tmp_path):
+    q = adam_qnet(kind, (6, 9, 4), betas=betas)
+    X, T = make_data(q, 40)
+    net = q.build(ADAM_HYPER)
+    learn(net, X, T, range(13))
+    assert net.count and net.opt.t == 4, "the checkpoint should fall inside a batch"
+    ckpt.save(net, str(tmp_path), 5, 13, 4)
+    back = ckpt.load(*ckpt.find(str(tmp_path)))
+    assert back.opt is not None and state(back) == state(net)
+    learn(net, X, T, range(13, 40))
+    learn(back, X, T, range(13, 40))
+    assert state(back) == state(net)
+    # and it did learn: the moments moved the weights
+    assert flat_weights(net) != flat_weights(q.build(ADAM_HYPER))
+
+
+def test_adam_checkpoint_before_the_first_update(tmp_path):
+    q = adam_qnet("ce", (3, 4, 2))
+    X, T = make_data(q, 6)
+    net = q.build(ADAM_HYPER)
+    learn(net, X, T, range(2))
+    assert net.opt.t == 0 and net.count == 2
+    ckpt.save(net, str(tmp_path))
+    back = ckpt.load(*ckpt.find(str(tmp_path)))
+    learn(net, X, T, range(2, 6))
+    learn(back, X, T, range(2, 6))
+    assert state(back) == state(net)
+
+
+def test_adam_session_resumes_after_resets_of_an_in_process_board(tmp_path):
+    q = adam_qnet("ce", (6, 8, 3))
+    X, T = make_data(q, 30)
+    rng = np.random.default_rng(5)
+    orders = [rng.permutation(len(X)) for _ in range(2)]
+    with InProcessBoard(root=tmp_path) as board:
+        st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [11, 47],
+                                      ADAM_HYPER)
+    _check(q, X, T, orders, W, B, st, ADAM_HYPER)
+
+
+def test_adam_session_resumes_after_the_micropython_process_is_killed(tmp_path):
+    require_runtime("unix")
+    q = adam_qnet("mse", (5, 7, 2))
+    X, T = make_data(q, 24)
+    rng = np.random.default_rng(6)
+    orders = [rng.permutation(len(X))]
+    with MicroPythonBoard(root=tmp_path) as board:
+        # reset(): the power cut off wherever the process is, and back on
+        try:
+            st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [9],
+                                          ADAM_HYPER)
+        except SessionError as e:
+            if "no Adam kernel" not in str(e):
+                raise
+            pytest.skip(f"this runtime's kernels have no Adam kernel yet ({e})")
+    _check(q, X, T, orders, W, B, st, ADAM_HYPER)
+
+
+def _adam_checkpoint(tmp_path):
+    """A checkpoint of an Adam net (3-4-2, 26 parameters) with one sample pending: the raw
+    file, the offsets of its M, its V, t, and the net."""
+    q = adam_qnet("ce", (3, 4, 2))
+    X, T = make_data(q, 9)
+    net = q.build(Hyper(lr=0.01, batch=4))
+    learn(net, X, T, range(9))
+    assert net.count == 1 and net.opt.t == 2
+    ckpt.save(net, str(tmp_path), 0, 9, 2)
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    m_at = ckpt.HEAD + ebp.file_len(q.sizes, adam=True)
+    v_at = m_at + 4 * 26
+    t_at = v_at + 4 * 26
+    return raw, m_at, v_at, t_at, net
+
+
+def _v(e, f):
+    # Adam's second moment F * 4**E as stored (edgebp/adam.py: (E + 11) << 25 | F)
+    return (e + 11) << 25 | f
+
+
+def _adam_mutations(raw, m_at, v_at, t_at):
+    flags = raw[5]
+    yield "no Adam flag", _put(raw, 5, "B", flags & ~ckpt.F_ADAM), "no Adam state"
+    yield "Adam and momentum", _put(raw, 5, "B", flags | ckpt.F_MOMENTUM), "momentum"
+    yield "M 2**29+1", _put(raw, m_at, "<i", (1 << 29) + 1), "first moment"
+    yield "M -2**29-1", _put(raw, m_at + 8, "<i", -(1 << 29) - 1), "first moment"
+    yield "V negative", _put(raw, v_at, "<i", -1), "second moment"
+    yield "V exponent 19", _put(raw, v_at, "<i", _v(19, 1 << 22)), "second moment"
+    yield "V exponent field 31", _put(raw, v_at + 4, "<i", 31 << 25), "second moment"
+    yield "V mantissa not normal", _put(raw, v_at, "<i", _v(3, (1 << 22) - 1)), "second moment"
+    yield "V 2**30-1", _put(raw, v_at, "<i", (1 << 30) - 1), "second moment"
+    yield "t 2**31", _put(raw, t_at, "<I", 1 << 31), "step count"
+    yield "t 0 after updates", _put(raw, t_at, "<I", 0), "disagrees"
+    yield "p1 2**28+1", _put(raw, t_at + 4, "<I", (1 << 28) + 1), "beta**t"
+    yield "p2 2**28 after updates", _put(raw, t_at + 8, "<I", 1 << 28), "disagrees"
+
+
+def test_adam_fields_no_engine_writes_are_refused(tmp_path):
+    raw, m_at, v_at, t_at, net = _adam_checkpoint(tmp_path)
+    root = str(tmp_path)
+    cur = tmp_path / ckpt.NAME
+    for name, bad, words in _adam_mutations(raw, m_at, v_at, t_at):
+        cur.write_bytes(bad)
+        found = ckpt.find(root)
+        assert found is not None, f"{name}: the CRC should match"
+        with pytest.raises(ckpt.CheckpointError, match=re.escape(words)):
+            ckpt.load(*found)
+    # the bounds themselves are what the engine may write
+    for ok in (_put(raw, m_at, "<i", 1 << 29), _put(raw, m_at, "<i", -(1 << 29)),
+               _put(raw, v_at, "<i", 0), _put(raw, v_at, "<i", _v(18, (1 << 25) - 1)),
+               _put(raw, v_at, "<i", _v(-11, 5)), _put(raw, v_at, "<i", _v(-10, 1 << 22))):
+        cur.write_bytes(ok)
+        assert ckpt.load(*ckpt.find(root)).opt.t == 2
+
+
+def test_adam_state_for_a_net_without_adam_is_refused(tmp_path):
+    # an SGD net's checkpoint claiming Adam state (its net part has no Adam block)
+    q = make_qnet("ce", (3, 4, 2))
+    net = q.build(Hyper(lr=0.05))
+    ckpt.save(net, str(tmp_path))
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    (tmp_path / ckpt.NAME).write_bytes(_put(raw, 5, "B", raw[5] | ckpt.F_ADAM))
+    with pytest.raises(ckpt.CheckpointError, match="Adam state for a net without Adam"):
+        ckpt.load(*ckpt.find(str(tmp_path)))
+
+
+def test_a_refused_adam_checkpoint_leaves_the_board_its_trained_net(tmp_path):
+    import struct
+
+    from edgebp import wire
+    from test_server import Board, samples
+
+    raw, m_at, v_at, t_at, _ = _adam_checkpoint(tmp_path)
+    q = adam_qnet("ce", (4, 6, 3))
+    X, T = make_data(q, 4)
+    b = Board(root=str(tmp_path))
+    b.load(q)
+    b.ok(wire.TRAIN, samples(X, T, range(4)))
+    trained = b.weights()
+    opt = b.server.net.opt
+    moments = [list(a) for a in opt.MW + opt.MB + opt.VW + opt.VB]
+    for _, bad, _ in _adam_mutations(raw, m_at, v_at, t_at):
+        (tmp_path / ckpt.NAME).write_bytes(bad)
+        b.refused(wire.RESUME, b"", wire.E_CKPT, "restoring")
+        assert b.weights() == trained and b.server.net.sizes == [4, 6, 3]
+        assert b.server.net.opt is opt
+        assert [list(a) for a in opt.MW + opt.MB + opt.VW + opt.VB] == moments
+    (tmp_path / ckpt.NAME).write_bytes(raw)
+    _, k, p = b.ask(wire.RESUME)
+    assert k == wire.CKPT and struct.unpack("<4I2H", p)[5] == 1
+    assert b.server.net.sizes == [3, 4, 2] and b.server.net.opt.t == 2

@@ -185,3 +185,91 @@ def test_a_checkpoint_the_board_cannot_write_ends_training_in_one_line(capsys, m
     # batch 2: the fifth update follows the tenth sample
     assert "could not write its automatic checkpoint" in line and "learned 10 of" in line, line
     assert "--resume" in line
+
+
+# -- Adam --
+
+
+def test_train_with_adam_learns_xor(capsys, tmp_path):
+    out = run(capsys, "train", "--optimizer", "adam", "-o", str(tmp_path / "xor.ebp"))
+    # Adam's default rate when none is given, its betas as the board applies them
+    assert "Adam (beta1 0.9, beta2 0.999), lr 0.01" in out
+    table = out[out.index("x1  x2  target  output"):].splitlines()[1:5]
+    for row in table:
+        x1, x2, target, output = (float(v) for v in row.split())
+        assert (output > 0.5) == (target == 1)
+    q, hyper = ebpfile.read(tmp_path / "xor.ebp")
+    assert q.adam == (3277, 33) and hyper.lr == 0.01 and not q.momentum
+
+
+def test_adam_board_run_matches_the_core(tmp_path, capsys):
+    """An Adam net trained through the simulated board ends with the weights of the core Net
+    trained in the same order (the same update, M and V carried across epochs)."""
+    from array import array
+
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "8", "--optimizer", "adam",
+        "--beta1", "0.8")
+    assert '"name": "adam"' in spec.read_text() and '"beta1": 0.8' in spec.read_text()
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    run(capsys, "train", "--net", str(net), "--data", IRIS, "--epochs", "2", "--batch", "7",
+        "--seed", "5", "-o", str(tmp_path / "t.ebp"))
+    qnet, hyper = ebpfile.read(net)
+    assert qnet.adam is not None
+    hyper.batch, hyper.seed = 7, 5
+    core = qnet.build(hyper)
+    ds = data.read(IRIS)
+    Xq, Tq = qnet.quantize_inputs(ds.X), qnet.quantize_targets(ds.y[:, 0])
+    for epoch in range(2):
+        for i in epoch_order(len(ds), 5, epoch):
+            core.learn(array("h", Xq[i].tolist()), array("h", Tq[i].tolist()))
+        core.update()  # the partial batch at the end of an epoch
+    trained, _ = ebpfile.read(tmp_path / "t.ebp")
+    assert trained.adam == qnet.adam
+    for l in range(qnet.L):
+        assert trained.W[l].ravel().tolist() == list(core.W[l])
+        assert trained.B[l].tolist() == list(core.B[l])
+
+
+def test_optimizer_switches_on_a_net_file(tmp_path, capsys):
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "4", "--momentum", "0.5")
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    out = run(capsys, "train", "--net", str(net), "--data", IRIS, "--epochs", "1",
+              "--optimizer", "adam", "--beta2", "0.99", "-o", str(tmp_path / "a.ebp"))
+    assert "Adam (beta1 0.9, beta2 0.99), lr 0.01" in out and "momentum" not in out
+    q, _ = ebpfile.read(tmp_path / "a.ebp")
+    assert q.adam == (3277, 328) and not q.momentum
+    out = run(capsys, "train", "--net", str(tmp_path / "a.ebp"), "--data", IRIS, "--epochs",
+              "1", "--optimizer", "sgd", "--lr", "0.05", "-o", str(tmp_path / "s.ebp"))
+    assert "Adam" not in out and "lr 0.05" in out
+    assert ebpfile.read(tmp_path / "s.ebp")[0].adam is None
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--optimizer", "adam", "--beta1", "1.5"], "optimizer.beta1: Adam beta1 must lie in [0, 1)"),
+    (["--optimizer", "adam", "--beta2", "1"], "optimizer.beta2: Adam beta2 must lie in [0, 1)"),
+    (["--optimizer", "adam", "--beta1", "0.9999"], "above 0.999"),
+    (["--beta1", "0.5"], "--beta1 is a setting of Adam"),
+    (["--optimizer", "sgd", "--beta2", "0.5"], "--beta2 is a setting of Adam"),
+])
+def test_a_bad_beta_is_one_line(capsys, args, words):
+    assert cli.main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_a_bad_beta_on_a_net_file_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "4", "--optimizer", "adam")
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    assert cli.main(["train", "--net", str(net), "--data", IRIS, "--beta1", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Adam beta1 must lie in [0, 1)" in err
+    assert cli.main(["init", str(tmp_path / "m.json"), "--data", IRIS, "--optimizer", "adam",
+                     "--momentum", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Adam takes the place of momentum" in err

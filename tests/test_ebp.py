@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from edgebp import ebp, fixed
 from edgebp.ebp import EbpError
 from edgebp.host.nets import ebpfile
-from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
 from edgebp.wire import crc16
 
 
@@ -292,3 +292,170 @@ def test_damaged_files_raise_only_ebp_errors(data):
         ebp.load(bytes(b[:cut]))
     except EbpError:
         pass
+
+
+# -- Adam: flag bit 3 and its block of c1, c2 --
+
+ADAM_HYPER = Hyper(lr=0.01, batch=2, weight_decay=1e-3, rounding="stochastic", seed=11)
+
+
+def adam_qnet(kind="ce", sizes=(4, 8, 3), betas=(0.9, 0.999)):
+    q = make_qnet(kind, sizes)
+    q.adam = adam_q(*betas)
+    return q
+
+
+def adam_good():
+    return bytearray(ebpfile.to_bytes(adam_qnet(), ADAM_HYPER, trailer=False))
+
+
+def refresh_adam_crc(b):
+    n = ebp.FIXED + 6 * b[5] + ebp.ADAM_LEN
+    b[n:n + 2] = struct.pack("<H", crc16(b, 0, n))
+    return b
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.0, 0.0), (0.999, 0.99999)])
+def test_adam_round_trip(kind, betas):
+    q = adam_qnet(kind, (5, 7, 3), betas)
+    data = ebpfile.to_bytes(q, ADAM_HYPER)
+    L = 2
+    # the block sits after the layer records, under the header CRC
+    assert data[7] & ebp.FLAG_ADAM and not data[7] & ebp.FLAG_MOMENTUM
+    at = ebp.FIXED + 6 * L
+    assert struct.unpack_from("<HH", data, at) == q.adam
+    assert struct.unpack_from("<H", data, at + 4)[0] == crc16(data, 0, at + 4)
+    assert struct.unpack_from("<I", data, 24)[0] == ebp.file_len(q.sizes, adam=True)
+    q2, h2 = ebpfile.from_bytes(data)
+    assert q2.adam == q.adam and h2 == ADAM_HYPER and not q2.momentum
+    assert all(np.array_equal(a, b) for a, b in zip(q.W + q.B, q2.W + q2.B, strict=True))
+    # and a file without the flag reads back without Adam
+    assert ebpfile.from_bytes(ebpfile.to_bytes(make_qnet(kind, (5, 7, 3)), HYPER))[0].adam is None
+
+
+def test_adam_board_parser_attaches_adam_before_the_hyper_parameters():
+    q = adam_qnet("bce")
+    # a learning rate SGD's update could not apply in these formats: Adam's can, and the
+    # loader takes it because Adam is attached before the hyper block is applied
+    big = Hyper(lr=8.0, batch=2)
+    with pytest.raises(EbpError, match="learning rate too large"):
+        ebpfile.to_bytes(make_qnet("bce"), big)
+    net = ebp.load(ebpfile.to_bytes(q, big))
+    assert (net.opt.c1, net.opt.c2) == q.adam and net.VW[0] is None
+    ref = q.build(big)
+    assert (net.lr_m, net.lr_e) == (ref.lr_m, ref.lr_e)
+    X, T = make_data(q, 12)
+    for x, t in zip(X, T, strict=True):
+        net.learn(array("h", x.tolist()), array("h", t.tolist()))
+        ref.learn(array("h", x.tolist()), array("h", t.tolist()))
+    assert [list(w) for w in net.W] == [list(w) for w in ref.W]
+    assert net.opt.t == ref.opt.t == 6
+
+
+@pytest.mark.parametrize("step", [1, 5, 7, 41])
+def test_adam_file_in_pieces_of_any_size(step):
+    data = ebpfile.to_bytes(adam_qnet(), ADAM_HYPER)
+    ld = ebp.Loader(len(data))
+    for i in range(0, len(data), step):
+        ld.feed(data, i, min(i + step, len(data)))
+    net = ld.finish()
+    assert net.opt is not None and same_weights(net, adam_qnet())
+    net = ebp.load(io.BytesIO(data))
+    assert (net.opt.c1, net.opt.c2) == adam_q()
+
+
+@pytest.mark.parametrize("c1,c2,words", [
+    (31, 33, "Adam beta1 outside"), (0, 33, "Adam beta1 outside"),
+    (32769, 33, "Adam beta1 outside"), (3277, 0, "Adam beta2 outside"),
+    (3277, 32769, "Adam beta2 outside"), (65535, 65535, "Adam beta1 outside")])
+def test_adam_settings_out_of_range_are_refused_in_one_line(c1, c2, words):
+    b = adam_good()
+    at = ebp.FIXED + 6 * 2
+    b[at:at + 4] = struct.pack("<HH", c1, c2)
+    expect(refresh_adam_crc(b), words)
+    with pytest.raises(EbpError) as err:
+        ebp.load(bytes(b))
+    assert "\n" not in str(err.value)
+    # the writer refuses the same, with the board's words
+    q = adam_qnet()
+    q.adam = (c1, c2)
+    with pytest.raises(EbpError, match=words):
+        ebpfile.to_bytes(q, ADAM_HYPER)
+
+
+def test_adam_edges_are_accepted():
+    for c1, c2 in ((32, 1), (32768, 32768)):
+        q = adam_qnet()
+        q.adam = (c1, c2)
+        assert ebpfile.from_bytes(ebpfile.to_bytes(q, ADAM_HYPER))[0].adam == (c1, c2)
+
+
+def test_adam_block_is_under_the_header_crc():
+    b = adam_good()
+    b[ebp.FIXED + 6 * 2] ^= 1  # c1
+    expect(b, "header CRC mismatch")
+    # a file without the flag but with the block: the header CRC falls elsewhere
+    b = adam_good()
+    b[7] &= ~ebp.FLAG_ADAM
+    expect(refresh_head_crc(b), "header says")
+
+
+def test_adam_with_momentum_is_refused():
+    b = adam_good()
+    b[7] |= ebp.FLAG_MOMENTUM
+    expect(refresh_adam_crc(b), "Adam and momentum")
+    q = adam_qnet()
+    q.momentum = True
+    with pytest.raises(EbpError, match="Adam and momentum"):
+        ebpfile.to_bytes(q, ADAM_HYPER)
+    # nor does an Adam net take a momentum setting
+    with pytest.raises(EbpError, match="without momentum buffers"):
+        ebpfile.to_bytes(adam_qnet(), Hyper(lr=0.01, momentum=0.5))
+
+
+def test_adam_memory_check_counts_its_moments():
+    sizes = [4, 8, 3]
+    params = 8 * 5 + 3 * 9
+    # M and V, int32 each, per parameter
+    assert ebp.ram_need(sizes, False, True) - ebp.ram_need(sizes, False) == 8 * params
+    need = ebp.ram_need(sizes, False, True)
+    data = adam_good()
+    with pytest.raises(ebp.NoRoom, match=f"about {need} bytes of RAM, {need - 1} free"):
+        ebp.Loader(len(data), mem_free=lambda: need - 1).feed(data, 0, len(data))
+    ld = ebp.Loader(len(data), mem_free=lambda: need)
+    ld.feed(data, 0, len(data))
+    assert ld.finish().opt is not None
+
+
+def test_an_sgd_net_does_not_import_adam():
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgebp import ebp; from edgebp.host.nets import ebpfile; "
+            "import test_ebp; ebp.load(ebpfile.to_bytes(test_ebp.make_qnet(), test_ebp.HYPER)); "
+            "print('edgebp.adam' in sys.modules)")
+    import os
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__), check=True)
+    assert done.stdout.split()[-1] == "False"
+
+
+def test_kernels_without_adam_refuse_an_adam_net_in_one_line():
+    # a native module built before Adam (no `adam` function): the loader says so, naming the
+    # kernels, rather than failing inside the net
+    import types
+
+    from edgebp import kernels
+
+    old = types.ModuleType("edgebp.kernels_native")
+    for name in dir(kernels):
+        if not name.startswith("_"):
+            setattr(old, name, getattr(kernels, name))
+    with pytest.raises(EbpError, match="^no Adam kernel for the native kernels$"):
+        ebp.Loader(-1, old).feed(adam_good(), 0, len(adam_good()))
+    # an SGD net loads with them
+    ld = ebp.Loader(-1, old)
+    ld.feed(good(), 0, len(good()))
+    net = ld.finish()
+    assert net.opt is None and net.k is old

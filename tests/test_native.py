@@ -12,7 +12,15 @@ import pytest
 
 from combos import all_cases, edge_cases
 from conftest import DEVICE, in_ci, require_runtime, run_device_module
-from coredrive import expected_states, parse_states, run_cases, run_here, script, state_line
+from coredrive import (
+    check_adam_kernel,
+    expected_states,
+    parse_states,
+    run_cases,
+    run_here,
+    script,
+    state_line,
+)
 from edgebp.host.boards import board as mb, mprun
 
 # the runtimes that load a native build: the unix port (x64) and the boards
@@ -49,6 +57,15 @@ def test_native_kernels_match_pure_kernels(name):
     require_runtime(name)
     result = run_device_module(name, "tests/device/test_native_dev.py", timeout=600)
     assert "SKIP" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name", NATIVES)
+def test_native_adam_matches_pure_adam(name):
+    # kernels_native.adam under heap_lock against edgebp.adam.adam under CPython: random
+    # cases and the edges of every argument the range proof admits; bad arguments refused
+    # before any write
+    require_runtime(name)
+    check_adam_kernel(name, "native")
 
 
 @pytest.mark.parametrize("name", NATIVES)

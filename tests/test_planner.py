@@ -8,7 +8,7 @@ from edgebp.host.boards import heap
 from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.boards.sim import InProcessBoard, MicroPythonBoard
 from edgebp.host.nets import ebpfile, planner
-from edgebp.host.nets.qnet import Hyper
+from edgebp.host.nets.qnet import Hyper, adam_q
 from test_ebp import make_data, make_qnet
 
 # (kind, sizes, momentum): one layer to eight, narrow to wide, every loss
@@ -42,6 +42,48 @@ def test_plan_matches_gc_mem_alloc(runtime):
             # live at the end of the load, the loader still held: the least the peak can be
             live = p.net + p.sample + p.loader
             assert abs(use.live - live) <= 0.05 * live and use.live <= use.peak, rows
+
+
+# (kind, sizes) of nets with Adam
+ADAM_NETS = [("ce", (2, 2, 2)), ("mse", (4, 8, 3)), ("ce", (64, 32, 10)),
+             ("bce", (16, 16, 16, 4))]
+
+
+def test_adam_plan_matches_gc_mem_alloc(runtime):
+    """With Adam too: its moments beside the net, as gc.mem_alloc() counts them."""
+    if runtime == "cpython":
+        pytest.skip("CPython has no MicroPython heap to measure")
+    rows = []
+    for kind, sizes in ADAM_NETS:
+        q = make_qnet(kind, sizes)
+        q.adam = adam_q()
+        try:
+            use = heap.measure_load(runtime, ebpfile.board_part(q, Hyper(lr=0.01)))
+        except RuntimeError as e:
+            if "no Adam kernel" in str(e):
+                pytest.skip("this runtime's kernels have no Adam kernel yet")
+            raise
+        # measured after a warm-up load: edgebp.adam already imported
+        p = planner.plan(sizes, loss=q.loss, word=use.word, fused=use.kernels == "native",
+                         adam=True, adam_imported=True)
+        sgd = planner.plan(sizes, loss=q.loss, word=use.word, fused=use.kernels == "native")
+        rows.append((sizes, use, p.net, p.need))
+        assert abs(use.net - p.net) <= 0.05 * p.net, rows
+        assert abs(use.peak - p.need) <= 0.05 * p.need, rows
+        # M and V: 8 bytes a parameter, and a little for their lists and the Adam object
+        assert 8 * p.params <= p.net - sgd.net <= 8 * p.params + 64 * len(sizes) * use.word + 512
+
+
+def test_the_adam_module_costs_what_the_plan_counts(runtime):
+    """The first Adam load imports edgebp.adam: the plan counts its code (ADAM_CODE), at
+    least what it takes and not much more."""
+    if runtime in ("cpython", "wasm"):
+        pytest.skip("no MicroPython heap whose collection frees garbage to measure")
+    used, word = heap.measure_import(runtime, "edgebp.adam")
+    counted = planner.plan([4, 4, 2], adam=True, word=word).code
+    assert used <= counted <= 1.3 * used + 256, (used, counted)
+    assert planner.plan([4, 4, 2], adam=True, word=word, adam_imported=True).code == 0
+    assert planner.plan([4, 4, 2], word=word).code == 0
 
 
 def test_training_state_against_the_minimum():
@@ -129,3 +171,17 @@ def test_plan_command_says_when_a_net_does_not_fit(tmp_path, capsys):
         code = cli.main(["plan", "--net", str(net), "--port", board.url])
     out = capsys.readouterr().out
     assert code == 1 and "does NOT fit" in out
+
+
+def test_plan_command_counts_adam(capsys):
+    from edgebp.host import cli
+
+    assert cli.main(["plan", "--sizes", "64,32,10", "--adam"]) == 0
+    out = capsys.readouterr().out
+    p = planner.plan([64, 32, 10], adam=True)
+    assert "with Adam" in out and "Adam moments M, V (int32)" in out
+    assert f"net, total {p.net:>19d} B" in " ".join(out.split("  ")) or str(p.net) in out
+    assert p.net > planner.plan([64, 32, 10]).net + 8 * p.params
+    assert cli.main(["plan", "--sizes", "4,4,2", "--adam", "--momentum"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Adam takes the place of momentum" in err

@@ -12,7 +12,7 @@ import pytest
 
 from edgebp import kernels as K
 from edgebp.host.nets import quantize as quantize_mod
-from edgebp.host.nets.qnet import Hyper
+from edgebp.host.nets.qnet import Hyper, adam_q
 from edgebp.host.nets.quantize import (
     RangeError,
     dequantize,
@@ -94,6 +94,8 @@ BAD_SPECS = [
     ("optimizer.batch", 9, "optimizer.batch"),  # above batch_max
     ("optimizer.rounding", "down", "optimizer.rounding"),
     ("optimizer.nesterov", True, "optimizer.nesterov"),
+    ("optimizer.name", "rmsprop", "optimizer.name"),
+    ("optimizer.beta1", 0.5, "optimizer.beta1"),  # a setting of Adam, on SGD
     ("batch_max", 40000, "batch_max"),
     ("init_seed", -1, "init_seed"),
     ("leaky_alpha", 2.0, "leaky_alpha"),
@@ -309,3 +311,55 @@ def test_mse_targets_too_large_for_any_output_format():
     spec = make_spec(**regression(target_range={"min": -1000, "max": 1000}))
     with pytest.raises(RangeError, match="^layer 3: .*scale the targets"):
         quantize(spec, *init_float_weights(spec))
+
+
+# -- Adam in the spec --
+
+
+def _adam_spec(**opt):
+    d = iris_like()
+    d["optimizer"] = {"name": "adam", **opt}
+    return d
+
+
+def test_spec_takes_adam_with_its_defaults():
+    spec = parse_spec(_adam_spec())
+    assert (spec.optimizer, spec.beta1, spec.beta2, spec.lr) == ("adam", 0.9, 0.999, 0.01)
+    assert spec.adam == adam_q(0.9, 0.999)
+    assert parse_spec(dict(iris_like(), optimizer="adam")) == spec
+    # SGD keeps its own default rate, and no Adam
+    sgd = parse_spec(dict(iris_like(), optimizer={}))
+    assert (sgd.optimizer, sgd.lr, sgd.adam) == ("sgd", 0.1, None)
+    spec = parse_spec(_adam_spec(beta1=0.5, beta2=0.99, lr=0.003))
+    assert (spec.beta1, spec.beta2, spec.lr) == (0.5, 0.99, 0.003)
+    # to_dict and back
+    assert parse_spec(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert parse_spec(json.loads(json.dumps(sgd.to_dict()))) == sgd
+
+
+@pytest.mark.parametrize("opt,field,words", [
+    ({"beta1": 1.0}, "optimizer.beta1", "[0, 1)"),
+    ({"beta1": -0.1}, "optimizer.beta1", "[0, 1)"),
+    ({"beta1": 0.9995}, "optimizer.beta1", "above 0.999"),
+    ({"beta2": 1.0}, "optimizer.beta2", "[0, 1)"),
+    ({"beta2": "high"}, "optimizer.beta2", "finite number"),
+    ({"momentum": 0.9}, "optimizer.momentum", "Adam takes the place of momentum"),
+])
+def test_spec_refuses_bad_adam_settings(opt, field, words):
+    with pytest.raises(SpecError) as err:
+        parse_spec(_adam_spec(**opt))
+    assert err.value.field == field and words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_quantiser_carries_adam():
+    spec = parse_spec(_adam_spec(beta1=0.8, beta2=0.99))
+    Ws, Bs = init_float_weights(spec)
+    q = quantize(spec, Ws, Bs)
+    assert q.adam == adam_q(0.8, 0.99) and not q.momentum
+    net = q.build(spec.hyper())
+    assert (net.opt.c1, net.opt.c2) == q.adam
+    # copies keep it
+    assert requantize(q, Ws, Bs).adam == q.adam
+    assert q.with_weights(net).adam == q.adam
+    assert quantize(parse_spec(iris_like()), Ws, Bs).adam is None

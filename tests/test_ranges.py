@@ -445,3 +445,308 @@ def test_adversarial_values_stay_inside_the_reported_bounds(name, spec_fields, x
     # where the bound is exact, max-magnitude operands reach it
     for key in [(1, "W*x"), (1, "B*one"), (1, "forward sum")]:
         assert probe.seen[key][1] == reported[key].hi, key
+
+
+# -- Adam (edgebp/adam.py) --
+
+from edgebp import adam as adam_core  # noqa: E402
+
+
+class AdamProbe(Probe):
+    """edgebp.adam's kernel and Adam.update re-implemented step by step, recording every
+    intermediate under the names of the range report."""
+
+    __name__ = "adam_probe"  # adam._kernel reads the kernel set's name
+
+    def _mul_q15(self, N, what, a, k, kname):
+        return (self.rec(N, f"{what}>>15 * {kname}", (a >> 15) * k)
+                + (self.rec(N, f"{what}&32767 * {kname}", (a & 32767) * k) >> 15))
+
+    def isqrt(self, N, n):
+        self.rec(N, "isqrt argument", n)
+        r = 0
+        b = 1 << 28
+        while b > n:
+            b >>= 2
+        while b:
+            if n >= self.rec(N, "isqrt r + b", r + b):
+                n -= r + b
+                r = (r >> 1) + b
+            else:
+                r >>= 1
+            b >>= 2
+        return r
+
+    def adam(self, W, G, M, V, n, count, kg, c1, c2, am, u, c_m, c_s, mode, rng):
+        N = self.layer[id(W)]
+
+        def r(what, v):
+            return self.rec(N, what, v)
+
+        half = count >> 1
+        s = rng[0]
+        m30 = 0x3FFFFFFF
+        for p in range(n):
+            g = G[p]
+            G[p] = 0
+            if g >= 0:
+                h = r("G + count/2", g + half) // count
+            else:
+                h = -(r("count/2 - G", half - g) // count)
+            x = r("mean gradient x", h << (kg - 1) if kg else h >> 1)
+            m = M[p]
+            m = r("m", m + self._mul_q15(N, "(x - m)", r("x - m", x - m), c1, "c1"))
+            M[p] = m
+            a = abs(x)
+            k = -adam_core.BIAS
+            xf = 0
+            if a:
+                k = 0
+                while a >= 4096:
+                    a >>= 1
+                    k += 1
+                while a < 2048:
+                    a = r("a << 1", a << 1)
+                    k -= 1
+                xf = r("x*x mantissa", a * a)
+            q = V[p]
+            e = (q >> 25) - adam_core.BIAS
+            f = q & 0x1FFFFFF
+            if k > e:
+                f = f >> (2 * (k - e)) if k - e < 13 else 0
+                e = k
+            elif e > k:
+                xf = xf >> (2 * (e - k)) if e - k < 13 else 0
+            f += self._mul_q15(N, "(x*x - f)", r("x*x - f", xf - f), c2, "c2")
+            if f == 0:
+                e = -adam_core.BIAS
+            while e > -adam_core.BIAS and f < 0x400000:
+                f = r("f << 2", f << 2)
+                e -= 1
+            V[p] = r("v (E + 11 << 25 | F)", ((e + adam_core.BIAS) << 25) | f)
+            rt = max(self.isqrt(N, f), 1)
+            mm = r("|m|", abs(m))
+            if e >= 0:
+                mm >>= e
+                if mm >= r("r << 3", rt << 3):
+                    rho = adam_core.RHO_MAX
+                else:
+                    rho = r("|m| << 12", mm << 12) // rt
+            elif mm >= r("8 r + 2**-e - 1", (rt << 3) + (1 << -e) - 1) >> -e:
+                rho = adam_core.RHO_MAX
+            else:
+                rho = r("|m| << 12", r("|m| << -e", mm << -e) << 12) // rt
+            v = r("rho*am", r("rho", rho) * am) >> u
+            v = max(-V_MAX, min(V_MAX, -v if m < 0 else v))
+            w = W[p]
+            if c_m:
+                q = r("w*c_m", w * c_m)
+                v += (q >> c_s) + ((q >> (c_s - 1)) & 1) if c_s > 0 else q
+            v = max(-V_MAX, min(V_MAX, r("step", v)))
+            if mode:
+                s ^= self.rec(0, "rng shift by 9", (s & (m30 >> 9)) << 9)
+                s ^= s >> 11
+                s ^= self.rec(0, "rng shift by 12", (s & (m30 >> 12)) << 12)
+                w = r("new weight", w - ((v + (s >> 22)) >> 8))
+            else:
+                w = r("new weight", w - ((v + 128) >> 8))
+            W[p] = max(-32767, min(32767, w))
+        rng[0] = s
+
+    def adam_update(self, opt, net):
+        # Adam.update with its scalars recorded
+        opt.t += 1
+        for name, attr, c in (("beta1**t", "p1", opt.c1), ("beta2**t", "p2", opt.c2)):
+            setattr(opt, attr, self._mul_q15(0, name, getattr(opt, attr), 32768 - c, "beta"))
+        d = max(1, self.rec(0, "1 - beta1**t", adam_core.ONE28 - opt.p1) >> 14)
+        num = self.rec(0, "correction numerator",
+                       self.isqrt(0, self.rec(0, "1 - beta2**t", adam_core.ONE28 - opt.p2))
+                       << 12)
+        corr = self.rec(0, "bias correction", num // d)
+        P = self.rec(0, "lr_m * correction", net.lr_m * corr)
+        t = adam_core.scale(net.lr_m, corr)
+        am0 = P >> t
+        for l in range(net.frozen, net.L):
+            u = net.lr_e + 16 - net.shift_w[l] - t
+            am = am0
+            if u < 0:
+                am = adam_core.AM_MAX if -u >= 15 else min(
+                    adam_core.AM_MAX, self.rec(0, "am << -u", am0 << -u))
+                u = 0
+            u = min(u, 30)
+            n = net.sizes[l + 1]
+            for Wt, Gt, Mt, Vt, size in ((net.W[l], net.GW[l], opt.MW[l], opt.VW[l],
+                                          net.sizes[l] * n),
+                                         (net.B[l], net.GB[l], opt.MB[l], opt.VB[l], n)):
+                self.adam(Wt, Gt, Mt, Vt, size, net.count, net.kg, opt.c1, opt.c2, am, u,
+                          net.c_m, net.c_s, net.mode, net.rng)
+
+
+def _probed(q: QuantNet, hyper: Hyper, probe: AdamProbe):
+    net = q.build(hyper, probe)
+    probe.attach(net)
+    opt = net.opt
+    opt.update = lambda net: probe.adam_update(opt, net)
+    return net
+
+
+def _same_adam_state(a, b) -> None:
+    for l in range(a.L):
+        for name in ("W", "B"):
+            assert list(getattr(a, name)[l]) == list(getattr(b, name)[l])
+        for name in ("MW", "MB", "VW", "VB"):
+            assert list(getattr(a.opt, name)[l]) == list(getattr(b.opt, name)[l])
+    assert (a.opt.t, a.opt.p1, a.opt.p2, a.rng[0]) == (b.opt.t, b.opt.p1, b.opt.p2, b.rng[0])
+
+
+def _within(probe: Probe, report, exact=()) -> None:
+    reported = {(b.layer, b.what): b for b in report.bounds}
+    for key, (lo, hi) in probe.seen.items():
+        assert key in reported, f"{key} is computed by the core but not bounded"
+        b = reported[key]
+        assert b.lo <= lo and hi <= b.hi, f"{key}: saw [{lo}, {hi}], bound [{b.lo}, {b.hi}]"
+    for key in exact:
+        assert probe.seen[key][1] == reported[key].hi, (key, probe.seen[key], reported[key])
+
+
+ADAM_VALID = [(32, 1), (32, 32768), (32768, 1), (32768, 32768), (3277, 33), (33, 2)]
+
+
+@pytest.mark.parametrize("c1,c2", ADAM_VALID)
+def test_adam_accepts_every_valid_setting(c1, c2):
+    # every beta the core takes, the largest learning-rate mantissa, any exponent
+    for lr in (255 * 2.0**-20, 1.0, 255.0):
+        q = replace(_deep(batch_max=3), adam=(c1, c2))
+        for hyper in (None, Hyper(lr=lr, weight_decay=0.9 / lr, batch=3)):
+            report = check_ranges(q, hyper)
+            assert report.ok
+            corr = report.get(0, "bias correction").hi
+            assert corr <= 1 << 22 and report.get(0, "lr_m * correction").hi < 1 << 30
+    # the SGD bounds give way to Adam's
+    names = {b.what for b in report.bounds}
+    assert "(G>>8)*m" not in names and "V*mu" not in names and "rho*am" in names
+
+
+def test_adam_correction_bound_is_the_largest_over_every_update():
+    # Adam.update's correction over t = 1..3000 for extreme betas: never above the proven
+    # bound, which it meets at the first update when beta2**t is 0 there
+    for c1, c2 in ADAM_VALID:
+        report = check_ranges(replace(_deep(), adam=(c1, c2)))
+        bound = report.get(0, "bias correction").hi
+        p1 = p2 = adam_core.ONE28
+        most = 0
+        for _ in range(3000):
+            p1 = adam_core.mul_q15(p1, 32768 - c1)
+            p2 = adam_core.mul_q15(p2, 32768 - c2)
+            most = max(most, adam_core.correction(p1, p2))
+        assert most <= bound
+        if c2 == 32768:
+            assert most == bound
+    assert check_ranges(replace(_deep(), adam=(32, 32768))).get(0, "bias correction").hi \
+        == 1 << 22
+
+
+ADAM_REFUSALS = [
+    (dict(adam=(31, 10)), None, "net: Adam beta1 outside 0..0.999"),
+    (dict(adam=(32769, 10)), None, "net: Adam beta1 outside"),
+    (dict(adam=(3277, 0)), None, "net: Adam beta2 outside 0..1"),
+    (dict(adam=(3277, 32769)), None, "net: Adam beta2 outside"),
+    (dict(adam=(3277, 33), momentum=True), None, "net: Adam replaces momentum"),
+    (dict(adam=(3277, 33)), Hyper(lr=0.01, momentum=0.9), "net: momentum 0.9 set for a net "
+                                                          "with Adam"),
+]
+
+
+@pytest.mark.parametrize("fields,hyper,words", ADAM_REFUSALS, ids=[r[2] for r in ADAM_REFUSALS])
+def test_adam_refuses_settings_outside_the_proven_range(fields, hyper, words):
+    with pytest.raises(RangeError) as err:
+        check_ranges(replace(_deep(), **fields), hyper)
+    msg = str(err.value)
+    assert msg.startswith(words) and "\n" not in msg, msg
+
+
+def test_adam_beta1_limit_is_what_the_proof_needs(monkeypatch):
+    # with the core's check of the betas out of the way, the proof itself refuses 1 - beta1
+    # below 32/32768 for the largest learning-rate mantissa: lr_m * correction leaves the
+    # small ints (the correction grows as 1 / (1 - beta1)); 32 is the first it accepts
+    monkeypatch.setattr(adam_core, "check", lambda c1, c2: None)
+    with pytest.raises(RangeError, match="^net: lr_m \\* correction can reach 1140850620 > "
+                                         "2\\*\\*30-1$"):
+        check_ranges(replace(_deep(), adam=(31, 32768)))
+    check_ranges(replace(_deep(), adam=(32, 32768)))
+    check_ranges(replace(_deep(), adam=(31, 32768)), Hyper(lr=128 * 2.0**-10))
+
+
+ADAM_ADVERSARIAL = [
+    ("xor", XOR, (32768, 32768)),
+    ("iris-relu", iris_like("relu", batch_max=3, optimizer={"lr": 0.05, "batch": 3}), (32, 1)),
+    ("regression", regression(optimizer={"lr": 0.02, "batch": 3}), (3277, 33)),
+    ("swish-mish", dict(sizes=[4, 5, 5, 2], activations=["swish", "mish", "identity"],
+                        loss="mse", input_range={"min": -1, "max": 1}, batch_max=2,
+                        optimizer={"lr": 0.1, "batch": 2}), (32768, 1)),
+]
+
+
+@pytest.mark.parametrize("name,spec_fields,betas", ADAM_ADVERSARIAL,
+                         ids=[a[0] for a in ADAM_ADVERSARIAL])
+def test_adam_adversarial_values_stay_inside_the_reported_bounds(name, spec_fields, betas):
+    # max-magnitude weights and inputs through whole nets with Adam at its harshest: the
+    # largest learning rate (the layer multiplier saturates), heavy decay, stochastic rounding
+    spec = make_spec(**spec_fields)
+    q = replace(quantize(spec, *init_float_weights(spec)), adam=betas, momentum=False)
+    hyper = Hyper(lr=255.0, weight_decay=0.9 / 255, batch=q.batch_max, rounding="stochastic",
+                  seed=5)
+    lo, hi = q.quantize_inputs(np.array([spec.input_min, spec.input_max]))
+    x_range = (int(lo.min()), int(hi.max()))
+    report = check_ranges(q, hyper, x_range=x_range)
+    probe = AdamProbe()
+    rng = np.random.default_rng(len(name))
+    inputs = [x_range[1], x_range[0], 0, None]
+    for kind in WEIGHT_KINDS:
+        qq = replace(q, W=[_weights(rng, kind, w.shape) for w in q.W],
+                     B=[_weights(rng, kind, b.shape) for b in q.B])
+        net, ref = _probed(qq, hyper, probe), qq.build(hyper)
+        assert ref.opt.k is adam_core.adam
+        for s in range(4 * q.batch_max + 1):
+            x = inputs[s % len(inputs)]
+            xs = ([int(v) for v in rng.choice(list(x_range), q.sizes[0])] if x is None
+                  else [x] * q.sizes[0])
+            xa, ta = array("h", xs), array("h", _targets(rng, q.loss, q.sizes[-1]))
+            assert net.learn(xa, ta) == ref.learn(xa, ta)
+        net.update()
+        ref.update()
+        _same_adam_state(net, ref)  # the re-implementation is the core, bit for bit
+    _within(probe, report)
+    assert probe.seen[(0, "lr_m * correction")][1] > 0
+
+
+@pytest.mark.parametrize("c1,c2", [(32768, 32768), (32, 1), (32768, 1), (3277, 33)])
+@pytest.mark.parametrize("batch_max", [1, 3, 4])
+def test_adam_kernel_at_its_extremes_meets_the_bounds(c1, c2, batch_max):
+    # the kernel alone, on gradient sums of `count` terms at the largest magnitude the proof
+    # gives a term, both signs by turns, every count, the largest multiplier and no shift:
+    # each intermediate inside its bound, and the mean, the moment and their difference at it
+    q = replace(_deep(sizes=[3, 4, 4, 2], batch_max=batch_max), adam=(c1, c2))
+    report = check_ranges(q)
+    kg = fixed.ceil_log2(batch_max)
+    probe = AdamProbe()
+    core = [array("i", bytes(4 * 4)) for _ in range(3)]  # M, V, G of the pure kernel
+    mine = [array("i", bytes(4 * 4)) for _ in range(3)]
+    Wc, Wm = array("h", [32767, -32767, 0, 1]), array("h", [32767, -32767, 0, 1])
+    probe.layer[id(Wm)] = 1
+    hi, lo = report.get(1, "d*x").hi >> kg, report.get(1, "d*x").lo >> kg
+    rc, rm = array("i", [fixed.seed30(3)]), array("i", [fixed.seed30(3)])
+    for step in range(40):
+        count = 1 + step % batch_max
+        sign = (step // batch_max) % 2
+        for G in (core[2], mine[2]):
+            G[:] = array("i", [count * (hi if sign else lo), count * (lo if sign else hi),
+                               count * hi, count * lo])
+        args = (count, kg, c1, c2, adam_core.AM_MAX, step % 3, 255, step % 4, step % 2)
+        adam_core.adam(Wc, core[2], core[0], core[1], 4, *args, rc)
+        probe.adam(Wm, mine[2], mine[0], mine[1], 4, *args, rm)
+        assert (list(Wc), list(core[0]), list(core[1])) == (list(Wm), list(mine[0]),
+                                                            list(mine[1]))
+    _within(probe, report, exact=[(1, "mean gradient x"), (1, "G + count/2")]
+            + ([(1, "m"), (1, "x - m")] if c1 == 32768 else [])
+            + ([(1, "rho*am")] if (c1, c2) == (32768, 1) else []))  # rho at its clamp

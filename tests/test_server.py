@@ -372,6 +372,34 @@ def test_a_net_that_fits_only_alone_is_refused_beside_the_trained_one():
     b.refused(wire.LOAD_CHUNK, struct.pack("<I", 0) + huge[:200], wire.E_MEM, "bytes of RAM")
 
 
+def test_adam_moments_count_in_the_ram_budget():
+    # a budget that holds the net with SGD (6 bytes per parameter and more) but not with
+    # Adam (8 more: M and V, int32)
+    from edgebp import ebp
+    from edgebp.host.nets.qnet import adam_q
+
+    params = 16 * 201 + 3 * 17
+    sgd = _big_ce(200)
+    adam = _big_ce(200)
+    adam.adam = adam_q()
+    b = Board(max_payload=1024, heap=8192 + 10 * params)
+    b.load(sgd, chunk=200)
+    b.ok(wire.DROP)
+    data = ebpfile.to_bytes(adam, HYPER, trailer=False)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    _, k, p = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + data[:200])
+    assert (k, p[0]) == (wire.ERROR, wire.E_MEM), (k, p)
+    need = ebp.ram_need(sgd.sizes, False, True)
+    assert f"about {need} bytes" in p[1:].decode() and need >= 14 * params
+    # with room for it, it loads, and what it holds is out of the free budget
+    b = Board(max_payload=1024, heap=8192 + 16 * params)
+    b.load(adam, chunk=200)
+    assert b.server.net.opt is not None
+    b2 = Board(max_payload=1024, heap=8192 + 16 * params)
+    b2.load(sgd, chunk=200)
+    assert b2.server.budget_free() - b.server.budget_free() == 8 * params
+
+
 # the header of one 4096x4096 layer: 96 MB of training state announced in 44 bytes
 HUGE_HEADER = bytes.fromhex("4542504e01010000010000000000000000000000000000002a20000200100c00"
                             "0010000c0c0c6466")

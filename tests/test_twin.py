@@ -2,11 +2,12 @@
 
 The core (edgebp.net.Net with the pure-Python kernels) is the definition. Every test drives a
 core net and a TwinNet through the same samples and compares all state: weights, biases,
-gradient sums, momentum, the Z/A/D buffers, the rng, counts, correct and loss sums.
+gradient sums, momentum, Adam's moments and t, beta**t, the Z/A/D buffers, the rng, counts,
+correct and loss sums.
 
 The edge-of-range nets run on a copy of the core whose every arithmetic expression is wrapped in
-a check (an AST rewrite of edgebp/fixed.py, kernels.py and net.py), so the same runs also show
-that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
+a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py and adam.py), so the same runs
+also show that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from edgebp import fixed, kernels, luts, luts_act, net
+from edgebp import adam, fixed, kernels, luts, luts_act, net
 from edgebp.fixed import (
     BCE,
     IDENTITY,
@@ -38,7 +39,7 @@ from edgebp.fixed import (
     V_MAX,
 )
 from edgebp.host.nets import twin
-from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
 from edgebp.host.nets.twin import TwinNet, Xorshift30Jumps
 
 CORE = Path(fixed.__file__).resolve().parent
@@ -97,7 +98,7 @@ class _Guard(ast.NodeTransformer):
 
 def checked_core() -> dict[str, ModuleType]:
     core: dict[str, ModuleType] = {"luts": luts, "luts_act": luts_act}
-    for name in ("fixed", "kernels", "net"):
+    for name in ("fixed", "kernels", "net", "adam"):
         path = CORE / f"{name}.py"
         tree = ast.fix_missing_locations(_Guard().visit(ast.parse(path.read_text())))
         mod = ModuleType(f"checked_{name}")
@@ -131,6 +132,17 @@ def core_state(n) -> dict:
     for name in ("count", "grad_count", "seen", "correct", "loss_sum"):
         s[name] = getattr(n, name)
     s["rng"] = int(n.rng[0])
+    s.update(opt_state(n.opt, n.L))
+    return s
+
+
+def opt_state(o, L) -> dict:
+    # Adam's state, core's or twin's (None: no Adam)
+    if o is None:
+        return {"opt": None}
+    s = {f"{name}[{l}]": [int(v) for v in np.ravel(getattr(o, name)[l])]
+         for l in range(L) for name in ("MW", "MB", "VW", "VB")}
+    s["opt"] = (o.t, o.p1, o.p2, o.c1, o.c2)
     return s
 
 
@@ -145,11 +157,13 @@ def twin_state(t: TwinNet) -> dict:
     for name in ("count", "grad_count", "seen", "correct", "loss_sum"):
         s[name] = getattr(t, name)
     s["rng"] = int(t.rng[0])
+    s.update(opt_state(t.opt, t.L))
     return s
 
 
 def assert_same(core, tw, where=""):
     a, b = core_state(core), twin_state(tw)
+    assert a.keys() == b.keys(), f"{where}: core and twin hold different state"
     bad = [k for k in a if a[k] != b[k]]
     assert not bad, f"{where}: {bad[0]} core {a[bad[0]]} twin {b[bad[0]]}"
 
@@ -205,14 +219,14 @@ def targets(rng, loss: int, n: int, n_out: int, sa_out: int) -> np.ndarray:
         .astype(np.int16)
 
 
-def random_qnet(rng, sizes, f, batch_max=1, momentum=False) -> QuantNet:
+def random_qnet(rng, sizes, f, batch_max=1, momentum=False, adam=None) -> QuantNet:
     W, B = [], []
     for l in range(len(sizes) - 1):
         lim = int(4096 * 1.5 / np.sqrt(sizes[l]))
         W.append(rng.integers(-lim, lim + 1, (sizes[l + 1], sizes[l])).astype(np.int16))
         B.append(rng.integers(-lim // 4, lim // 4 + 1, sizes[l + 1]).astype(np.int16))
     return QuantNet(list(sizes), f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], f["loss"],
-                    W, B, batch_max=batch_max, momentum=momentum)
+                    W, B, batch_max=batch_max, momentum=momentum, adam=adam)
 
 
 OPTIMISERS = {
@@ -450,6 +464,9 @@ def checked_net(q: QuantNet):
     for l in range(q.L):
         n.W[l][:] = h(np.ravel(q.W[l]))
         n.B[l][:] = h(q.B[l])
+    if q.adam is not None:
+        CHECKED["adam"].attach(n, *q.adam)
+        assert n.opt.k is CHECKED["adam"].adam
     return n
 
 
@@ -600,3 +617,183 @@ def random_nets(draw):
 def test_random_nets(case):
     q, s, Xq, Tq = case
     run_edge(q, s, Xq, Tq, "random")
+
+
+# -- Adam (edgebp/adam.py) --
+
+ADAM = {
+    "adam": Hyper(lr=0.01),
+    "adam-stochastic": Hyper(lr=0.02, rounding="stochastic", seed=9),
+    # sums of 5 samples in sums of up to 8 (kg = 3, a count that is not a power of two and a
+    # partial last batch of 4), decoupled decay, stochastic rounding
+    "adam-minibatch": Hyper(lr=0.05, batch=5, weight_decay=0.02, rounding="stochastic", seed=4),
+}
+ADAM_COMBOS = list(itertools.product(HIDDEN, OUTPUTS, ADAM))
+
+
+@pytest.mark.parametrize(
+    "hidden,output,opt", ADAM_COMBOS,
+    ids=[f"{fixed.ACT_NAMES[a]}-{fixed.ACT_NAMES[o]}-{fixed.LOSS_NAMES[s]}-{p}"
+         for a, (o, s), p in ADAM_COMBOS])
+def test_adam_twin_equals_core(hidden, output, opt):
+    out, loss = output
+    rng = np.random.default_rng(1000 + ADAM_COMBOS.index((hidden, output, opt)))
+    hyper = ADAM[opt]
+    sizes = (4, 5, 3, 3)
+    f = formats([hidden, hidden, out], loss)
+    betas = [(0.9, 0.999), (0.5, 0.99), (0.0, 0.9)][ADAM_COMBOS.index((hidden, output, opt)) % 3]
+    q = random_qnet(rng, sizes, f, batch_max=8 if hyper.batch > 1 else 1,
+                    adam=adam_q(*betas))
+    n = 24
+    Xq = rng.integers(-16384, 16385, (n, sizes[0])).astype(np.int16)
+    Tq = targets(rng, loss, n, sizes[-1], f["shift_a"][-1])
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    assert core.opt.k is adam.adam  # the pure kernel, the definition
+    lockstep(core, tw, Xq, Tq)
+    assert tw.opt.t == (n + hyper.batch - 1) // hyper.batch
+    epoch = TwinNet.from_qnet(q, hyper)
+    epoch.train_epoch(Xq, Tq)
+    epoch.update()
+    assert_same(core, epoch, "train_epoch")
+
+
+def test_adam_digits_epochs_equal_core():
+    # a 64-32-10 net over several epochs: the moments' exponents rise and fall, beta**t decays
+    q, Xq, Tq = digits_case(RELU, 60)
+    q.adam = adam_q()
+    q.batch_max = 8
+    hyper = Hyper(lr=0.004, batch=6, rounding="stochastic", seed=2)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    for epoch in range(3):
+        order = np.random.default_rng(epoch).permutation(len(Xq))
+        for i in order:
+            core.learn(h(Xq[i]), h(Tq[i]))
+        tw.train_epoch(Xq, Tq, order)
+        assert_same(core, tw, f"digits epoch {epoch}")
+    assert tw.opt.t == 30 and 0 < tw.opt.p2 < adam.ONE28
+
+
+def test_adam_frozen_layers_equal_core():
+    rng = np.random.default_rng(21)
+    f = formats([TANH, RELU, SOFTMAX], SOFTMAX_CE)
+    q = random_qnet(rng, (5, 6, 4, 3), f, batch_max=4, adam=adam_q(0.8, 0.99))
+    hyper = Hyper(lr=0.03, batch=3, rounding="stochastic", seed=6)
+    Xq = rng.integers(-16384, 16385, (30, 5)).astype(np.int16)
+    Tq = targets(rng, SOFTMAX_CE, 30, 3, 14)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    lockstep(core, tw, Xq[:7], Tq[:7])
+    for n in (2, 1, 0):
+        core.learn(h(Xq[7]), h(Tq[7]))  # a pending sum that freezing drops
+        tw.learn(Xq[7], Tq[7])
+        core.freeze(n)
+        tw.freeze(n)
+        assert_same(core, tw, f"frozen {n}")
+        lockstep(core, tw, Xq[8:19], Tq[8:19], f"frozen {n}")
+    # the moments of frozen layers stay where they were
+    assert np.any(tw.opt.MW[0] != 0)
+
+
+def test_adam_from_net_copies_mid_training_state():
+    rng = np.random.default_rng(14)
+    f = formats([SWISH, IDENTITY], MSE)
+    q = random_qnet(rng, (3, 5, 2), f, batch_max=4, adam=adam_q(0.9, 0.99))
+    hyper = Hyper(lr=0.05, weight_decay=0.1, batch=3, rounding="stochastic")
+    Xq = rng.integers(-16384, 16385, (14, 3)).astype(np.int16)
+    Tq = targets(rng, MSE, 14, 2, 12)
+    core = q.build(hyper)
+    for x, t in zip(Xq[:8], Tq[:8], strict=True):
+        core.learn(h(x), h(t))
+    tw = TwinNet.from_net(core)
+    assert tw.opt is not None and tw.opt.t == 2
+    assert_same(core, tw, "copied")
+    lockstep(core, tw, Xq[8:], Tq[8:])
+
+
+def test_adam_settings_validated_like_the_core():
+    f = formats([TANH, IDENTITY], MSE)
+    args = ([2, 3, 1], f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], MSE)
+    for c1, c2 in ((31, 10), (32769, 10), (100, 0), (100, 32769)):
+        with pytest.raises(ValueError, match="Adam"):
+            TwinNet(*args).attach_adam(c1, c2)
+    with pytest.raises(ValueError, match="momentum"):
+        TwinNet(*args, 1, True).attach_adam(3277, 33)
+    # a learning rate SGD refuses for these formats: Adam's shift saturates instead
+    tw = TwinNet(*args)
+    with pytest.raises(ValueError):
+        tw.set_lr(255, 0)
+    tw.attach_adam(3277, 33)
+    tw.set_lr(255, 0)
+
+
+ADAM_BETAS = [(32, 1), (32, 32768), (32768, 1), (32768, 32768), (3277, 33)]
+ADAM_EDGE = [IDENTITY, RELU, TANH, MISH]
+
+
+@pytest.mark.parametrize("hidden", ADAM_EDGE, ids=[fixed.ACT_NAMES[a] for a in ADAM_EDGE])
+@pytest.mark.parametrize("output", EDGE_OUTPUTS,
+                         ids=lambda o: f"{fixed.ACT_NAMES[o[0]]}-{fixed.LOSS_NAMES[o[1]]}")
+def test_adam_edge_full_scale(hidden, output, monkeypatch):
+    # full-scale weights, inputs and targets over 300 inputs: gradient sums near their
+    # bound, means of sums of 3 in sums of up to 3 (kg = 2), the betas at their limits, the
+    # largest decay, learning rates up to where the layer multiplier saturates (u below 0),
+    # both roundings; on the instrumented core (every intermediate a small int)
+    k = 4 * ADAM_EDGE.index(hidden) + EDGE_OUTPUTS.index(output)
+    rng = np.random.default_rng(k)
+    f = formats([hidden, output[0]], output[1])
+    q = extreme_qnet(rng, (300, 6, 3), f, batch_max=3, momentum=False, alpha_q=4096)
+    q.adam = c1, c2 = ADAM_BETAS[k % len(ADAM_BETAS)]
+    Xq = rng.choice([-32768, -32767, 32767], (20, 300)).astype(np.int16)
+    Tq = extreme_targets(rng, output[1], 20, 3)
+    lr_e = [-20, 0, 8, 20][k % 4]
+    s = dict(lr_m=255, lr_e=lr_e, batch=3, c_m=255, c_e=8, mode=k % 2)
+    seen = []  # per update: max |G| before, max |M|, max exponent of V and max |step| after
+    step = twin.TwinAdam.step
+
+    def watched(self, net, p0):
+        g = int(np.abs(net.grad[p0:]).max())
+        v = step(self, net, p0)
+        seen.append((g, int(np.abs(self.m).max()), int((self.v >> 25).max()),
+                     int(np.abs(v).max())))
+        return v
+
+    monkeypatch.setattr(twin.TwinAdam, "step", watched)
+    tw, _, _ = run_edge(q, s, Xq, Tq, "adam full-scale")
+    g, m, e, v = np.array(seen).max(axis=0)
+    assert len(seen) == 7 and g > 1 << 27  # sums near their bound
+    if c1 == 32768:
+        assert m > 1 << 27  # m is the mean gradient itself (x = 2 G / 3 here)
+    if c2 == 32768:
+        assert e >= 15  # v = x*x, far above 2**25
+    if lr_e <= 0:
+        assert v == V_MAX  # steps saturate
+    V = tw.opt.v
+    assert ((V & 0x1FFFFFF) >= 1 << 22)[V >> 25 > 0].all()  # v stays normalised
+
+
+@st.composite
+def random_adam_nets(draw):
+    q, s, Xq, Tq = draw(random_nets())
+    q.momentum = False
+    s["mu"] = 0
+    q.adam = (draw(st.sampled_from([32, 33, 1000, 3277, 32767, 32768])),
+              draw(st.sampled_from([1, 2, 33, 327, 32767, 32768])))
+    s["lr_e"] = draw(st.integers(-20, 40))
+    return q, s, Xq, Tq
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=random_adam_nets())
+def test_adam_random_nets(case):
+    q, s, Xq, Tq = case
+    run_edge(q, s, Xq, Tq, "random adam")
+
+
+def test_adam_primitives_match_core():
+    n = np.concatenate([np.arange(1 << 16), np.arange(1 << 25, (1 << 25) + 1000)])
+    sq = np.arange(1, 1 << 15, dtype=np.int64) ** 2
+    n = np.concatenate([n, sq - 1, sq, sq + 1, np.arange((1 << 30) - 1000, 1 << 30)])
+    assert twin.isqrt_v(n).tolist() == [adam.isqrt(v) for v in n.tolist()]
+    assert twin.bit_length_v(n).tolist() == [v.bit_length() for v in n.tolist()]
+    a = np.random.default_rng(0).integers(-(1 << 30), 1 << 30, 20000)
+    for c in (0, 1, 32, 3277, 32767, 32768):
+        assert twin.mul_q15_v(a, c).tolist() == [adam.mul_q15(v, c) for v in a.tolist()]

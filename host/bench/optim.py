@@ -3,7 +3,11 @@ Levenberg-Marquardt (edgebp.host.nets.second_order), on XOR, iris, digits 8x8 an
 
     python -m edgebp.host.bench.optim [--seeds 5] [--sweep-seeds 10] [--budget 1.0]
 
-Float64 only: the board trains with SGD (+momentum) in fixed point and has none of Adam or LM.
+Float64, and Adam in fixed point: the "Adam (fixed)" rows are edgebp/adam.py on the numpy
+twin (bit-identical to a board), from the same initial weights quantised (quantize, the
+training inputs calibrating the formats), with Adam's lr and batch, stochastic rounding, the
+same epochs and order; its training loss is the core's (per-sample Q12 losses, averaged), its
+held-out figure from the core's outputs. The board has no LM.
 
 Table 1, per problem and method, over --seeds initialisations (the spec's initial weights,
 init_float_weights, seeds 0, 1, ...): the samples each method processed until the training
@@ -38,12 +42,15 @@ import numpy as np
 
 from edgebp.host.bench.kernels import _table
 from edgebp.host.nets import second_order as so
-from edgebp.host.nets.qnet import Hyper
-from edgebp.host.nets.reference import Adam, FloatNet
+from edgebp.host.nets.qnet import Hyper, adam_q
+from edgebp.host.nets.quantize import quantize
+from edgebp.host.nets.reference import Adam, FloatNet, epoch_order
 from edgebp.host.nets.spec import init_float_weights, make_spec
+from edgebp.host.nets.twin import TwinNet
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 METHODS = ("SGD", "SGD+momentum", "Adam", "LM")
+FIXED = "Adam (fixed)"  # fixed-point Adam on the twin (train_fixed_adam)
 COLUMNS = ["problem", "net", "method", "settings", "budget", "samples to target",
            "reached", "held-out", "CPU s"]
 SWEEP_COLUMNS = ["problem", "width", "LM solved", "SGD solved"]
@@ -73,11 +80,14 @@ class Problem:
         return [self.X.shape[1], self.width, 1 if self.T.ndim == 2 else int(self.T.max()) + 1]
 
     def net(self, seed: int, width: int | None = None) -> FloatNet:
-        sizes = self.sizes if width is None else [self.sizes[0], width, self.sizes[2]]
-        spec = make_spec(sizes=sizes, activations=[self.hidden, self.out], loss=self.loss,
-                         input_range={"min": -1, "max": 1})
+        spec = self.spec(width)
         Ws, Bs = init_float_weights(spec, seed)
-        return FloatNet(sizes, [self.hidden, self.out], self.loss, Ws, Bs)
+        return FloatNet(spec.sizes, [self.hidden, self.out], self.loss, Ws, Bs)
+
+    def spec(self, width: int | None = None):
+        sizes = self.sizes if width is None else [self.sizes[0], width, self.sizes[2]]
+        return make_spec(sizes=sizes, activations=[self.hidden, self.out], loss=self.loss,
+                         input_range={"min": -1, "max": 1}, batch_max=self.adam.batch)
 
     def optimiser(self, method: str) -> Hyper | Adam:
         if method == "Adam":
@@ -132,7 +142,7 @@ def problems() -> list[Problem]:
 def _settings(p: Problem, method: str) -> str:
     if method == "LM":
         return "mu 1e-3, rejected x10, taken /10"
-    h = p.optimiser(method)
+    h = p.optimiser("Adam" if method == FIXED else method)
     text = f"lr {h.lr:g}, batch {h.batch}"
     return text + (", momentum 0.9" if method == "SGD+momentum" else "")
 
@@ -155,6 +165,36 @@ def train_to_target(p: Problem, net: FloatNet, method: str, epochs: int, iterati
         if reached is None and net.loss(p.X, p.T) <= p.target:
             reached = (epoch + 1) * N
     return reached
+
+
+def train_fixed_adam(p: Problem, seed: int, epochs: int) -> tuple[int | None, str]:
+    """Fixed-point Adam on the twin from the seed's initial weights, quantised: the samples
+    processed when its training loss first met the target (or None), and the held-out
+    figure at the end."""
+    spec = p.spec()
+    Ws, Bs = init_float_weights(spec, seed)
+    calib_T = p.T if p.loss == "softmax_ce" else p.T.reshape(len(p.T), -1)
+    q = quantize(spec, Ws, Bs, p.X, calib_T, hyper=Hyper(lr=p.adam.lr, batch=p.adam.batch))
+    q.adam = adam_q(p.adam.beta1, p.adam.beta2)
+    tw = TwinNet.from_qnet(q, Hyper(lr=p.adam.lr, batch=p.adam.batch, rounding="stochastic",
+                                    seed=seed + 1))
+    Xq, Tq = q.quantize_inputs(p.X), q.quantize_targets(calib_T)
+    N = len(Xq)
+    reached = None
+    for epoch in range(epochs):
+        tw.train_epoch(Xq, Tq, epoch_order(N, 1, epoch))
+        tw.update()  # the partial last batch, as the reference steps it
+        if reached is None and tw.evaluate(Xq, Tq).loss.mean() / 4096 <= p.target:
+            reached = (epoch + 1) * N
+    Xtq = q.quantize_inputs(p.Xt)
+    if p.loss == "mse":
+        Y = q.output_values(tw.outputs(Xtq))
+        return reached, f"RMSE {math.sqrt(np.mean((Y - p.Tt) ** 2)):.4f}"
+    Tt = p.Tt[:, 0] if p.Tt.ndim == 2 else p.Tt
+    hits = tw.evaluate(Xtq, q.quantize_targets(p.Tt if p.loss == "softmax_ce"
+                                               else p.Tt.reshape(len(p.Tt), -1))).correct
+    assert len(hits) == len(Tt)
+    return reached, f"{100 * np.mean(hits):.2f}%"
 
 
 def _solves(p: Problem, method: str, width: int, seed: int, epochs: int, iterations: int
@@ -187,15 +227,19 @@ def table(plist: list[Problem], seeds: int, budget: float) -> list[list[str]]:
     rows = []
     for p in plist:
         epochs, iterations = _scaled(p.epochs, budget), _scaled(p.iterations, budget)
-        for method in METHODS:
+        for method in (*METHODS, FIXED):
             hits, figures = [], []
             t0 = time.process_time()
             for seed in range(seeds):
-                net = p.net(seed)
-                hit = train_to_target(p, net, method, epochs, iterations)
+                if method == FIXED:
+                    hit, figure = train_fixed_adam(p, seed, epochs)
+                else:
+                    net = p.net(seed)
+                    hit = train_to_target(p, net, method, epochs, iterations)
+                    figure = p.held_out(net)
                 if hit is not None:
                     hits.append(hit)
-                figures.append(p.held_out(net))
+                figures.append(figure)
             seconds = time.process_time() - t0
             held = _mean_figure(figures)
             rows.append([p.name, "-".join(map(str, p.sizes)) + f" {p.hidden}/{p.out}", method,
@@ -248,7 +292,8 @@ def run(seeds: int = 5, sweep_seeds: int = 10, budget: float = 1.0, only: list[s
     if budget <= 0 or seeds < 1 or sweep_seeds < 1:
         raise ValueError("budget must be positive and seeds at least 1")
     text = "\n".join([
-        f"Float64 reference optimisers ({seeds} seeds; targets: " + "; ".join(
+        f"Float64 reference optimisers and fixed-point Adam ({seeds} seeds; targets: "
+        + "; ".join(
             f"{p.name} {p.target_text}" for p in plist) + ")",
         _table(COLUMNS, table(plist, seeds, budget)),
         "",

@@ -139,3 +139,29 @@ def measure(runtime: str, data: bytes, timeout: float = 60) -> tuple[int, int]:
     `data` (measure_load().net), and the bytes per word of that runtime's heap."""
     use = measure_load(runtime, data, timeout)
     return use.net, use.word
+
+
+_IMPORT = """
+import gc
+from edgebp import ebp, kern, net
+K = kern.select()
+gc.collect()
+a = gc.mem_alloc()
+import {module}
+gc.collect()
+print("IMPORT", gc.mem_alloc() - a)
+print("WORD", 8 if sys.maxsize > 0x7FFFFFFF else 4)
+"""
+
+
+def measure_import(runtime: str, module: str, timeout: float = 60) -> tuple[int, int]:
+    """(bytes, word): what importing `module` (e.g. "edgebp.adam") keeps on the heap of a
+    MicroPython runtime, after the modules a load imports anyway. (The WebAssembly port's
+    gc.collect() frees nothing: there the compiler's garbage is counted too.)"""
+    r = mprun.run(runtime, "import sys\n" + _IMPORT.format(module=module),
+                  mprun.core_files(False), timeout=timeout)
+    if not r.ok:
+        raise RuntimeError(f"measuring on {runtime} failed:\n{r.stdout}{r.stderr}")
+    words = dict(line.split()[:2] for line in r.stdout.split("\n")
+                 if line.startswith(("IMPORT ", "WORD ")))
+    return int(words["IMPORT"]), int(words["WORD"])

@@ -114,8 +114,12 @@ def describe_net(qnet: QuantNet) -> str:
             f"{params} parameters")
 
 
-def describe_hyper(h: Hyper) -> str:
+def describe_hyper(h: Hyper, adam: tuple[int, int] | None = None) -> str:
     text = f"lr {h.lr:g}, batch {h.batch}"
+    if adam is not None:
+        # the betas as the board applies them: 1 - c / 2**15
+        text = (f"Adam (beta1 {1 - adam[0] / 32768:.4g}, beta2 {1 - adam[1] / 32768:.4g}), "
+                + text)
     if h.momentum:
         text += f", momentum {h.momentum:g}"
     if h.weight_decay:

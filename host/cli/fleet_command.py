@@ -17,6 +17,36 @@ from edgebp.host.fleet.config import Settings
 from edgebp.host.fleet.workload import FleetError, Workload
 
 
+def twin_trains_adam() -> bool:
+    """Whether the integer twin trains a net with Adam as the core does: a tiny net, two
+    samples, one update each way."""
+    from array import array
+
+    import numpy as np
+
+    from edgebp import fixed
+    from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
+    from edgebp.host.nets.twin import TwinNet
+
+    q = QuantNet(sizes=[2, 2], acts=[fixed.IDENTITY], shift_a=[12, 12], shift_w=[12],
+                 shift_d=[12], loss=fixed.MSE, W=[np.array([[900, -700], [300, 500]], np.int16)],
+                 B=[np.array([40, -60], np.int16)], batch_max=2, adam=adam_q())
+    hyper = Hyper(lr=0.01, batch=2)
+    X = np.array([[2000, -1000], [-3000, 1500]], np.int16)
+    T = np.array([[1000, 0], [-500, 2000]], np.int16)
+    net = q.build(hyper)
+    for x, t in zip(X, T, strict=True):
+        net.learn(array("h", x.tolist()), array("h", t.tolist()))
+    try:
+        twin = TwinNet.from_qnet(q, hyper)
+        twin.train_epoch(X, T, np.arange(2))
+        twin.update()
+        got = twin.to_qnet(q)
+    except (ValueError, NotImplementedError, TypeError, AttributeError):
+        return False
+    return got.W[0].ravel().tolist() == list(net.W[0]) and got.B[0].tolist() == list(net.B[0])
+
+
 def do_fleet(state, args: argparse.Namespace) -> int:
     try:
         return _fleet(args)
@@ -46,6 +76,9 @@ def _fleet(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}
     p = prepare(args, overrides, args.hidden, args.val)
     qnet, hyper = p.qnet, p.hyper
+    if qnet.adam is not None and args.central and not twin_trains_adam():
+        raise UserError("--central trains its yardstick on the integer twin, which has no "
+                        "Adam: leave --central out, or train the fleet with --optimizer sgd")
     wl = Workload(qnet, hyper, qnet.quantize_inputs(p.data.X), targets(qnet, p.data),
                   None if p.val is None else qnet.quantize_inputs(p.val.X),
                   None if p.val is None else targets(qnet, p.val),
@@ -77,7 +110,8 @@ def _fleet(args: argparse.Namespace) -> int:
           + (f", held out: {len(p.val)} ({p.val.name})" if p.val is not None else ""))
     print(f"fleet     {args.clients} clients, {settings.partition} split (seed "
           f"{settings.seed}), {args.rounds} rounds of {args.local_epochs} local epoch"
-          f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper)}; boards: "
+          f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper, qnet.adam)}; "
+          "boards: "
           + (f"{named}, the rest simulated {simulated}" if named
              else f"all simulated {simulated}"))
     if args.partition != "iid" or args.show_split:

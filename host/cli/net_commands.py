@@ -18,6 +18,7 @@ from edgebp.host.cli.workload import (
     check_suffix,
     n_targets,
     net_bytes,
+    optimizer_args,
     quantize_spec,
     read_data,
     read_net,
@@ -125,6 +126,10 @@ def do_init(state: State, args: argparse.Namespace) -> int:
     for key in ("lr", "batch", "momentum"):
         if getattr(args, key) is not None:
             opt[key] = getattr(args, key)
+    chosen = optimizer_args(args)
+    if chosen.get("name", "sgd") != opt.get("name", "sgd") and args.lr is None:
+        opt.pop("lr", None)  # the other optimiser's rate: the spec's default for this one
+    opt.update(chosen)
     if "batch" in opt:
         d["batch_max"] = max(d.get("batch_max", 1), opt["batch"])
     if args.weight_growth is not None:
@@ -153,7 +158,7 @@ def do_init(state: State, args: argparse.Namespace) -> int:
         raise UserError(f"{path}: {e.strerror or e}") from None
     acts = "/".join(spec.activations)
     print(f"wrote {path}: {'-'.join(map(str, spec.sizes))} {acts}, {spec.loss} loss, "
-          f"{describe_hyper(spec.hyper())} ({origin})")
+          f"{describe_hyper(spec.hyper(), spec.adam)} ({origin})")
     print(f"next: edgebp quantize {path} -o net.ebp" + (f" --calib {args.data}" if args.data
                                                        else ""))
     return 0
@@ -189,7 +194,7 @@ def do_quantize(state: State, args: argparse.Namespace) -> int:
     print(formats_table(qnet))
     print(report.table() if args.table else range_summary(report))
     write_net(args.output, qnet, spec.hyper())
-    print(f"wrote {args.output}: {describe_net(qnet)}, {describe_hyper(spec.hyper())}")
+    print(f"wrote {args.output}: {describe_net(qnet)}, {describe_hyper(spec.hyper(), spec.adam)}")
     return 0
 
 
@@ -232,9 +237,12 @@ def do_plan(state: State, args: argparse.Namespace) -> int:
         print(f"board     {describe_board(state)}")
         end_session(state, args)
     elif qnet is not None:
-        p = planner.plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=args.word)
+        p = planner.plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=args.word,
+                         adam=qnet.adam is not None)
     else:
-        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word)
+        if args.momentum and args.adam:
+            raise UserError("--momentum and --adam: Adam takes the place of momentum")
+        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word, adam=args.adam)
     print(p.table())
     if p.free is not None and not p.fits(p.free):
         return 1

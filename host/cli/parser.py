@@ -48,6 +48,7 @@ from edgebp.host.cli.data_commands import do_data
 from edgebp.host.cli.fleet_command import do_fleet
 from edgebp.host.cli.net_commands import do_init, do_plan, do_quantize
 from edgebp.host.cli.train_commands import do_eval, do_pull, do_train
+from edgebp.host.nets.spec import DEFAULT_LR, OPTIMIZERS
 from edgebp.net import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -155,9 +156,22 @@ def add_task(parser) -> None:
                         f"{MAX_INFERRED_CLASSES}: classification; else regression)")
 
 
+def add_optimizer(g: ArgumentGroup | argparse.ArgumentParser, default: str) -> None:
+    g.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd or adam: Adam in fixed point, on the board too (M and V, int32, "
+                   f"per parameter: 8 bytes more of RAM); default {default}. Switching "
+                   "without --lr takes the optimiser's default learning rate "
+                   f"({', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())})")
+    g.add_argument("--beta1", type=float, help="Adam: decay of the first moment, 0 to 0.999 "
+                   "(default 0.9)")
+    g.add_argument("--beta2", type=float, help="Adam: decay of the second moment, 0 to 1 "
+                   "(default 0.999)")
+
+
 def add_hyper(parser: argparse.ArgumentParser) -> ArgumentGroup:
     g = parser.add_argument_group("training")
     g.add_argument("--lr", type=_positive, help="learning rate (default: the net's)")
+    add_optimizer(g, "the net's")
     g.add_argument("--batch", type=_count(1, MAX_BATCH),
                    help="samples per update (default: the net's)")
     g.add_argument("--seed", type=_count(0, 2**62),
@@ -198,6 +212,7 @@ def argparse_init(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--momentum", type=float,
                         help="SGD momentum, 0 to 0.996 in steps of 1/256 (default 0: plain "
                         "SGD)")
+    add_optimizer(parser, "sgd")
     parser.add_argument("--weight-growth", type=float, metavar="G",
                         help="room in the weight formats for weights G times the largest "
                         "initial one (default 4; more for long training whose weights grow, "
@@ -348,6 +363,7 @@ def argparse_plan(parser: argparse.ArgumentParser) -> None:
     net = add_net(parser)
     net.add_argument("--sizes", type=_ints, help="layer widths without a net file: 64,32,10")
     net.add_argument("--momentum", action="store_true", help="with --sizes: SGD with momentum")
+    net.add_argument("--adam", action="store_true", help="with --sizes: Adam in place of SGD")
     parser.add_argument("--word", type=int, choices=(4, 8), default=4,
                         help="bytes per machine word of the board, without one: 4 (32-bit "
                         "MCUs, the default) or 8 (the unix port on x64)")

@@ -27,10 +27,12 @@ from edgebp.host.cli.workload import (
     check_lr,
     check_output,
     check_suffix,
+    optimizer_args,
     prepare,
     prove_safe,
     read_net,
     targets,
+    with_optimizer,
     write_net,
 )
 from edgebp.host.nets import ebpfile
@@ -229,7 +231,8 @@ def do_train(state: State, args: argparse.Namespace) -> int:
     print(f"data      {len(ds)} samples ({ds.name})"
           + (f", held out: {len(p.val)} ({p.val.name})" if p.val is not None else ""))
     order_text = f"shuffled with seed {seed}" if args.shuffle else "in file order"
-    print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, {describe_hyper(hyper)}, "
+    print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, "
+          f"{describe_hyper(hyper, qnet.adam)}, "
           f"{order_text}")
     first, skip = 0, 0
     if args.resume:
@@ -360,6 +363,7 @@ def _on_board_net(args: argparse.Namespace) -> tuple[QuantNet, Hyper]:
                  if getattr(args, k) is not None}
     qnet, file_hyper = read_net(args.net)
     hyper = replace(file_hyper or Hyper(), **overrides)
+    qnet, hyper = with_optimizer(qnet, hyper, optimizer_args(args), "lr" in overrides, args.net)
     try:
         ebpfile.hyper_block(hyper)
     except EbpError as e:
@@ -431,7 +435,8 @@ def do_train_on_board(state: State, args: argparse.Namespace) -> int:
           + (f", held out: {n_val} ({val_name})" if val_name else ""))
     order_text = (f"shuffled on the board with seed {seed}" if args.shuffle
                   else "in file order")
-    print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, {describe_hyper(hyper)}, "
+    print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, "
+          f"{describe_hyper(hyper, qnet.adam)}, "
           f"{order_text}")
     checkpoints = args.resume or args.checkpoint_every is not None
     if args.checkpoint_every is not None:

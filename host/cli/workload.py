@@ -24,10 +24,17 @@ from edgebp.ebp import EbpError
 from edgebp.host.cli import data as datafile
 from edgebp.host.cli.data import DataError, Dataset
 from edgebp.host.nets import ebpfile
-from edgebp.host.nets.qnet import Hyper, QuantNet
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
 from edgebp.host.nets.quantize import IN_SHIFT, needed_formats, quantize
 from edgebp.host.nets.ranges import RangeError, check_ranges, lr_fits, max_lr
-from edgebp.host.nets.spec import Spec, SpecError, init_float_weights, load_spec, parse_spec
+from edgebp.host.nets.spec import (
+    DEFAULT_LR,
+    Spec,
+    SpecError,
+    init_float_weights,
+    load_spec,
+    parse_spec,
+)
 
 
 class UserError(Exception):
@@ -132,8 +139,10 @@ def quantize_spec(spec: Spec, Ws=None, Bs=None, calib: Dataset | None = None,
 
 
 def check_lr(qnet: QuantNet, hyper: Hyper, what: str) -> None:
-    """Refuse a learning rate the net's formats cannot apply, saying the largest they can."""
-    if not lr_fits(qnet, hyper.lr):
+    """Refuse a learning rate the net's formats cannot apply, saying the largest they can.
+    (SGD's step is the gradient times the rate in the weights' format; Adam's is the rate
+    itself, at most 8 times it, whatever the formats: the board takes any rate for it.)"""
+    if qnet.adam is None and not lr_fits(qnet, hyper.lr):
         raise UserError(f"learning rate {hyper.lr:g} is too large for {what}: the largest "
                         f"learning rate this net allows is {max_lr(qnet):.4g} (its weight "
                         "formats; quantise its spec with the larger rate for coarser ones)")
@@ -150,6 +159,50 @@ def declared_range(qnet: QuantNet, held: bool = False) -> tuple[np.ndarray, np.n
     half = 1 / np.broadcast_to(qnet.in_scale, (n,)) * (lim if held else 1.0)
     centre = np.broadcast_to(qnet.in_offset, (n,))
     return centre - half, centre + half
+
+
+# -- the optimiser --
+
+
+def optimizer_args(args: argparse.Namespace) -> dict:
+    """--optimizer, --beta1, --beta2 as given (the spec's optimizer fields), {} if none."""
+    return {k: v for k, v in (("name", getattr(args, "optimizer", None)),
+                              ("beta1", getattr(args, "beta1", None)),
+                              ("beta2", getattr(args, "beta2", None))) if v is not None}
+
+
+def _betas(adam: tuple[int, int]) -> tuple[float, float]:
+    return 1 - adam[0] / 32768, 1 - adam[1] / 32768
+
+
+def with_optimizer(qnet: QuantNet, hyper: Hyper, opt: dict, lr_given: bool,
+                   what: str) -> tuple[QuantNet, Hyper]:
+    """A net file's net and settings with the optimiser `opt` (optimizer_args) in place of
+    its own. Adam takes the place of momentum (a net file's momentum buffers hold nothing:
+    they start at zero); switching without --lr takes the new optimiser's default rate."""
+    if not opt:
+        return qnet, hyper
+    old = "adam" if qnet.adam is not None else "sgd"
+    name = opt.get("name", old)
+    if name == "sgd":
+        for key in ("beta1", "beta2"):
+            if key in opt:
+                raise UserError(f"--{key} is a setting of Adam: it goes with --optimizer adam")
+        qnet = replace(qnet, adam=None)
+    else:
+        b1, b2 = _betas(qnet.adam) if qnet.adam is not None else (0.9, 0.999)
+        try:
+            adam = adam_q(opt.get("beta1", b1), opt.get("beta2", b2))
+        except ValueError as e:
+            raise UserError(f"{what}: {e}") from None
+        if hyper.momentum:
+            if name == old:
+                raise UserError(f"{what}: momentum {hyper.momentum:g} with Adam")
+            hyper = replace(hyper, momentum=0.0)
+        qnet = replace(qnet, adam=adam, momentum=False)
+    if name != old and not lr_given:
+        hyper = replace(hyper, lr=DEFAULT_LR[name])
+    return qnet, hyper
 
 
 # -- a command's net and data --
@@ -205,6 +258,7 @@ def _net_from_file(args: argparse.Namespace, overrides: dict) -> tuple[QuantNet,
                                                                        Dataset]:
     qnet, file_hyper = read_net(args.net)
     hyper = replace(file_hyper or Hyper(), **overrides)
+    qnet, hyper = with_optimizer(qnet, hyper, optimizer_args(args), "lr" in overrides, args.net)
     data = read_data(args.data, args, n_targets(qnet.loss, qnet.sizes[-1]), qnet.classes)
     check_net_data(data, qnet, qnet.classes, args.net)
     check_inputs(data, *declared_range(qnet), args.out_of_range, declared_range(qnet, True))
@@ -229,7 +283,25 @@ def _net_from_spec(args: argparse.Namespace, overrides: dict, hidden: list[int] 
         why = "as --task says" if task else "inferred: " + datafile.infer_task(data)[1]
         kind = "regression" if d["loss"] == "mse" else "classification"
         net_from = f"{kind}, {why}; edgebp init --data writes it as a spec to edit"
-    d["optimizer"] = {**d.get("optimizer", {}), **overrides}
+    spec_opt = d.get("optimizer", {})
+    spec_opt = dict({"name": spec_opt} if isinstance(spec_opt, str) else spec_opt)
+    opt = optimizer_args(args)
+    if opt:
+        old = spec_opt.get("name", "sgd")
+        name = opt.get("name", old)
+        if name != old:
+            # the spec's rate and momentum are the other optimiser's
+            if "lr" not in overrides:
+                spec_opt.pop("lr", None)
+            for key in ("momentum", "beta1", "beta2"):
+                spec_opt.pop(key, None)
+        spec_opt.update(opt)
+        if name == "sgd":
+            for key in ("beta1", "beta2"):
+                if key in opt:
+                    raise UserError(f"--{key} is a setting of Adam: it goes with --optimizer "
+                                    "adam")
+    d["optimizer"] = {**spec_opt, **overrides}
     if "batch" in overrides:
         d["batch_max"] = max(d.get("batch_max", 1), overrides["batch"])
     try:

@@ -71,8 +71,18 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
     imap = qnet.in_map
     if imap is not None and imap.n != sizes[0]:
         raise EbpError(f"input map of {imap.n} inputs for a net of {sizes[0]}")
+    adam = qnet.adam
+    if adam is not None:
+        if qnet.momentum:
+            raise EbpError("Adam and momentum buffers together: Adam takes the place of "
+                           "momentum")
+        if len(adam) != 2:
+            raise EbpError(f"Adam settings {adam!r} are not (c1, c2)")
+        _field(adam[0], 0, 65535, "Adam c1")
+        _field(adam[1], 0, 65535, "Adam c2")
     flags = ((ebp.FLAG_MOMENTUM if qnet.momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
-             | (ebp.FLAG_INMAP if imap is not None else 0))
+             | (ebp.FLAG_INMAP if imap is not None else 0)
+             | (ebp.FLAG_ADAM if adam is not None else 0))
     head = bytearray()
     head += ebp.MAGIC
     head += struct.pack(
@@ -81,7 +91,7 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
         _field(qnet.alpha_q, -32767, 32767, "alpha_q"),
     )
     head += hyper_block(hyper) if hyper else bytes(ebp.HYPER_LEN)
-    head += struct.pack("<I", ebp.file_len(sizes, imap is not None))
+    head += struct.pack("<I", ebp.file_len(sizes, imap is not None, adam is not None))
     head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"), 0)
     for l in range(L):
         head += struct.pack(
@@ -91,6 +101,9 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
             _field(qnet.shift_w[l], 0, 255, f"layer {l + 1} shift_w"),
             _field(qnet.shift_d[l], 0, 255, f"layer {l + 1} shift_d"),
         )
+    if adam is not None:
+        # the board checks the ranges (edgebp.adam.check): _parse below says what it would
+        head += struct.pack("<HH", *adam)
     head += struct.pack("<H", crc16(head, 0, len(head)))
     out = head
     for l in range(L):
@@ -242,6 +255,7 @@ def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
         classes=list(classes),
         out_offset=out_offset, out_scale=None if out_scale is None else float(out_scale),
         in_map=None if loader.inmap is None else InputMap.from_board(loader.inmap),
+        adam=None if net.opt is None else (net.opt.c1, net.opt.c2),
     )
     hyper = None
     if loader.hyper is not None:

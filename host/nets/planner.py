@@ -16,6 +16,14 @@ up to blocks:
                      attribute has one
   native tables      with the native kernels (Net._fuse): a tuple of the net's lists of
                      buffers and an array('i') of 5 + 9 L small tables
+  Adam               with Adam (edgebp/adam.py, attached by the loader after Net()): its
+                     instance, the lists MW, MB, VW, VB and their int32 arrays, first and
+                     second moments of every parameter (8 bytes more per parameter than
+                     SGD). The code of edgebp.adam, imported at the first Adam load (the
+                     loader imports it while it parses the header) and kept by the board
+                     after it, is no part of the net but of that load: ADAM_CODE, measured
+                     (edgebp.host.boards.heap.measure_import), counted unless the board has
+                     it already (adam_imported)
 
 The Net's attribute count is read off the engine itself (a Net built here under CPython),
 so the plan follows edgebp/net.py as it changes. Layer tables (sizes, acts, shifts) are the
@@ -66,6 +74,11 @@ HOLES_REPORTED = 8
 HOLE_LEAST = 256
 # attributes of an edgebp.ebp.Loader
 LOADER_ATTRIBUTES = 16
+# Bytes of the heap edgebp.adam's code takes once imported, by word size (measured on the
+# emulated boards and the unix port: heap.measure_import, tests/test_planner.py), placed as
+# allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are
+ADAM_CODE = {4: 3072, 8: 7680}
+ADAM_CODE_PIECE = 64
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
 FUSED_HEAD = 5
@@ -81,6 +94,14 @@ def net_attributes() -> int:
     """How many attributes a Net instance carries (each takes a slot of its table)."""
     net = Net([1, 1], [fixed.IDENTITY], [8, 8], [8], [8], fixed.MSE)
     return len(vars(net))
+
+
+def adam_attributes() -> int:
+    """How many attributes the Adam state of a net carries (edgebp.adam.Adam)."""
+    from edgebp import adam
+
+    net = Net([1, 1], [fixed.IDENTITY], [8, 8], [8], [8], fixed.MSE)
+    return len(vars(adam.attach(net, 3277, 33)))
 
 
 @dataclass
@@ -155,6 +176,8 @@ class Plan:
     holes_by_address: list[int] = field(default_factory=list)  # the same by address, if known
     beside: int = 0  # bytes of the board's net, held while this one loads (0: none)
     replaces: bool = False  # it does not fit beside the board's net, which is dropped first
+    adam: bool = False  # Adam in place of SGD: its moments are counted
+    code: int = 0  # edgebp.adam's code, imported by this load (0: the board has it)
 
     @property
     def net(self) -> int:
@@ -171,7 +194,7 @@ class Plan:
         """Bytes a load takes at its peak: the net, its sample, the loader and the
         garbage made on the way (gc.mem_alloc() grows by this much if nothing is
         collected)."""
-        return self.net + self.sample + self.transient
+        return self.net + self.sample + self.transient + self.code
 
     @property
     def params(self) -> int:
@@ -219,7 +242,10 @@ class Plan:
 
     def table(self) -> str:
         rows = [(name, n) for name, n in self.parts.items()]
-        rows += [("net, total", self.net), ("sample buffers x, t", self.sample),
+        rows += [("net, total", self.net), ("sample buffers x, t", self.sample)]
+        if self.code:
+            rows += [("edgebp.adam code (first Adam load)", self.code)]
+        rows += [
                  ("loader (while loading)", self.loader),
                  ("garbage of the load (until collected)", self.garbage),
                  ("load at its peak", self.need),
@@ -229,7 +255,8 @@ class Plan:
         arch = (f"{8 * self.word}-bit heap, {WORDS_PER_BLOCK * self.word}-byte gc blocks, "
                 f"{'native' if self.fused else 'viper or pure-Python'} kernels")
         lines = [f"net {'-'.join(map(str, self.sizes))}"
-                 f"{' with momentum' if self.momentum else ''}: {self.params} parameters, "
+                 f"{' with momentum' if self.momentum else ''}"
+                 f"{' with Adam' if self.adam else ''}: {self.params} parameters, "
                  f"{arch}"]
         for name, n in rows:
             lines.append(f"  {name.ljust(width)}  {n:8d} B")
@@ -277,12 +304,15 @@ def _worst_fit(holes: list[int], allocs: list[int]) -> int | None:
 
 
 def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: int = 4,
-         max_payload: int = 512, fused: bool = True) -> Plan:
+         max_payload: int = 512, fused: bool = True, adam: bool = False,
+         adam_imported: bool = False) -> Plan:
     """The heap a net of these layer sizes takes on a board with `word`-byte words, and what
     loading it takes.
 
     `loss` sets the target width of a sample, `max_payload` the server's frame buffers;
-    `fused`: the board runs the native kernels (whose tables the net then holds).
+    `fused`: the board runs the native kernels (whose tables the net then holds); `adam`:
+    the net trains with Adam (its moments beside the net), and the load imports edgebp.adam
+    unless `adam_imported` (a board that loaded an Adam net before keeps the module).
     """
     sizes = [int(n) for n in sizes]
     L = len(sizes) - 1
@@ -297,7 +327,12 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
 
     # LOAD_BEGIN: the loader, its header copy; then the layer tables it parses
     ld.instance(LOADER_ATTRIBUTES)
-    ld.array(ebp.head_len(ebp.MAX_LAYERS), 1)
+    ld.array(ebp.head_len(ebp.MAX_LAYERS, True), 1)
+    code = Heap(word, order)  # edgebp.adam, imported while the header is parsed
+    if adam and not adam_imported:
+        left = ADAM_CODE.get(word, ADAM_CODE[8] * word // 8)
+        while left > 0:
+            left -= code.alloc(min(left, ADAM_CODE_PIECE * word))
     tables = 2 * h.list(L + 1) + 3 * h.list(L)  # sizes, shift_a; acts, shift_w, shift_d
     # Net(): its attribute table, the per-layer constants (shift_z, k_f, s_f, k_b, s_b, one)
     tables += h.instance(net_attributes()) + 6 * h.list(L)
@@ -328,6 +363,16 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
         g.alloc(slots * word)  # P's items, as they end
         g.obj()  # the list's iterator
         parts["native kernels' tables"] = h.tuple(FUSED_LISTS) + h.array(n_p, 4)
+    if adam:
+        # edgebp.adam.attach, once Net() is built: the instance, then MW, MB, VW, VB
+        # its attribute table grows as __init__ sets them: the smaller tables are garbage
+        n = adam_attributes()
+        for slots in MAP_SIZES[1:]:
+            if slots >= n:
+                break
+            g.alloc(2 * slots * word)
+        parts["Adam moments M, V (int32)"] = (h.instance(n)
+                                              + 2 * (tensors(weights, 4) + tensors(outs, 4)))
     g.tuple(8)  # apply_hyper(): the settings it would restore on an error
     # LOAD_COMMIT: the server's buffers for one sample, the loader still held
     n_t = 1 if loss == fixed.SOFTMAX_CE else sizes[-1]
@@ -340,7 +385,7 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
               + o.array(wire.encoded_max(frame), 1) + o.array(link, 1)
               + o.array(wire.encoded_max(link), 1))
     return Plan(sizes, momentum, word, parts, sample=sample, server=server, loader=loader,
-                garbage=g.total, fused=fused, allocs=order)
+                garbage=g.total, fused=fused, allocs=order, adam=adam, code=code.total)
 
 
 def plan_for(qnet, info=None) -> Plan:
@@ -350,7 +395,8 @@ def plan_for(qnet, info=None) -> Plan:
     kernels = getattr(info, "kernels", "")
     fused = kernels == "native" if kernels else True  # a board that does not say: the most
     p = plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=word,
-             max_payload=max_payload, fused=fused)
+             max_payload=max_payload, fused=fused,
+             adam=getattr(qnet, "adam", None) is not None)
     free = getattr(info, "free_ram", 0)
     if free:
         # measured with the board's net in place, where it stays while this one loads: what
@@ -361,7 +407,8 @@ def plan_for(qnet, info=None) -> Plan:
         if getattr(info, "sizes", None):
             held = plan(info.sizes, momentum=bool(getattr(info, "momentum", False)),
                         loss=info.loss if info.loss is not None else fixed.SOFTMAX_CE,
-                        word=word, max_payload=max_payload, fused=fused)
+                        word=word, max_payload=max_payload, fused=fused,
+                        adam=bool(getattr(info, "adam", False)))
             p.beside = held.net + held.sample
             if not p.fits(free):
                 # the host drops the board's net first: its memory counts as free, and
@@ -379,6 +426,7 @@ def check(qnet, info, reserve: int = DEFAULT_RESERVE) -> Plan:
     p = plan_for(qnet, info)
     name = "-".join(map(str, p.sizes))
     advice = ("shrink the net" + (", drop momentum" if p.momentum else "")
+              + (", train with SGD in place of Adam" if p.adam else "")
               + " or free RAM on the board")
     if p.free is not None and p.need + reserve > p.free:
         parts = ", ".join(f"{part} {n}" for part, n in p.parts.items())

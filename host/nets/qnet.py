@@ -182,7 +182,8 @@ class QuantNet:
             lines.append(f"    net.W[{l}][:] = array('h', {blob(self.W[l])})")
             lines.append(f"    net.B[{l}][:] = array('h', {blob(self.B[l])})")
         if self.adam is not None:
-            lines += ["    from edgebp import adam", f"    adam.attach(net, {self.adam[0]}, {self.adam[1]})"]
+            lines += ["    from edgebp import adam",
+                      f"    adam.attach(net, {self.adam[0]}, {self.adam[1]})"]
         if self.sdlm is not None:
             mu_m, mu_e, gamma, fc, fh = self.sdlm
             lines += ["    from edgebp import sdlm",

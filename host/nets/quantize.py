@@ -294,6 +294,7 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         batch_max=spec.batch_max, momentum=hyper.momentum > 0, alpha_q=spec.alpha_q,
         in_offset=offset, in_scale=scale, classes=list(spec.classes),
         out_offset=None if out is None else out[0], out_scale=None if out is None else out[1],
+        adam=spec.adam,
     )
     x_range = declared_input_range(q, spec)
     if spec.integer_inputs:

@@ -9,6 +9,15 @@ they represent.
 
 Limits: a MicroPython small int on a 32-bit port, [-2**30, 2**30), for every intermediate;
 the core's symmetric int16 storage, [-32767, 32767], for every stored value.
+
+A net with Adam (qnet.adam, edgebp/adam.py) has its update bounded through the Adam kernel
+instead of SGD's, from the argument ranges the kernel is documented to assume, each derived
+here rather than taken: the mean gradient x from the gradient terms for every count
+1..batch_max, the first moment m inside the hull of 0 and every x (each update moves m
+towards x and not past it), the second moment's exponent from the largest x's bit length and
+its mantissa from the fixed point of the normalisation, the step ratio from the clamp, and
+the per-update scalars (beta**t, the bias correction, lr_m times it, the layer multiplier)
+over every t from the betas and the largest mantissa of the learning rate.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from edgebp import fixed, kernels
+from edgebp import adam as adam_core, fixed, kernels
 from edgebp.fixed import (
     ALPHA_SHIFT,
     FV,
@@ -125,10 +134,10 @@ class Bound:
 
     def problem(self) -> str:
         where = f"layer {self.layer}" if self.layer else "net"
-        name = "2**30-1" if self.limit == SMALL else "32767 (int16)"
         if self.hi > self.limit[1]:
+            name = {SMALL: "2**30-1", INT16: "32767 (int16)"}.get(self.limit, self.limit[1])
             return f"{where}: {self.what} can reach {self.hi} > {name}"
-        low = "-2**30" if self.limit == SMALL else "-32767 (int16)"
+        low = {SMALL: "-2**30", INT16: "-32767 (int16)"}.get(self.limit, self.limit[0])
         return f"{where}: {self.what} can reach {self.lo} < {low}"
 
 
@@ -150,7 +159,7 @@ class RangeReport:
     def table(self) -> str:
         rows = ["layer  intermediate          worst case                 limit   bits spare"]
         for b in self.bounds:
-            lim = "2**30" if b.limit == SMALL else "int16"
+            lim = {SMALL: "2**30", INT16: "int16"}.get(b.limit, str(b.limit[1]))
             rows.append(f"{b.layer or 'net':>5}  {b.what:20}  [{b.lo:>11}, {b.hi:>11}]  "
                         f"{lim:>6}  {b.headroom_bits:6.2f}{'' if b.ok else '  FAILS'}")
         return "\n".join(rows)
@@ -302,6 +311,124 @@ def _act_backward(c: _Bounds, N: int, act: int, e: Interval, a: Interval,
     return _rnd(c.add(N, "error*f'", _mul(e, g)), 14)
 
 
+# -- Adam (edgebp/adam.py) --
+
+
+def _round_div(g: int, n: int) -> int:
+    # the kernel's mean of a sum: g / n rounded half away from zero, by floor division
+    half = n >> 1
+    return (g + half) // n if g >= 0 else -((half - g) // n)
+
+
+def _mul_q15(c: _Bounds, N: int, what: str, a: Interval, k: int, kname: str) -> Interval:
+    # adam.mul_q15(a, k) = floor(a * k / 2**15) for 0 <= k, split at bit 15: its two
+    # products, and the result (monotone in a: extreme at the ends)
+    c.add(N, f"{what}>>15 * {kname}", _mul(_shr(a, 15), (k, k)))
+    c.add(N, f"{what}&32767 * {kname}", (0, 32767 * k))
+    return adam_core.mul_q15(a[0], k), adam_core.mul_q15(a[1], k)
+
+
+def _isqrt(c: _Bounds, N: int, n: Interval) -> int:
+    # adam.isqrt(n) for n in 0..n[1]: its argument (the loop is exact below 2**30) and its
+    # sum r + b. After the step with bit b = 4**j, r = y * 4**j with y = isqrt(n >> 2j), so the
+    # next sum is at most isqrt(n) * 2**j + 4**(j-1) (j at most J, 4**J the first b <= n;
+    # the first sum is 4**J itself). Returns isqrt(n[1]).
+    c.add(N, "isqrt argument", n, (0, SMALL_MAX))
+    top = 1 << 28
+    while top > n[1] and top > 1:
+        top >>= 2
+    r = adam_core.isqrt(n[1])
+    c.add(N, "isqrt r + b", (0, max(top, r * math.isqrt(top) + (top >> 2))))
+    return r
+
+
+def _adam_kernel(c: _Bounds, N: int, term: Interval, G: Interval, batch_max: int, kg: int,
+                 c1: int, c2: int) -> Interval:
+    """The Adam kernel's intermediates for one layer, whose gradient sums hold up to
+    batch_max terms from `term` (G: their bound); returns the step before decay."""
+    half = batch_max >> 1
+    c.add(N, "G + count/2", (G[0], G[1] + half))
+    c.add(N, "count/2 - G", (-G[1], half - G[0]))
+    # the mean over `count` samples of a sum of `count` terms, for every count
+    h = (0, 0)
+    for n in range(1, batch_max + 1):
+        g = _terms(term, n)
+        h = _join(h, (_round_div(g[0], n), _round_div(g[1], n)))
+    x = c.add(N, "mean gradient x", (h[0] << (kg - 1), h[1] << (kg - 1)) if kg
+              else _shr(h, 1))
+    # m += floor((x - m) c1 / 2**15), 0 <= c1 <= 2**15, moves m towards x, never past it (the
+    # floor of a value between x - m and 0 lies between the two integers): from m = 0, every
+    # m lies in the hull of 0 and every x
+    M = c.add(N, "m", _join(x, (0, 0)))
+    _mul_q15(c, N, "(x - m)", c.add(N, "x - m", (x[0] - M[1], x[1] - M[0])), c1, "c1")
+    # x*x as a*a * 4**k, a the top 12 bits of |x| (|x| shifted up to 2**11 or more, or down
+    # below 2**12), k from -11 to |x|'s bit length - 12. v's exponent e becomes max(e, k) and
+    # then only falls, never below -11 (from -11: e <= the largest k); its mantissa lies
+    # between f and a*a, or below 2**22 before a shift by 2: below 2**24 throughout
+    B = adam_core.BIAS
+    xmax = max(-x[0], x[1])
+    e_max = max(-B, xmax.bit_length() - 12)
+    if xmax:
+        c.add(N, "a << 1", (0, min(xmax, 2047) << 1))
+    sq = c.add(N, "x*x mantissa", (0, 4095 ** 2 if xmax else 0))
+    f_max = max(sq[1], ((1 << 22) - 1) << 2 if e_max > -B else 0)
+    _mul_q15(c, N, "(x*x - f)", c.add(N, "x*x - f", (-f_max, sq[1])), c2, "c2")
+    if e_max > -B:
+        c.add(N, "f << 2", (0, ((1 << 22) - 1) << 2))
+    c.add(N, "v (E + 11 << 25 | F)", (0, ((e_max + B) << 25) | f_max))
+    r = _isqrt(c, N, (0, f_max))
+    # rho = (|m| >> e) * 4096 // r below the clamp |m| >> e >= 8 r: there |m| >> e <= 8 r - 1;
+    # for e < 0, (|m| << -e) * 4096 // r below the clamp |m| >= ceil(8 r / 2**-e): there
+    # |m| << -e <= 8 r - 1 too
+    mabs = c.add(N, "|m|", (0, max(-M[0], M[1])))
+    rr = max(r, 1)
+    c.add(N, "r << 3", (8, rr << 3))
+    c.add(N, "8 r + 2**-e - 1", (8, (rr << 3) + (1 << B) - 1))
+    c.add(N, "|m| << -e", (0, (rr << 3) - 1))
+    c.add(N, "|m| << 12", (0, min(mabs[1], (rr << 3) - 1) << 12))
+    rho = c.add(N, "rho", (0, max(adam_core.RHO_MAX, (8 << 12) - 1)), (0, adam_core.RHO_MAX))
+    p = c.add(N, "rho*am", _mul(rho, (0, adam_core.AM_MAX)))
+    return _clip((-p[1], p[1]), -V_MAX, V_MAX)  # >> u, u >= 0, the sign of m, the clamp
+
+
+def _adam_scalars(c: _Bounds, c1: int, c2: int, lr_m: int) -> None:
+    """Adam.update's scalars over every t: beta**t in Q28, kept in [0, 2**28] and falling
+    (p -> floor(p (2**15 - c) / 2**15)); the bias correction sqrt(1 - beta2**t) / (1 -
+    beta1**t) in Q12, largest at the first update (beta1**t at its largest) and beta2**t at
+    its least (0); lr_m times it; the layer multiplier shifted up (adam.layer_am)."""
+    one = adam_core.ONE28
+    for name, k in (("beta1**t", 32768 - c1), ("beta2**t", 32768 - c2)):
+        _mul_q15(c, 0, name, (0, one), k, "beta")
+    p1 = adam_core.mul_q15(one, 32768 - c1)
+    d = c.add(0, "1 - beta1**t", (one - p1, one))
+    d_min = max(1, d[0] >> 14)
+    r = _isqrt(c, 0, c.add(0, "1 - beta2**t", (0, one)))
+    num = c.add(0, "correction numerator", (0, r << 12))
+    corr = c.add(0, "bias correction", (0, num[1] // d_min))
+    c.add(0, "lr_m * correction", (0, lr_m * corr[1]))
+    c.add(0, "am << -u", (0, adam_core.AM_MAX << 14))
+
+
+def _adam_settings(qnet: QuantNet, hyper: Hyper | None, c: _Bounds) -> bool:
+    # what the core refuses of a net with Adam, one line each; whether the bounds apply
+    assert qnet.adam is not None
+    c1, c2 = qnet.adam
+    ok = True
+    try:
+        adam_core.check(c1, c2)
+    except ValueError as err:
+        c.problem(f"net: {err}")
+        ok = False
+    if qnet.momentum:
+        c.problem("net: Adam replaces momentum: a net with Adam has no momentum buffers "
+                  "(momentum=False)")
+    if hyper is not None and hyper.momentum > 0:
+        c.problem(f"net: momentum {hyper.momentum:g} set for a net with Adam (its beta1 is "
+                  "the momentum)")
+    return ok
+
+
+
 def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
                  x_range: Interval | None = None, t_range: Interval | None = None,
                  layout: Layout | None = None) -> RangeReport:
@@ -314,7 +441,10 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
     (a - t, its square, the BCE and -log products); backward products W*d, their guarded
     sum, the error sent down, the derivative products, the deltas; the gradient products
     and sums GW, GB; the update's (G >> 8) * m, decay and momentum products, step and new
-    weight; the update's random-number steps. Refused, with the layer: any bound outside
+    weight; the update's random-number steps. For a net with Adam, the Adam kernel's
+    intermediates in place of SGD's update, and Adam.update's scalars (layer "net"); Adam
+    settings the core refuses (betas outside their Q15 ranges, momentum beside Adam) are
+    refused in one line. Refused, with the layer: any bound outside
     its limit; a requant shift below zero (the accumulator has fewer fractional bits than
     its result claims, and for shifts <= -16 edgebp.fixed.requant maps 0 to 32767); a
     learning rate the formats cannot represent; batch > batch_max; formats the core refuses.
@@ -339,6 +469,13 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         c_s = h["c_e"] - FV if c_m else 0
     else:
         mu, c_m, c_s = 255, 255, 0  # the largest the core's setters accept
+    adam = qnet.adam is not None
+    c1, c2 = qnet.adam or (0, 0)
+    adam_ok = adam and _adam_settings(qnet, hyper, c)
+    if adam:
+        mu = 0  # Adam's kernel has no momentum term
+    if adam_ok:
+        _adam_scalars(c, c1, c2, 255 if hyper is None else h["lr_m"])
 
     # forward
     A = [x]
@@ -391,6 +528,16 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         bp = c.add(N, "d*one", _mul(D[l], (y.one, y.one)))
         GB = c.add(N, "bias gradient sum", _terms(_shr(bp, kg), lay.batch_max))
         g = _join(G, GB)
+        if adam:
+            v = (0, 0)
+            if adam_ok:
+                v = _adam_kernel(c, N, _join(_shr(gp, kg), _shr(bp, kg)), g, lay.batch_max,
+                                 kg, c1, c2)
+            dp = c.add(N, "w*c_m", _mul(W, (0, c_m)))
+            step = c.add(N, "step", _add(v, _rnd(dp, c_s) if c_s > 0 else dp))
+            moved = _shr(_add(_clip(step, -V_MAX, V_MAX), (0, 255)), FV)
+            c.add(N, "new weight", (W[0] - moved[1], W[1] - moved[0]))
+            continue
         scaled = c.add(N, "(G>>8)*m", _mul(_shr(g, 8), (128, 256)))
         u = 0
         if hyper is not None and lr_e is not None:
@@ -431,7 +578,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         if hyper.batch > lay.batch_max:
             c.problem(f"net: batch {hyper.batch} exceeds batch_max {lay.batch_max}, the number "
                       "of samples the gradient sums are guarded for")
-        if hyper.momentum > 0 and not qnet.momentum:
+        if hyper.momentum > 0 and not qnet.momentum and not adam:
             c.problem("net: momentum requested but the net has no momentum buffers")
         if c_m and h["c_e"] < FV:
             c.problem(f"net: lr * weight_decay = {hyper.lr * hyper.weight_decay:g} is at "

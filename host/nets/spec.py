@@ -23,6 +23,12 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
                                                 --task regression sets it)
       "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0001, "batch": 8,
                     "rounding": "stochastic", "seed": 1},
+                                                "name": "sgd" (default) or "adam": Adam in
+                                                fixed point (edgebp/adam.py), with "beta1",
+                                                "beta2" (defaults 0.9, 0.999) and no
+                                                momentum; lr defaults to 0.1 for SGD, 0.01
+                                                for Adam. "optimizer": "adam" alone is
+                                                Adam with its defaults
       "batch_max": 8,                           samples per gradient sum the net is built for
       "init_seed": 0,                           seed of the float initial weights
       "leaky_alpha": 0.01,                      optional slope of leaky_relu below zero
@@ -48,14 +54,19 @@ from typing import Any
 import numpy as np
 
 from edgebp import fixed
-from edgebp.host.nets.qnet import LOSS_CODES, Hyper, mantissa_exponent
+from edgebp.host.nets.qnet import LOSS_CODES, Hyper, adam_q, mantissa_exponent
 from edgebp.host.nets.reference import ACT_CODES, ACT_NAMES
 from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 
 _TOP_KEYS = ("sizes", "activations", "loss", "input_range", "integer_inputs", "target_range",
              "normalise_targets",
              "optimizer", "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")
-_OPT_KEYS = ("lr", "momentum", "weight_decay", "batch", "rounding", "seed")
+_OPT_KEYS = ("name", "lr", "momentum", "weight_decay", "batch", "rounding", "seed", "beta1",
+             "beta2")
+OPTIMIZERS = ("sgd", "adam")
+# the learning rate of each optimiser where the spec gives none (Adam's steps are about lr
+# each, whatever the gradient's scale)
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.01}
 
 
 class SpecError(ValueError):
@@ -90,6 +101,14 @@ class Spec:
     normalise_targets: bool = False
     classes: list[str] = field(default_factory=list)
     integer_inputs: bool = False
+    optimizer: str = "sgd"  # or "adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+    @property
+    def adam(self) -> tuple[int, int] | None:
+        """QuantNet.adam for this spec: (1 - beta1, 1 - beta2) in Q15, None for SGD."""
+        return adam_q(self.beta1, self.beta2) if self.optimizer == "adam" else None
 
     @property
     def L(self) -> int:
@@ -125,9 +144,15 @@ class Spec:
                                  "max": _compact(self.target_max)}
         if self.normalise_targets:
             d["normalise_targets"] = True
-        d["optimizer"] = {"lr": self.lr, "momentum": self.momentum,
-                          "weight_decay": self.weight_decay, "batch": self.batch,
-                          "rounding": self.rounding, "seed": self.seed}
+        if self.optimizer == "adam":
+            d["optimizer"] = {"name": "adam", "lr": self.lr, "beta1": self.beta1,
+                              "beta2": self.beta2, "weight_decay": self.weight_decay,
+                              "batch": self.batch, "rounding": self.rounding,
+                              "seed": self.seed}
+        else:
+            d["optimizer"] = {"lr": self.lr, "momentum": self.momentum,
+                              "weight_decay": self.weight_decay, "batch": self.batch,
+                              "rounding": self.rounding, "seed": self.seed}
         d["batch_max"] = self.batch_max
         d["init_seed"] = self.init_seed
         d["leaky_alpha"] = self.leaky_alpha
@@ -255,13 +280,31 @@ def parse_spec(d: Any) -> Spec:
             raise SpecError("normalise_targets", "needs target_range: the range it maps "
                             "to [-1, 1]")
 
-    opt = _obj(d.get("optimizer", {}), "optimizer", _OPT_KEYS)
-    lr = _num(opt.get("lr", 0.1), "optimizer.lr")
+    opt = d.get("optimizer", {})
+    if isinstance(opt, str):
+        opt = {"name": opt}
+    opt = _obj(opt, "optimizer", _OPT_KEYS)
+    name = _name(opt.get("name", "sgd"), "optimizer.name", OPTIMIZERS)
+    lr = _num(opt.get("lr", DEFAULT_LR[name]), "optimizer.lr")
     if lr <= 0:
         raise SpecError("optimizer.lr", f"must be positive, got {lr}")
     momentum = _num(opt.get("momentum", 0.0), "optimizer.momentum")
     if not 0 <= math.floor(momentum * 256 + 0.5) <= 255:
         raise SpecError("optimizer.momentum", f"{momentum} outside [0, 0.996] (Q8)")
+    betas = []
+    for key, default in (("beta1", Spec.beta1), ("beta2", Spec.beta2)):
+        if key in opt and name != "adam":
+            raise SpecError(f"optimizer.{key}", f"only used with Adam (\"name\": \"adam\"), "
+                            f"not {name}")
+        b = _num(opt.get(key, default), f"optimizer.{key}")
+        try:
+            adam_q(**{key: b})
+        except ValueError as e:
+            raise SpecError(f"optimizer.{key}", str(e)) from None
+        betas.append(b)
+    if name == "adam" and momentum > 0:
+        raise SpecError("optimizer.momentum", f"{momentum:g} with Adam: Adam takes the place of "
+                        "momentum (its first moment is one); leave momentum out")
     wd = _num(opt.get("weight_decay", 0.0), "optimizer.weight_decay")
     if wd < 0:
         raise SpecError("optimizer.weight_decay", f"must not be negative, got {wd}")
@@ -296,7 +339,8 @@ def parse_spec(d: Any) -> Spec:
                 lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
                 seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
                 weight_growth=growth, target_min=t_lo, target_max=t_hi,
-                normalise_targets=normalise, classes=classes, integer_inputs=integer)
+                normalise_targets=normalise, classes=classes, integer_inputs=integer,
+                optimizer=name, beta1=betas[0], beta2=betas[1])
 
 
 def make_spec(**fields: Any) -> Spec:

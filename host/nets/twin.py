@@ -1,8 +1,9 @@
 """The integer twin: edgebp's fixed-point net in vectorised numpy, bit-identical to the core.
 
 `TwinNet` holds the same state as `edgebp.net.Net` (W, B, GW, GB, VW, VB, Z, A, D, rng, count,
-seen, correct, loss_sum, the settings) and reproduces `Net` with the pure-Python kernels bit for
-bit, but fast enough to train whole data sets on the host: `train_epoch` and `evaluate`.
+seen, correct, loss_sum, the settings, and with Adam its opt: MW, MB, VW, VB, t, p1, p2) and
+reproduces `Net` with the pure-Python kernels bit for bit, but fast enough to train whole data
+sets on the host: `train_epoch` and `evaluate`.
 
 Formats are the core's (see edgebp/net.py). All arrays here are int64, which holds every
 intermediate of the core exactly (the core keeps them inside [-2**30, 2**30)); `>>` on int64
@@ -11,10 +12,10 @@ is shifted by its guard before it is summed, as in the kernels, so sums cannot u
 
 Parameters live in one flat vector in the order in which the core updates them (layer 0 W
 row-major, layer 0 B, layer 1 W, ...); W[l] (n_out x n_in) and B[l] are views into it, and the
-same holds for the gradient sums and momentum. An update is then one vectorised step over all
-parameters. Stochastic rounding needs the core's xorshift30 state for every parameter: the
-generator is linear over GF(2), so the state k steps after s is the XOR of the images of s's set
-bits under k steps, which are tabulated once per net (`Xorshift30Jumps`).
+same holds for the gradient sums, momentum and Adam's moments. An update is then one vectorised
+step over all parameters. Stochastic rounding needs the core's xorshift30 state for every
+parameter: the generator is linear over GF(2), so the state k steps after s is the XOR of the
+images of s's set bits under k steps, which are tabulated once per net (`Xorshift30Jumps`).
 
 Samples that share weights (one mini-batch) go through forward and backward together: the
 gradient sums are integer sums, so their order does not matter.
@@ -27,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgebp import luts, luts_act
+from edgebp import adam as core_adam, luts, luts_act
 from edgebp.fixed import (
     BCE,
     IDENTITY,
@@ -239,6 +240,123 @@ class Xorshift30Jumps:
         return out
 
 
+
+def isqrt_v(n: np.ndarray) -> np.ndarray:
+    """adam.isqrt: floor(sqrt(n)) for 0 <= n < 2**30. The float64 root of an integer below
+    2**52 is within one of the integer root; the two corrections make it exact."""
+    r = np.sqrt(n.astype(np.float64)).astype(I64)
+    r -= r * r > n
+    r += (r + 1) * (r + 1) <= n
+    return r
+
+
+def bit_length_v(a: np.ndarray) -> np.ndarray:
+    """int.bit_length for 0 <= a < 2**52 (frexp is exact there)."""
+    return np.frexp(a.astype(np.float64))[1].astype(I64)
+
+
+def mul_q15_v(a: np.ndarray, c) -> np.ndarray:
+    """adam.mul_q15: floor(a * c / 2**15), split at bit 15 as in the core."""
+    return (a >> 15) * c + (((a & 32767) * c) >> 15)
+
+
+class TwinAdam:
+    """edgebp.adam.Adam of a TwinNet: the moments as flat int64 vectors in the parameters'
+    order, with MW, MB, VW, VB views per layer (as the net's W, B), t and beta**t in Q28."""
+
+    def __init__(self, net: TwinNet, c1: int, c2: int) -> None:
+        self.c1, self.c2 = c1, c2
+        self.m = np.zeros(net.n_params, I64)
+        self.v = np.zeros(net.n_params, I64)  # (E + BIAS) << 25 | F
+        self.MW, self.MB = net._views(self.m)
+        self.VW, self.VB = net._views(self.v)
+        self.t = 0
+        self.p1 = core_adam.ONE28
+        self.p2 = core_adam.ONE28
+
+    def reset(self) -> None:
+        self.m[...] = 0
+        self.v[...] = 0
+        self.t = 0
+        self.p1 = core_adam.ONE28
+        self.p2 = core_adam.ONE28
+
+    def scalars(self, net: TwinNet) -> list[tuple[int, int]]:
+        """Advance t and beta**t as Adam.update does; the (am, u) of every layer."""
+        if self.t < SMALL_MAX:
+            self.t += 1
+        self.p1 = core_adam.mul_q15(self.p1, 32768 - self.c1)
+        self.p2 = core_adam.mul_q15(self.p2, 32768 - self.c2)
+        corr = core_adam.correction(self.p1, self.p2)
+        t = core_adam.scale(net.lr_m, corr)
+        am0 = (net.lr_m * corr) >> t
+        out = []
+        for l in range(net.L):
+            u = net.lr_e + 16 - net.shift_w[l] - t
+            am = am0
+            if u < 0:
+                am = core_adam.layer_am(am0, u)
+                u = 0
+            elif u > 30:
+                u = 30
+            out.append((am, u))
+        return out
+
+    def step(self, net: TwinNet, p0: int) -> np.ndarray:
+        """The kernel adam() over parameters p0.. at once: clears their sums, updates the
+        moments and returns the step v (2**-8 weight LSB, clamped to V_MAX, before the
+        decay and the rounding)."""
+        count, kg = net.count, net.kg
+        per_layer = self.scalars(net)[net.frozen:]
+        lens = [c - a for (a, _, c) in net._spans[net.frozen:]]
+        am = np.repeat(np.array([a for a, _ in per_layer], I64), lens)
+        u = np.repeat(np.array([b for _, b in per_layer], I64), lens)
+        g = net.grad[p0:]
+        half = count >> 1
+        # round(G / count), half away from zero, by floor division as the core
+        h = np.where(g >= 0, (g + half) // count, -((half - g) // count))
+        g[...] = 0
+        x = h << (kg - 1) if kg else h >> 1
+        M = self.m[p0:]
+        m = M + mul_q15_v(x - M, self.c1)
+        M[...] = m
+        # x*x as a*a * 4**k, a the top 12 bits of |x| (2**11 <= a < 2**12; x = 0: k = -BIAS)
+        B = core_adam.BIAS
+        a = np.abs(x)
+        nz = a > 0
+        k = np.where(nz, bit_length_v(a) - 12, -B)
+        a = np.where(k >= 0, a >> np.maximum(k, 0), a << np.maximum(-k, 0))
+        xf = np.where(nz, a * a, 0)
+        V = self.v[p0:]
+        e = (V >> 25) - B
+        f = V & 0x1FFFFFF
+        # the lower of the two exponents' mantissa shifted down, to 0 past 24 bits
+        f = np.where(k > e, np.where(k - e < 13, f >> np.clip(2 * (k - e), 0, 62), 0), f)
+        xf = np.where(e > k, np.where(e - k < 13, xf >> np.clip(2 * (e - k), 0, 62), 0), xf)
+        e = np.maximum(e, k)
+        f += mul_q15_v(xf - f, self.c2)
+        e = np.where(f == 0, -B, e)
+        # the normalisation loop: j shifts by 2 bring f to 2**22 or more (bit length 23),
+        # at most e + BIAS of them
+        j = np.where(f == 0, 0,
+                     np.minimum(e + B, np.maximum((24 - bit_length_v(f)) >> 1, 0)))
+        f <<= 2 * j
+        e -= j
+        V[...] = ((e + B) << 25) | f
+        r = np.maximum(isqrt_v(f), 1)
+        mm = np.abs(m)
+        pe = np.maximum(e, 0)
+        ne = np.maximum(-e, 0)
+        mp = mm >> pe
+        rho_pos = np.where(mp >= r << 3, core_adam.RHO_MAX, (mp << 12) // r)
+        lim = ((r << 3) + (1 << ne) - 1) >> ne
+        rho_neg = np.where(mm >= lim, core_adam.RHO_MAX, ((np.minimum(mm, lim) << ne) << 12) // r)
+        rho = np.where(e >= 0, rho_pos, rho_neg)
+        v = (rho * am) >> u
+        v = np.where(m < 0, -v, v)
+        return clip_v(v, -V_MAX, V_MAX)
+
+
 class Evaluation(NamedTuple):
     loss: np.ndarray  # per-sample loss, Q12 (as backward() returns it)
     correct: np.ndarray  # per-sample bool, the core's rule for `correct`
@@ -312,7 +430,14 @@ class TwinNet:
         self.c_s = 0
         self.mode = NEAREST
         self.frozen = 0
+        self.opt: TwinAdam | None = None  # Adam in place of SGD (attach_adam), or None
         self.reset_stats()
+
+    def attach_adam(self, c1: int, c2: int) -> TwinAdam:
+        """edgebp.adam.attach: Adam (c1, c2 = 1 - beta1, 1 - beta2 in Q15) in place of SGD."""
+        core_adam.attach(self._spec, c1, c2)  # the core's checks; its set_lr then takes any u
+        self.opt = TwinAdam(self, c1, c2)
+        return self.opt
 
     def _views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         Ws = [flat[a:b].reshape(self.sizes[l + 1], self.sizes[l])
@@ -330,6 +455,8 @@ class TwinNet:
         for l in range(net.L):
             net.W[l][...] = np.asarray(qnet.W[l], np.int16).reshape(net.W[l].shape)
             net.B[l][...] = np.asarray(qnet.B[l], np.int16)
+        if qnet.adam is not None:
+            net.attach_adam(*qnet.adam)
         if hyper is not None:
             h = hyper.fixed()
             net.set_lr(h["lr_m"], h["lr_e"])
@@ -353,6 +480,12 @@ class TwinNet:
         net.grad[...] = flat(core.GW, core.GB)
         if net.vel is not None:
             net.vel[...] = flat(core.VW, core.VB)
+        o = core.opt
+        if o is not None:
+            tw = net.attach_adam(o.c1, o.c2)
+            tw.m[...] = flat(o.MW, o.MB)
+            tw.v[...] = flat(o.VW, o.VB)
+            tw.t, tw.p1, tw.p2 = o.t, o.p1, o.p2
         for l in range(net.L):
             net.Z[l][...] = core.Z[l]
             net.D[l][...] = core.D[l]
@@ -549,6 +682,12 @@ class TwinNet:
         count = self.count
         if count == 0:
             return
+        # the parameters from the first layer not frozen on (the core updates them in this
+        # order, so the rounding generator runs over them alone)
+        p0 = self._spans[self.frozen][0]
+        if self.opt is not None:
+            self._apply(p0, self.opt.step(self, p0))
+            return
         key = (self.lr_m, self.lr_e, count)
         if key != self._step_key:
             q = (self.lr_m << 22) // count
@@ -559,14 +698,17 @@ class TwinNet:
             self._step = (rshift_round(q, t), np.minimum(u, 63))
             self._step_key = key
         m, u = self._step
-        # the parameters from the first layer not frozen on (the core updates them in this
-        # order, so the rounding generator runs over them alone)
-        p0 = self._spans[self.frozen][0]
-        n = self.n_params - p0
         u = u if np.ndim(u) == 0 else u[p0:]
         g = self.grad[p0:]
-        vel = None if self.vel is None else self.vel[p0:]
         v = clip_v(((g >> 8) * m) >> u, -V_MAX, V_MAX)
+        g[...] = 0
+        self._apply(p0, v)
+
+    def _apply(self, p0: int, v: np.ndarray) -> None:
+        # the update's common tail (kernels.update, adam.adam): the step v of parameters p0..
+        # in 2**-8 weight LSB, plus decay and momentum, clamped, rounded and applied
+        n = self.n_params - p0
+        vel = None if self.vel is None else self.vel[p0:]
         w = self.theta[p0:]
         if self.c_m:
             v += rshift_round_v(w * self.c_m, self.c_s)
@@ -588,7 +730,6 @@ class TwinNet:
             v += 128
         w -= v >> 8
         np.maximum(np.minimum(w, Q_MAX, out=w), -Q_MAX, out=w)
-        g[...] = 0
         self.count = 0
 
     def predict(self, x, out=None) -> int:

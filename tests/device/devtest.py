@@ -7,6 +7,9 @@
 #   DEVTEST n passed, m failed[, k skipped]
 import gc
 import sys
+from array import array
+
+from edgebp.fixed import seed30, xorshift30
 
 try:
     from micropython import heap_lock, heap_unlock
@@ -16,6 +19,45 @@ try:
 except (ImportError, AttributeError):
     heap_lock = heap_unlock = lambda: 0
     ALLOC_CHECKED = False
+
+
+class Rand:
+    # xorshift30 draws: the same sequence on every runtime
+    def __init__(self, seed):
+        self.s = seed30(seed)
+
+    def below(self, n):
+        self.s = xorshift30(self.s)
+        return self.s % n
+
+    def int_in(self, lo, hi):
+        span = hi - lo + 1
+        if span <= (1 << 29):
+            return lo + self.below(span)
+        hi_part = self.below(1 << 20)
+        return lo + ((hi_part << 20) | self.below(1 << 20)) % span
+
+    def value(self, lo, hi, edges=()):
+        # a random value, or one of the edge values one time in four
+        if edges and self.below(4) == 0:
+            return edges[self.below(len(edges))]
+        return self.int_in(lo, hi)
+
+    def values(self, n, lo, hi, edges=()):
+        # random values with the edge values sprinkled in
+        out = []
+        for _ in range(n):
+            out.append(self.value(lo, hi, edges))
+        return out
+
+    def pair(self, typ, n, lo, hi, edges=()):
+        # pair(typ, self.values(...)) without the list: on a 192 KiB board a list of 2000
+        # values is an 8 KB block beside the arrays
+        a = array(typ, range(n))  # sized from len(range), no list or bytes in between
+        b = array(typ, range(n))
+        for i in range(n):
+            a[i] = b[i] = self.value(lo, hi, edges)
+        return a, b
 
 
 class SkipTest(Exception):

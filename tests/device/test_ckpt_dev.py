@@ -1,7 +1,7 @@
 # Checkpoints on the device: training resumed from a checkpoint ends bit-identical to the
 # host's uninterrupted reference, and a torn new file is never taken. ckpt_fixture (made by
-# tests/test_checkpoint.py) holds a net file with momentum and stochastic rounding, samples,
-# where to cut, and the weights the reference reached.
+# tests/test_checkpoint.py) holds a net file with momentum or with Adam, and stochastic
+# rounding, samples, where to cut, and the weights the reference reached.
 import os
 
 import ckpt_fixture as fx
@@ -115,14 +115,29 @@ def test_fields_beyond_the_contract_are_refused():
     _learn(net, 0, fx.CUT)
     ckpt.save(net, root, 0, fx.CUT, 0)
     raw = _read(cur)
-    v_at = ckpt.HEAD + ebp.file_len(net.sizes)
+    v_at = ckpt.HEAD + ebp.file_len(net.sizes, adam=net.opt is not None)
     cases = (
         (32, ((65535, 2), (65535, 2)), "batch_max"),
         (5, ((0xFF, 1),), "flags"),
         (20, ((0, 3), (0x80, 1)), "2**30"),  # seen = 2**31
-        (v_at, ((0x3FFFFFFF, 4),), "momentum"),
-        (v_at, ((0x400000, 4),), "momentum"),  # V_MAX + 1
     )
+    if net.opt is None:
+        cases += (
+            (v_at, ((0x3FFFFFFF, 4),), "momentum"),
+            (v_at, ((0x400000, 4),), "momentum"),  # V_MAX + 1
+        )
+    else:
+        params = 0
+        for l in range(net.L):
+            params += net.sizes[l + 1] * (net.sizes[l] + 1)
+        cases += (
+            (v_at, (((1 << 29) + 1, 4),), "first moment"),
+            (v_at, ((0x3FFFFFFF, 4),), "first moment"),
+            # V: the exponent field 30, beyond E = 18; a mantissa below 2**22 at E = 0
+            (v_at + 4 * params, ((30 << 25, 4),), "second moment"),
+            (v_at + 4 * params + 4, ((11 << 25 | 5, 4),), "second moment"),
+            (v_at + 8 * params, ((0, 4),), "disagrees"),  # t = 0 after updates
+        )
     for at, values, words in cases:
         _write(cur, _mutated(raw, at, values))
         path, head = ckpt.find(root)
