@@ -2,7 +2,8 @@
 #
 # A net trained with Adam carries, per parameter, its first moment m (int32) and its second
 # moment v (int32, a small float of its own) beside W and the gradient sum G: 8 bytes more
-# than plain SGD's W and G, 14 bytes a parameter in all. This module is imported only by nets that use Adam.
+# than plain SGD's W and G, 14 bytes a parameter in all. This module is imported only by
+# nets that use Adam.
 #
 # Units. The mean gradient of a parameter over the `count` samples of a sum G is, in units of
 # twice the product d*x of its delta and input (the format of D times that of A),
@@ -180,11 +181,14 @@ def layer_am(am0, u):
 
 
 def _kernel(k):
-    # the adam kernel of the net's kernel set: the native module has its own; viper's is a
-    # module of its own (compiled only for nets that use Adam)
+    # the adam kernel of the net's kernel set, from a module of its own (native:
+    # adam_native.mpy; viper: adam_viper.py, compiled on the board), loaded only for nets that
+    # use Adam
     n = k.__name__
     if n.endswith("native"):
-        return k.adam
+        from edgebp import adam_native  # type: ignore[attr-defined]
+
+        return adam_native.adam
     if n.endswith("viper"):
         from edgebp import adam_viper
 

@@ -345,7 +345,7 @@ class Loader:
             raise EbpError("net: %s" % e) from None
         except (ImportError, AttributeError):
             # Adam's kernel for these kernels (edgebp.adam._kernel) is not on the board: no
-            # edgebp/adam_viper, or a native module built without adam
+            # edgebp/adam_viper.py or edgebp/adam_native.mpy
             raise EbpError("no Adam kernel for the %s kernels" % self._kname()) from None
         if flags & FLAG_HYPER:
             try:

@@ -441,13 +441,15 @@ def test_an_sgd_net_does_not_import_adam():
     assert done.stdout.split()[-1] == "False"
 
 
-def test_kernels_without_adam_refuse_an_adam_net_in_one_line():
-    # a native module built before Adam (no `adam` function): the loader says so, naming the
-    # kernels, rather than failing inside the net
+def test_kernels_without_adam_refuse_an_adam_net_in_one_line(monkeypatch):
+    # native kernels without Adam's module beside them (no edgebp/adam_native.mpy): the
+    # loader says so, naming the kernels, rather than failing inside the net
+    import sys
     import types
 
     from edgebp import kernels
 
+    monkeypatch.setitem(sys.modules, "edgebp.adam_native", None)  # import fails
     old = types.ModuleType("edgebp.kernels_native")
     for name in dir(kernels):
         if not name.startswith("_"):

@@ -61,7 +61,7 @@ def test_native_kernels_match_pure_kernels(name):
 
 @pytest.mark.parametrize("name", NATIVES)
 def test_native_adam_matches_pure_adam(name):
-    # kernels_native.adam under heap_lock against edgebp.adam.adam under CPython: random
+    # adam_native.adam under heap_lock against edgebp.adam.adam under CPython: random
     # cases and the edges of every argument the range proof admits; bad arguments refused
     # before any write
     require_runtime(name)
@@ -122,8 +122,11 @@ def test_deploy_copies_the_build_for_the_boards_architecture(arch, build):
         assert plan.kernels.startswith("viper" if arch else "python")
         return
     assert len(natives) == 1 and natives[0].source == f"edgebp/native/{build}"
-    assert natives[0].data == (mb.Path(mb.__file__).parents[2] / "edgebp" / "native" / build
-                               / "kernels_native.mpy").read_bytes()
+    here = mb.Path(mb.__file__).parents[2] / "edgebp" / "native" / build
+    assert natives[0].data == (here / "kernels_native.mpy").read_bytes()
+    # Adam's kernel, a module of its own beside them
+    adam = [i for i in plan.items if i.dest == "edgebp/adam_native.mpy"]
+    assert len(adam) == 1 and adam[0].data == (here / "adam_native.mpy").read_bytes()
     assert plan.kernels.startswith(f"native (the {build} build")
 
 

@@ -29,80 +29,12 @@
 // call: the engine's Python costs one method call a step.
 #include "py/dynruntime.h"
 
+#define NATMOD "kernels_native"
+#include "native.h"
 #include "luts.h"
 
-_Static_assert((-7 >> 1) == -4, "kernels.c needs >> of negative values to be arithmetic");
-_Static_assert((int32_t)0xFFFFFFFFu == -1, "kernels.c needs two's complement narrowing");
-
-// edgebp/fixed.py's constants
-#define Q_MAX 32767
-#define V_MAX 0x3FFFFF
-#define M30 0x3FFFFFFF
 #define LOG2E_Q12 5909 // round(log2(e) * 4096)
 enum { IDENTITY = 0, RELU = 1, LEAKY = 2, SIGMOID = 3, TANH = 4, SOFTMAX = 5, SWISH = 6, MISH = 7 };
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-// the kernels shared by their wrappers and the whole-step functions: one copy each (code size)
-#define NOINLINE __attribute__((noinline))
-
-// ---------------------------------------------------------------------------------------------
-// edgebp/fixed.py
-
-ALWAYS_INLINE int32_t sat16(int32_t x) {
-    // one unsigned compare for the common case: x + Q_MAX in [0, 2 Q_MAX]
-    if (__builtin_expect((uint32_t)x + Q_MAX > 2 * Q_MAX, 0)) {
-        return x > 0 ? Q_MAX : -Q_MAX;
-    }
-    return x;
-}
-
-// (x >> s) + ((x >> (s - 1)) & 1): round half up. For s >= 32 Python gives 0 for every int32 x
-// (x >> s is -1 exactly when bit s - 1 is 1), and s = 31 is a valid C shift.
-ALWAYS_INLINE int32_t rshift_round(int32_t x, int32_t s) {
-    if (s <= 0) {
-        return x;
-    }
-    if (s > 31) {
-        return 0;
-    }
-    return (x >> s) + ((x >> (s - 1)) & 1);
-}
-
-// rshift_round for a count known to lie in 1..31: no tests in a loop
-ALWAYS_INLINE int32_t rshift_round_1_31(int32_t x, int32_t s) {
-    return (x >> s) + ((x >> (s - 1)) & 1);
-}
-
-// acc scaled down by 2**s, rounded half up, saturated to int16; s < 0 scales up, saturating
-// before the shift so that the shift cannot leave the range.
-ALWAYS_INLINE int32_t requant(int32_t acc, int32_t s) {
-    if (s > 0) {
-        return sat16(rshift_round(acc, s));
-    }
-    if (s == 0) {
-        return sat16(acc);
-    }
-    // for s <= -15 every non-zero acc saturates; keep lim >= 1 so that zero stays zero
-    int32_t lim = s > -15 ? 32768 >> -s : 1;
-    if (acc >= lim) {
-        return Q_MAX;
-    }
-    if (acc <= -lim) {
-        return -Q_MAX;
-    }
-    return s > -15 ? sat16(acc * (1 << -s)) : 0; // acc is 0 here when s <= -15
-}
-
-// 30-bit xorshift (9, 11, 12); the left shifts are masked first so no value reaches 2**30.
-// Exact for every int32 state, as Python's on the same value.
-// (s & (M30 >> n)) << n is written ((uint32_t)s << (n + 2)) >> 2: the same bits without a mask
-// constant, which would cost the update loop a register.
-ALWAYS_INLINE int32_t xorshift30(int32_t s) {
-    s ^= ((uint32_t)s << 11) >> 2; // (s & (M30 >> 9)) << 9
-    s ^= s >> 11;
-    s ^= ((uint32_t)s << 14) >> 2; // (s & (M30 >> 12)) << 12
-    return s;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The kernels, as edgebp/kernels.py. Shift counts arrive clamped by the wrappers: k, kg, u in
@@ -413,22 +345,6 @@ static int32_t exp_neg_c(int32_t x) {
     return rshift_round(v, ip); // v when ip == 0
 }
 
-// n // d for n >= 0, d > 0. armv6m has no divide instruction, and a natmod has no libgcc.
-ALWAYS_INLINE int32_t floordiv(int32_t n, int32_t d) {
-    #if defined(__ARM_ARCH_6M__)
-    uint32_t q = 0, r = 0;
-    for (int b = 31; b >= 0; b--) {
-        r = (r << 1) | (((uint32_t)n >> b) & 1); // r < d < 2**31: no overflow
-        if (r >= (uint32_t)d) {
-            r -= d;
-            q |= 1u << b;
-        }
-    }
-    return q;
-    #else
-    return n / d;
-    #endif
-}
 
 static void softmax_c(const int16_t *z, int16_t *a, size_t n) {
     // z in Q12, a in Q14; sum of exps <= n * 16384 < 2**30 for n < 65536
@@ -533,23 +449,6 @@ NOINLINE static void act_bwd_c(int32_t kind, const int16_t *e, const int16_t *z,
         for (size_t i = 0; i < n; i++) {
             d[i] = e[i];
         }
-    }
-}
-
-ALWAYS_INLINE int32_t clamp_v(int32_t v) {
-    // as sat16, to +-V_MAX
-    if (__builtin_expect((uint32_t)v + V_MAX > 2 * V_MAX, 0)) {
-        return v > 0 ? V_MAX : -V_MAX;
-    }
-    return v;
-}
-
-// *p = sat16(w), written so that GCC keeps the common case to one compare and a store: store,
-// and store again if w was out of range
-ALWAYS_INLINE void store_sat16(int16_t *p, int32_t w) {
-    *p = w;
-    if (__builtin_expect((uint32_t)w + Q_MAX > 2 * Q_MAX, 0)) {
-        *p = w > 0 ? Q_MAX : -Q_MAX;
     }
 }
 
@@ -867,67 +766,6 @@ NOINLINE static int32_t update_c(int16_t *W, int32_t *G, int32_t *V, size_t n, i
 // ---------------------------------------------------------------------------------------------
 // The wrappers: arguments in, checks, the plain function, None out.
 
-static void *buffer(mp_obj_t o, char typecode, size_t *len, mp_uint_t flags) {
-    mp_buffer_info_t bi;
-    mp_get_buffer_raise(o, &bi, flags);
-    if (bi.typecode != typecode) {
-        if (typecode == 'h') {
-            mp_raise_TypeError(MP_ERROR_TEXT("kernels_native: expected array('h')"));
-        }
-        mp_raise_TypeError(MP_ERROR_TEXT("kernels_native: expected array('i')"));
-    }
-    *len = bi.len >> (typecode == 'h' ? 1 : 2); // no division: armv6m has none
-    return bi.buf;
-}
-
-static const int16_t *in16(mp_obj_t o, size_t *len) {
-    return buffer(o, 'h', len, MP_BUFFER_READ);
-}
-
-static int16_t *out16(mp_obj_t o, size_t *len) {
-    return buffer(o, 'h', len, MP_BUFFER_RW);
-}
-
-static int32_t *out32(mp_obj_t o, size_t *len) {
-    return buffer(o, 'i', len, MP_BUFFER_RW);
-}
-
-// an int argument: a small int or a bool. dynruntime.h's mp_obj_get_int would silently cut a
-// long int to a word (and returns it unsigned); Python would compute with it, the core never
-// passes one: ValueError.
-static mp_int_t arg_int(mp_obj_t o) {
-    if (mp_obj_is_small_int(o)) {
-        return MP_OBJ_SMALL_INT_VALUE(o);
-    }
-    if (o == mp_const_false || o == mp_const_true) {
-        return o == mp_const_true;
-    }
-    (void)mp_obj_get_int(o); // TypeError if o is no int at all
-    mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: int argument beyond the small-int range"));
-}
-
-// a value used in the arithmetic (one, alpha, m, mu, c_m, kind): int32, or ValueError (only
-// a 64-bit port has other small ints)
-static int32_t arg_i32(mp_obj_t o) {
-    mp_int_t v = arg_int(o);
-    if (v != (int32_t)v) {
-        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: argument outside int32"));
-    }
-    return v;
-}
-
-// a size: range(n) of a negative n is empty
-static size_t arg_size(mp_obj_t o) {
-    mp_int_t n = arg_int(o);
-    return n < 0 ? 0 : (size_t)n;
-}
-
-// a shift count clamped to lo..hi, where every count beyond gives the same result
-static int32_t arg_shift(mp_obj_t o, int32_t lo, int32_t hi) {
-    mp_int_t v = arg_int(o);
-    return v < lo ? lo : v > hi ? hi : (int32_t)v;
-}
-
 // a guard shift: Python raises ValueError for a negative count, when the shift runs
 static int32_t arg_guard(mp_obj_t o, int runs) {
     mp_int_t v = arg_int(o);
@@ -935,24 +773,6 @@ static int32_t arg_guard(mp_obj_t o, int runs) {
         mp_raise_ValueError(MP_ERROR_TEXT("negative shift count"));
     }
     return v < 0 ? 0 : v > 31 ? 31 : (int32_t)v;
-}
-
-static void need(size_t len, size_t n) {
-    if (len < n) {
-        mp_raise_msg(&mp_type_IndexError, MP_ERROR_TEXT("kernels_native: array too short"));
-    }
-}
-
-// rows * cols <= len, without a product that could overflow and without a division
-static void need2(size_t len, size_t rows, size_t cols) {
-    if (rows <= 0xFFFF && cols <= 0xFFFF) {
-        need(len, rows * cols);
-        return;
-    }
-    for (size_t j = 0; j < rows; j++) {
-        need(len, cols);
-        len -= cols;
-    }
 }
 
 // a and b (n and m int16) share memory
@@ -1136,168 +956,6 @@ static mp_obj_t update(size_t n_args, const mp_obj_t *args) {
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(update_obj, 11, 11, update);
 
 // ---------------------------------------------------------------------------------------------
-// edgebp/adam.py's adam: one Adam step per parameter, each step's reads and writes in its order.
-// See there for the units and for the bounds that keep every intermediate below 2**30.
-
-#define ADAM_BIAS 11 // V's exponent field is E + ADAM_BIAS
-#define RHO_MAX 32767
-
-// floor(a * c / 2**15), split at bit 15 as mul_q15
-ALWAYS_INLINE int32_t mul_q15(int32_t a, int32_t c) {
-    return (a >> 15) * c + (((a & 32767) * c) >> 15);
-}
-
-// k with 2**11 <= a * 2**-k < 2**12, for a > 0 (armv6m and rv32imc have no clz instruction,
-// and a natmod has no libgcc)
-ALWAYS_INLINE int32_t top12(int32_t a) {
-    #if defined(__thumb2__) || defined(__x86_64__)
-    return 20 - __builtin_clz(a);
-    #else
-    int32_t k = 0;
-    for (; a >= 4096; a >>= 1) {
-        k++;
-    }
-    for (; a < 2048; a <<= 1) {
-        k--;
-    }
-    return k;
-    #endif
-}
-
-// floor(sqrt(n)) for 0 <= n < 2**26, as isqrt. With a divide instruction, Newton's iteration
-// from r = 2**ceil(bits / 2) (8192 without clz) >= sqrt(n): each floor((r + n // r) / 2) stays
-// >= floor(sqrt(n)) and falls until r is floor(sqrt(n)), then it stops falling (checked for
-// every n < 2**26). armv6m has no divide instruction: bit by bit, as isqrt.
-static int32_t isqrt26(int32_t n) {
-    #if defined(__ARM_ARCH_6M__)
-    int32_t r = 0, b = 1 << 24;
-    while (b > n) {
-        b >>= 2;
-    }
-    for (; b; b >>= 2) {
-        if (n >= r + b) {
-            n -= r + b;
-            r = (r >> 1) + b;
-        } else {
-            r >>= 1;
-        }
-    }
-    return r;
-    #else
-    if (n == 0) {
-        return 0;
-    }
-    #if defined(__thumb2__) || defined(__x86_64__)
-    int32_t r = 1 << ((33 - __builtin_clz(n)) >> 1);
-    #else
-    int32_t r = 1 << 13;
-    #endif
-    for (int32_t t; (t = (r + n / r) >> 1) < r;) {
-        r = t;
-    }
-    return r;
-    #endif
-}
-
-NOINLINE static int32_t adam_c(int16_t *W, int32_t *G, int32_t *M, int32_t *V, size_t n,
-    int32_t count, int32_t kg, int32_t c1, int32_t c2, int32_t am, int32_t u, int32_t c_m,
-    int32_t c_s, int32_t mode, int32_t s) {
-    int32_t half = count >> 1;
-    for (size_t p = 0; p < n; p++) {
-        // the mean gradient x, rounded half away from zero, and the first moment
-        int32_t g = G[p];
-        G[p] = 0;
-        int32_t h = g >= 0 ? floordiv(g + half, count) : -floordiv(half - g, count);
-        int32_t x = kg ? h * (1 << (kg - 1)) : h >> 1;
-        int32_t m = M[p];
-        m += mul_q15(x - m, c1);
-        M[p] = m;
-        // the second moment F * 4**E: x*x enters as a*a * 4**k, a the top 12 bits of |x|
-        int32_t a = x >= 0 ? x : -x, k = -ADAM_BIAS, xf = 0;
-        if (a) {
-            k = top12(a);
-            a = k >= 0 ? a >> k : a << -k;
-            xf = a * a;
-        }
-        int32_t e = (V[p] >> 25) - ADAM_BIAS, f = V[p] & 0x1FFFFFF;
-        if (k > e) {
-            f = k - e < 13 ? f >> (2 * (k - e)) : 0;
-            e = k;
-        } else if (e > k) {
-            xf = e - k < 13 ? xf >> (2 * (e - k)) : 0;
-        }
-        f += mul_q15(xf - f, c2);
-        if (f == 0) {
-            e = -ADAM_BIAS;
-        }
-        for (; e > -ADAM_BIAS && f < 0x400000; e--) {
-            f <<= 2;
-        }
-        V[p] = (e + ADAM_BIAS) << 25 | f;
-        // rho = |m| / sqrt(v) in Q12, saturated; the step as SGD's
-        int32_t r = isqrt26(f), mm = m >= 0 ? m : -m, rho = RHO_MAX;
-        r += r == 0;
-        if (e >= 0) {
-            mm >>= e;
-            if (mm < r << 3) {
-                rho = floordiv(mm << 12, r);
-            }
-        } else if (mm < ((r << 3) + (1 << -e) - 1) >> -e) {
-            rho = floordiv((mm << -e) << 12, r);
-        }
-        int32_t v = (rho * am) >> u;
-        v = clamp_v(m < 0 ? -v : v);
-        int32_t w = W[p];
-        if (c_m) {
-            v = clamp_v(v + rshift_round(w * c_m, c_s));
-        }
-        if (mode) {
-            s = xorshift30(s);
-            w -= (v + (s >> 22)) >> 8;
-        } else {
-            w -= (v + 128) >> 8;
-        }
-        store_sat16(W + p, w);
-    }
-    return s;
-}
-
-// an argument of adam in lo..hi (the ranges edgebp/adam.py's range proof admits), or ValueError
-static int32_t arg_in(mp_obj_t o, int32_t lo, int32_t hi) {
-    mp_int_t v = arg_int(o);
-    if (v < lo || v > hi) {
-        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: adam argument out of range"));
-    }
-    return v;
-}
-
-static mp_obj_t adam(size_t n_args, const mp_obj_t *args) {
-    // adam(W, G, M, V, n, count, kg, c1, c2, am, u, c_m, c_s, mode, rng)
-    size_t len_w, len_g, len_m, len_v, len_rng;
-    int16_t *W = out16(args[0], &len_w);
-    int32_t *G = out32(args[1], &len_g);
-    int32_t *M = out32(args[2], &len_m);
-    int32_t *V = out32(args[3], &len_v);
-    size_t n = arg_size(args[4]);
-    int32_t kg = arg_in(args[6], 0, 15);
-    int32_t count = arg_in(args[5], 1, 1 << kg);
-    int32_t c1 = arg_in(args[7], 32, 32768);
-    int32_t c2 = arg_in(args[8], 1, 32768);
-    int32_t am = arg_in(args[9], 0, 32767);
-    int32_t u = arg_in(args[10], 0, 30);
-    int32_t c_m = arg_in(args[11], 0, 255);
-    int32_t c_s = arg_in(args[12], 0, 30);
-    int32_t mode = arg_int(args[13]) != 0;
-    int32_t *rng = out32(args[14], &len_rng);
-    need(len_rng, 1);
-    need(len_w, n);
-    need(len_g, n);
-    need(len_m, n);
-    need(len_v, n);
-    rng[0] = adam_c(W, G, M, V, n, count, kg, c1, c2, am, u, c_m, c_s, mode, rng[0]);
-    return mp_const_none;
-}
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(adam_obj, 15, 15, adam);
 
 // ---------------------------------------------------------------------------------------------
 // The per-layer loops of edgebp/net.py's training step (Net.forward, score, backward, update)
@@ -1338,13 +996,13 @@ static void net_get(mp_obj_t self, net_t *net) {
     size_t n, len_p;
     mp_obj_get_array(mp_load_attr(self, MP_QSTR__fused), &n, &net->f);
     if (n != F_LEN) {
-        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: Net._fused is not a fused net"));
+        mp_raise_ValueError(MP_ERROR_TEXT(NATMOD ": Net._fused is not a fused net"));
     }
     net->P = buffer(net->f[F_P], 'i', &len_p, MP_BUFFER_READ);
     need(len_p, P_HEAD);
     int32_t L = net->P[P_L];
     if (L < 1 || L > MAX_LAYERS) {
-        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: a net has 1 to 8 layers"));
+        mp_raise_ValueError(MP_ERROR_TEXT(NATMOD ": a net has 1 to 8 layers"));
     }
     need(len_p, P_HEAD + L * P_LAYER);
     net->L = L;
@@ -1641,7 +1299,7 @@ static void update_net_c(mp_obj_t self, net_t *np, int32_t count) {
     net_t net = *np;
     int32_t lr_m = attr_i32(self, MP_QSTR_lr_m);
     if (count < 1 || lr_m < 0 || lr_m > 255) {
-        mp_raise_ValueError(MP_ERROR_TEXT("kernels_native: update_net needs count >= 1"));
+        mp_raise_ValueError(MP_ERROR_TEXT(NATMOD ": update_net needs count >= 1"));
     }
     int32_t q = floordiv(lr_m * (1 << 22), count);
     int32_t t = 0;
@@ -1751,7 +1409,6 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_act_fwd, MP_OBJ_FROM_PTR(&act_fwd_obj));
     mp_store_global(MP_QSTR_act_bwd, MP_OBJ_FROM_PTR(&act_bwd_obj));
     mp_store_global(MP_QSTR_update, MP_OBJ_FROM_PTR(&update_obj));
-    mp_store_global(MP_QSTR_adam, MP_OBJ_FROM_PTR(&adam_obj));
     mp_store_global(MP_QSTR_forward_net, MP_OBJ_FROM_PTR(&forward_net_obj));
     mp_store_global(MP_QSTR_score_net, MP_OBJ_FROM_PTR(&score_net_obj));
     mp_store_global(MP_QSTR_backward_net, MP_OBJ_FROM_PTR(&backward_net_obj));

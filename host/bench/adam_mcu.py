@@ -78,6 +78,9 @@ def measure(kind: str, timeout: float = 1800) -> list[tuple[str, int, int]]:
     native = mprun.native_module(kind)
     if native is not None:
         files[mprun.NATIVE_DEST] = native
+    extra = mprun.native_module(kind, "adam_native")
+    if extra is not None:
+        files["edgebp/adam_native.mpy"] = extra
     with qemu.QemuBoard(kind, icount=True) as board:
         code, out, timed_out = qemu.run_on(board, _SCRIPT, files, timeout)
     if code != 0 or timed_out:

@@ -42,6 +42,8 @@ NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py"}
 NATIVE_BUILD = {"x64": "x64", "armv6m": "armv6m", "armv7m": "armv7m", "armv7em": "armv7m",
                 "armv7emsp": "armv7emsp", "armv7emdp": "armv7emsp", "rv32imc": "rv32imc"}
 NATIVE_DEST = "edgebp/kernels_native.mpy"
+# the native modules beside the kernels, each loaded only by the nets that need it (Adam's)
+NATIVE_EXTRA = ("adam_native",)
 # on the board, beside the package: not for boards (a freeze manifest is for the build host)
 NOT_DEPLOYED = {"edgebp/firmware/manifest.py"}
 DIRS = ("edgebp", "edgebp/firmware")
@@ -283,6 +285,11 @@ def plan_deploy(arch: str | None, compiled: bool = True,
     native = native_build(arch)
     if native is not None:
         build, path = native
+        for module in NATIVE_EXTRA:
+            extra = path.with_name(f"{module}.mpy")
+            if extra.is_file():
+                plan.items.append(Item(f"edgebp/{module}.mpy", extra.read_bytes(),
+                                       f"edgebp/native/{build}"))
         plan.items.append(Item(NATIVE_DEST, path.read_bytes(), f"edgebp/native/{build}"))
         plan.kernels = f"native (the {build} build of edgebp/native/kernels.c)"
     elif arch is not None:

@@ -140,16 +140,19 @@ def install_wasm(dest: str | Path | None = None) -> Path:
 # the native-module architecture each runtime loads (CPython and the wasm port load none)
 NATIVE_ARCH = {"unix": "x64", "cortex-m3": "armv7m", "rv32": "rv32imc"}
 NATIVE_DEST = "edgebp/kernels_native.mpy"
+# the native modules beside the kernels, each loaded only by the nets that need it
+NATIVE_EXTRA = ("adam_native",)
 
 
-def native_module(runtime: str) -> bytes | None:
-    """The native kernels for `runtime`'s architecture, None where it loads none."""
+def native_module(runtime: str, module: str = "kernels_native") -> bytes | None:
+    """A native module (the kernels by default) for `runtime`'s architecture, None where it
+    loads none."""
     import edgebp
 
     arch = NATIVE_ARCH.get(runtime)
     if arch is None:
         return None
-    path = Path(edgebp.__file__).parent / "native" / arch / "kernels_native.mpy"
+    path = Path(edgebp.__file__).parent / "native" / arch / f"{module}.mpy"
     return path.read_bytes() if path.is_file() else None
 
 
@@ -192,6 +195,11 @@ def run(
     native = native_module(name)
     if native is not None and "edgebp/kern.py" in files and NATIVE_DEST not in files:
         files[NATIVE_DEST] = native
+    for module in NATIVE_EXTRA:
+        dest = f"edgebp/{module}.mpy"
+        extra = native_module(name, module)
+        if extra is not None and "edgebp/kern.py" in files and dest not in files:
+            files[dest] = extra
     if name in BOARDS:
         from edgebp.host.boards import qemu
 

@@ -1,10 +1,12 @@
-"""Build edgebp/native/kernels.c into native/<arch>/kernels_native.mpy, or check those files.
+"""Build edgebp's native modules into native/<arch>/*.mpy, or check those files.
 
     python -m edgebp.host.boards.natmod [--mpy-dir DIR] [--arch ARCH ...]   # build them
     python -m edgebp.host.boards.natmod --check                             # rebuild, compare
 
-Each architecture is built with MicroPython's natmod Makefile (py/dynruntime.mk) in a fresh
-temporary copy of kernels.c, luts.h and the Makefile, so the source tree stays clean and the
+The modules: kernels_native.mpy from kernels.c (the kernels every net loads) and
+adam_native.mpy from adam.c (Adam's kernel, loaded only by nets that use Adam). Each module and
+architecture is built with MicroPython's natmod Makefile (py/dynruntime.mk) in a fresh
+temporary copy of the sources and the Makefile, so the source tree stays clean and the
 bytes do not depend on where the checkout lives. MPY_DIR (MicroPython's py/ and tools/, from a
 MicroPython clone) comes from --mpy-dir, else $MPY_DIR. --check builds
 into a temporary directory and compares byte for byte with the committed files: it fails if one
@@ -28,7 +30,9 @@ import edgebp
 from edgebp.host.nets import ctables
 
 HERE = Path(edgebp.__file__).resolve().parent / "native"
-SOURCES = ("kernels.c", "luts.h", "Makefile")
+SOURCES = ("kernels.c", "adam.c", "native.h", "luts.h", "Makefile")
+# module name -> its C source
+MODULES = {"kernels_native": "kernels.c", "adam_native": "adam.c"}
 MODULE = "kernels_native.mpy"
 # arch -> (compiler the Makefile runs, Debian package that has it)
 ARCHS = {
@@ -48,8 +52,8 @@ class ToolMissing(BuildError):
     """A compiler, make, pyelftools, mpy-cross or MPY_DIR is not there."""
 
 
-def output_path(arch: str) -> Path:
-    return HERE / arch / MODULE
+def output_path(arch: str, module: str = "kernels_native") -> Path:
+    return HERE / arch / f"{module}.mpy"
 
 
 def find_mpy_dir(given: str | None) -> Path:
@@ -102,18 +106,19 @@ def compiler_version(arch: str) -> str:
     return done.stdout.splitlines()[0] if done.stdout else "(unknown)"
 
 
-def build_one(arch: str, mpy_dir: Path, mpy_cross: str) -> bytes:
-    """The .mpy for one architecture, built in a temporary directory."""
+def build_one(arch: str, mpy_dir: Path, mpy_cross: str, module: str = "kernels_native"
+              ) -> bytes:
+    """The .mpy of one module for one architecture, built in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix=f"edgebp-native-{arch}-") as tmp:
         for name in SOURCES:
             shutil.copy2(HERE / name, Path(tmp) / name)
         cmd = ["make", "-s", f"MPY_DIR={mpy_dir}", f"ARCH={arch}", f"MPY_CROSS={mpy_cross}",
-               f"PYTHON={sys.executable}"]
+               f"PYTHON={sys.executable}", f"MOD={module}", f"SRC={MODULES[module]}"]
         done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        out = Path(tmp) / MODULE
+        out = Path(tmp) / f"{module}.mpy"
         if done.returncode != 0 or not out.is_file():
             log = (done.stdout + done.stderr).strip().splitlines()
-            raise BuildError(f"{arch}: make failed (exit {done.returncode}):\n  "
+            raise BuildError(f"{arch} {module}: make failed (exit {done.returncode}):\n  "
                              + "\n  ".join(log[-15:]))
         return out.read_bytes()
 
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         mpy_dir = find_mpy_dir(args.mpy_dir)
         mpy_cross = find_mpy_cross()
         check_tools(archs)
-        built = {arch: build_one(arch, mpy_dir, mpy_cross) for arch in archs}
+        built = {(arch, mod): build_one(arch, mpy_dir, mpy_cross, mod)
+                 for arch in archs for mod in MODULES}
     except ToolMissing as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 3
@@ -142,22 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
     if not args.check:
-        for arch, data in built.items():
-            path = output_path(arch)
+        for (arch, mod), data in built.items():
+            path = output_path(arch, mod)
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(data)
             print(f"{arch:10} {len(data):6,} bytes  {path.relative_to(HERE.parent.parent)}")
         return 0
     bad = 0
-    for arch, data in built.items():
-        path = output_path(arch)
+    for (arch, mod), data in built.items():
+        path = output_path(arch, mod)
         rel = path.relative_to(HERE.parent.parent)
         if not path.is_file():
             print(f"{prog}: {rel} is missing: run python -m edgebp.host.boards.natmod",
                   file=sys.stderr)
             bad += 1
         elif path.read_bytes() != data:
-            print(f"{prog}: {rel} differs from a build of kernels.c here ({len(data):,} bytes "
+            print(f"{prog}: {rel} differs from a build of {MODULES[mod]} here ({len(data):,} bytes "
                   f"built, {path.stat().st_size:,} committed; {compiler_version(arch)}): "
                   "rebuild with python -m edgebp.host.boards.natmod, or build with the compilers "
                   "the committed files came from", file=sys.stderr)

@@ -22,8 +22,9 @@ up to blocks:
                      SGD). The code of edgebp.adam, imported at the first Adam load (the
                      loader imports it while it parses the header) and kept by the board
                      after it, is no part of the net but of that load: ADAM_CODE, measured
-                     (edgebp.host.boards.heap.measure_import), counted unless the board has
-                     it already (adam_imported)
+                     (edgebp.host.boards.heap.measure_import), and with the native kernels
+                     the block of adam_native.mpy (ADAM_NATIVE_CODE), counted unless the
+                     board has them already (adam_imported)
 
 The Net's attribute count is read off the engine itself (a Net built here under CPython),
 so the plan follows edgebp/net.py as it changes. Layer tables (sizes, acts, shifts) are the
@@ -77,8 +78,13 @@ LOADER_ATTRIBUTES = 16
 # Bytes of the heap edgebp.adam's code takes once imported, by word size (measured on the
 # emulated boards and the unix port: heap.measure_import, tests/test_planner.py), placed as
 # allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are
-ADAM_CODE = {4: 3072, 8: 7680}
+ADAM_CODE = {4: 3328, 8: 7680}
 ADAM_CODE_PIECE = 64
+# ... and with the native kernels, Adam's native module (adam_native.mpy, which edgebp.adam
+# imports for them): on a 32-bit board its code is one block of the heap (1,734 to 1,945
+# bytes of .mpy, rounded up); the unix port keeps native code outside its heap, where the
+# module object alone is left (measured 320 bytes)
+ADAM_NATIVE_CODE = {4: 2048, 8: 512}
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
 FUSED_HEAD = 5
@@ -333,6 +339,8 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
         left = ADAM_CODE.get(word, ADAM_CODE[8] * word // 8)
         while left > 0:
             left -= code.alloc(min(left, ADAM_CODE_PIECE * word))
+        if fused:
+            code.alloc(ADAM_NATIVE_CODE.get(word, ADAM_NATIVE_CODE[8]))
     tables = 2 * h.list(L + 1) + 3 * h.list(L)  # sizes, shift_a; acts, shift_w, shift_d
     # Net(): its attribute table, the per-layer constants (shift_z, k_f, s_f, k_b, s_b, one)
     tables += h.instance(net_attributes()) + 6 * h.list(L)

@@ -9,7 +9,10 @@ import gc
 import sys
 from array import array
 
-from edgebp.fixed import seed30, xorshift30
+try:  # Rand's generator; devtest also runs without edgebp (tests/test_runtimes.py)
+    from edgebp.fixed import seed30, xorshift30
+except ImportError:
+    seed30 = xorshift30 = None
 
 try:
     from micropython import heap_lock, heap_unlock

@@ -1,4 +1,4 @@
-# Adam's fast kernels (edgebp/adam_viper.py, kernels_native.adam) and the definition
+# Adam's fast kernels (edgebp/adam_viper.py, adam_native.mpy's adam) and the definition
 # (edgebp.adam.adam): the same cases, drawn by xorshift30 on every runtime, run through the
 # kernel set adam_under.KERNELS names ("python", "viper" or "native"), each call with the heap
 # locked; every buffer after the call is printed, one ADAM line a case. The host runs this
@@ -23,9 +23,9 @@ def kernel():
 
         return adam_viper.adam
     if name == "native":
-        from edgebp import kernels_native
+        from edgebp import adam_native
 
-        return kernels_native.adam
+        return adam_native.adam
     return pure.adam
 
 

@@ -256,7 +256,7 @@ def test_update():
                              (255, 23), (255, 24), (255, 31), (255, 40), (255, 64), (255, 70)):
                 check_update(r, 11, 173, 3, mu, c_m, c_s, mode, True)
         check_update(r, 11, 173, 3, 0, 17, 9, mode, False)
-    check_update(r, 2000, 131, 9, 230, 164, 8, fixed.STOCHASTIC, True)
+    check_update(r, 1000, 131, 9, 230, 164, 8, fixed.STOCHASTIC, True)
 
 
 # -- whole nets: both kernel sets train the same nets to the same state --
