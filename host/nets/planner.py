@@ -327,7 +327,7 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
 
     # LOAD_BEGIN: the loader, its header copy; then the layer tables it parses
     ld.instance(LOADER_ATTRIBUTES)
-    ld.array(ebp.head_len(ebp.MAX_LAYERS, True), 1)
+    ld.array(ebp.head_len(ebp.MAX_LAYERS, True, True), 1)
     code = Heap(word, order)  # edgebp.adam, imported while the header is parsed
     if adam and not adam_imported:
         left = ADAM_CODE.get(word, ADAM_CODE[8] * word // 8)
