@@ -320,17 +320,22 @@ SDLM_HEADROOM = 4.0  # room in SDLM's curvature formats over the calibration's l
 def sdlm_settings(fnet: FloatNet, Xn, T, mu: float, gamma: float):
     """QuantNet.sdlm for the net at float weights `fnet` (on normalised inputs): curvature
     formats holding SDLM_HEADROOM times the largest curvature the calibration samples Xn
-    (normalised inputs, (N, n_in)) and their targets T give, with mu and gamma (sdlm_q). A
-    parameter format too fine for mu (mu * 2**fh above 32767) is made coarser until mu fits;
-    a mu below one LSB of a layer's format is refused (RangeError)."""
-    from edgebp import sdlm
-
+    (normalised inputs, (N, n_in)) and their targets T give, with mu and gamma (sdlm_q); a
+    parameter format too fine for mu is made coarser until mu fits (fit_mu)."""
     fc, fh = sdlm_formats(*curvature_maxima(fnet, Xn, T), headroom=SDLM_HEADROOM)
     try:
         mu_m, mu_e, g, fc, fh = sdlm_q(mu, gamma, fc, fh)
     except ValueError as e:
         raise RangeError([str(e)]) from None
-    fh = list(fh)
+    return mu_m, mu_e, g, tuple(fc), fit_mu(mu_m, mu_e, fh)
+
+
+def fit_mu(mu_m: int, mu_e: int, fh) -> tuple[int, ...]:
+    """SDLM's parameter formats fh made coarser where mu = mu_m * 2**-mu_e would not fit
+    them (mu in Q(fh) above 32767); RangeError where mu is below one LSB of one."""
+    from edgebp import sdlm
+
+    fh = [int(v) for v in fh]
     for l in range(len(fh)):
         while fh[l] > 0 and mu_m * 2.0 ** (fh[l] - mu_e) >= 32767.5:
             fh[l] -= 1
@@ -338,7 +343,7 @@ def sdlm_settings(fnet: FloatNet, Xn, T, mu: float, gamma: float):
             sdlm.mu_in(mu_m, mu_e, fh[l], l)
         except ValueError as e:
             raise RangeError([f"{e}: raise mu"]) from None
-    return mu_m, mu_e, g, tuple(fc), tuple(fh)
+    return tuple(fh)
 
 
 def needed_formats(spec: Spec, Ws, Bs, calib_X=None, calib_T=None,

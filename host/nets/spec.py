@@ -119,6 +119,12 @@ class Spec:
         return adam_q(self.beta1, self.beta2) if self.optimizer == "adam" else None
 
     @property
+    def sdlm(self) -> tuple[int, int, int, tuple, tuple] | None:
+        """mu and gamma as QuantNet.sdlm holds them, with no formats yet (the quantiser
+        chooses them from its calibration samples), None for another optimiser."""
+        return sdlm_q(self.mu, self.gamma, (), ()) if self.optimizer == "sdlm" else None
+
+    @property
     def L(self) -> int:
         return len(self.sizes) - 1
 
