@@ -375,8 +375,12 @@ class Loader:
             mu_m = h[o]
             mu_e = h[o + 1]
             gamma = u16(h, o + 2)
-            fc = [h[o + 4 + 2 * l] for l in range(L)]
-            fh = [h[o + 5 + 2 * l] for l in range(L)]
+            # loops, not comprehensions (whose function objects would be garbage too)
+            fc = []
+            fh = []
+            for l in range(L):
+                fc.append(h[o + 4 + 2 * l])
+                fh.append(h[o + 5 + 2 * l])
             try:
                 smod.check(L, mu_m, mu_e, gamma, fc, fh)
                 for l in range(L):

@@ -244,11 +244,16 @@ def do_plan(state: State, args: argparse.Namespace) -> int:
         end_session(state, args)
     elif qnet is not None:
         p = planner.plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=args.word,
-                         adam=qnet.adam is not None)
+                         adam=qnet.adam is not None, sdlm=qnet.sdlm is not None)
     else:
         if args.momentum and args.adam:
             raise UserError("--momentum and --adam: Adam takes the place of momentum")
-        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word, adam=args.adam)
+        if args.momentum and args.sdlm:
+            raise UserError("--momentum and --sdlm: SDLM takes the place of momentum")
+        if args.adam and args.sdlm:
+            raise UserError("--adam and --sdlm: a net has one optimiser")
+        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word, adam=args.adam,
+                         sdlm=args.sdlm)
     print(p.table())
     if p.free is not None and not p.fits(p.free):
         return 1
