@@ -98,7 +98,7 @@ def test_restored_state_is_the_saved_state(kind, tmp_path):
     assert state(back) == state(net)
 
 
-@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["momentum", "adam", "sdlm"])
 def test_device_resume_and_torn_files(runtime, optimizer):
     """The same checkpoint code on the device: resumed training matches the host's reference,
     a torn new file is never taken."""
@@ -106,8 +106,13 @@ def test_device_resume_and_torn_files(runtime, optimizer):
             Path(ckpt.__file__).parent / "adam_viper.py").is_file():
         # the others take the viper or native kernels, whose Adam kernels come with it
         pytest.skip("no viper or native Adam kernels here (edgebp/adam_viper.py)")
+    if optimizer == "sdlm" and runtime not in ("cpython", "wasm") and not (
+            Path(ckpt.__file__).parent / "sdlm_viper.py").is_file():
+        pytest.skip("no viper or native SDLM kernels here (edgebp/sdlm_viper.py)")
     if optimizer == "adam":
         q, hyper = adam_qnet("ce", (5, 6, 3)), ADAM_HYPER
+    elif optimizer == "sdlm":
+        q, hyper = sdlm_qnet("ce", (5, 6, 3)), SDLM_HYPER
     else:
         q, hyper = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4), HYPER
     X, T = make_data(q, 17)
