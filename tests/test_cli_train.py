@@ -281,7 +281,7 @@ def test_a_bad_beta_on_a_net_file_is_one_line(tmp_path, capsys):
 def test_train_with_sdlm_learns_xor(capsys, tmp_path):
     out = run(capsys, "train", "--optimizer", "sdlm", "-o", str(tmp_path / "xor.ebp"))
     # SDLM's default rate when none is given, mu and gamma as the board applies them
-    assert re.search(r"SDLM \(mu 0\.1\d*, gamma 0\.0\d+\), lr 0\.02", out), out
+    assert re.search(r"SDLM \(mu 0\.1\d*, gamma 0\.0\d+\), lr 0\.05", out), out
     table = out[out.index("x1  x2  target  output"):].splitlines()[1:5]
     for row in table:
         x1, x2, target, output = (float(v) for v in row.split())
@@ -289,7 +289,7 @@ def test_train_with_sdlm_learns_xor(capsys, tmp_path):
     assert epoch_rows(out)[-1].split()[2] == "100.0%"
     q, hyper = ebpfile.read(tmp_path / "xor.ebp")
     assert q.sdlm is not None and q.sdlm[:3] == (205, 11, 819) and q.adam is None
-    assert hyper.lr == 0.02 and not q.momentum
+    assert hyper.lr == 0.05 and not q.momentum
 
 
 def test_sdlm_board_run_matches_the_core(tmp_path, capsys):
@@ -334,7 +334,7 @@ def test_a_net_file_switches_to_sdlm_with_formats_from_its_data(tmp_path, capsys
     run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
     out = run(capsys, "train", "--net", str(net), "--data", IRIS, "--epochs", "1",
               "--optimizer", "sdlm", "--gamma", "0.25", "-o", str(tmp_path / "a.ebp"))
-    assert "SDLM (mu 0.1001, gamma 0.25), lr 0.02" in out and "momentum" not in out
+    assert "SDLM (mu 0.1001, gamma 0.25), lr 0.05" in out and "momentum" not in out
     q, _ = ebpfile.read(tmp_path / "a.ebp")
     assert not q.momentum and q.adam is None
     # the formats of the net as given, from the data as given

@@ -376,7 +376,7 @@ def _sdlm_spec(**opt):
 
 def test_spec_takes_sdlm_with_its_defaults():
     spec = parse_spec(_sdlm_spec())
-    assert (spec.optimizer, spec.mu, spec.gamma, spec.lr) == ("sdlm", 0.1, 0.05, 0.02)
+    assert (spec.optimizer, spec.mu, spec.gamma, spec.lr) == ("sdlm", 0.1, 0.05, 0.05)
     assert spec.adam is None and spec.sdlm == sdlm_q(0.1, 0.05, (), ())
     assert parse_spec(dict(iris_like(), optimizer="sdlm")) == spec
     spec = parse_spec(_sdlm_spec(mu=0.5, gamma=0.2, lr=0.003))
