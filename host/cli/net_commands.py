@@ -15,10 +15,10 @@ from edgebp.host.cli.workload import (
     UserError,
     check_data,
     check_output,
+    check_settings,
     check_suffix,
     n_targets,
     net_bytes,
-    check_settings,
     optimizer_args,
     quantize_spec,
     read_data,
@@ -200,7 +200,8 @@ def do_quantize(state: State, args: argparse.Namespace) -> int:
     print(formats_table(qnet))
     print(report.table() if args.table else range_summary(report))
     write_net(args.output, qnet, spec.hyper())
-    print(f"wrote {args.output}: {describe_net(qnet)}, {describe_hyper(spec.hyper(), spec.adam, qnet.sdlm)}")
+    print(f"wrote {args.output}: {describe_net(qnet)}, "
+          f"{describe_hyper(spec.hyper(), spec.adam, qnet.sdlm)}")
     return 0
 
 
