@@ -348,7 +348,7 @@ def _net_from_spec(args: argparse.Namespace, overrides: dict, hidden: list[int] 
                 spec_opt.pop("lr", None)
             for key in ("momentum", "beta1", "beta2", "mu", "gamma"):
                 spec_opt.pop(key, None)
-        check_settings(name, opt)
+        check_settings(str(name), opt)
         spec_opt.update(opt)
     d["optimizer"] = {**spec_opt, **overrides}
     if "batch" in overrides:

@@ -322,12 +322,12 @@ def sdlm_settings(fnet: FloatNet, Xn, T, mu: float, gamma: float):
     formats holding SDLM_HEADROOM times the largest curvature the calibration samples Xn
     (normalised inputs, (N, n_in)) and their targets T give, with mu and gamma (sdlm_q); a
     parameter format too fine for mu is made coarser until mu fits (fit_mu)."""
-    fc, fh = sdlm_formats(*curvature_maxima(fnet, Xn, T), headroom=SDLM_HEADROOM)
+    formats = sdlm_formats(*curvature_maxima(fnet, Xn, T), headroom=SDLM_HEADROOM)
     try:
-        mu_m, mu_e, g, fc, fh = sdlm_q(mu, gamma, fc, fh)
+        mu_m, mu_e, g, fc, fh = sdlm_q(mu, gamma, *formats)
     except ValueError as e:
         raise RangeError([str(e)]) from None
-    return mu_m, mu_e, g, tuple(fc), fit_mu(mu_m, mu_e, fh)
+    return mu_m, mu_e, g, fc, fit_mu(mu_m, mu_e, fh)
 
 
 def fit_mu(mu_m: int, mu_e: int, fh) -> tuple[int, ...]:
