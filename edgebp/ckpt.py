@@ -178,15 +178,16 @@ class _In:
                 raise CheckpointError("%s %d beyond %d" % (what, v, bound))
             arr[i] = v
 
-    def int16s(self, arr, lo, hi, what):
-        # int16 values, each within lo..hi
+    def curvs(self, arr):
+        # SDLM's curvatures: int16 within 0..32767; whether any is above 0
+        got = 0
         for i in range(len(arr)):
             v = self.byte() | (self.byte() << 8)
-            if v >= 32768:
-                v -= 65536
-            if v < lo or v > hi:
-                raise CheckpointError("%s %d outside %d..%d" % (what, v, lo, hi))
+            if v > 32767:
+                raise CheckpointError("SDLM curvature %d outside 0..32767" % (v - 65536))
             arr[i] = v
+            got |= v
+        return got
 
 
 def _params(net):
@@ -452,11 +453,8 @@ def _check_head(head):
     if flags & F_MOMENTUM and flags & F_ADAM:
         raise CheckpointError("momentum and Adam state together: Adam takes the place of "
                               "momentum")
-    if flags & F_MOMENTUM and flags & F_SDLM:
-        raise CheckpointError("momentum and SDLM state together: SDLM takes the place of "
-                              "momentum")
-    if flags & F_ADAM and flags & F_SDLM:
-        raise CheckpointError("Adam and SDLM state together: a net has one optimiser")
+    if flags & F_SDLM and flags & (F_MOMENTUM | F_ADAM):
+        raise CheckpointError("SDLM state with momentum or Adam state: a net has one optimiser")
     for at, what in ((8, "generation"), (12, "samples"), (16, "updates"), (20, "seen"),
                      (24, "correct"), (28, "loss sum")):
         if u32(head, at) < 0:
@@ -511,20 +509,15 @@ def _read_v(src, arr):
 
 
 def _read_sdlm(src, net, opt):
-    # SDLM's running curvatures (non-negative int16, edgebp/sdlm.py) and their sample count
+    # SDLM's running curvatures (non-negative int16, edgebp/sdlm.py) and their sample count:
+    # with no sample in the estimate yet, every curvature is still 0
+    got = 0
     for l in range(net.L):
-        src.int16s(opt.HW[l], 0, 32767, "SDLM curvature")
-        src.int16s(opt.HB[l], 0, 32767, "SDLM curvature")
+        got |= src.curvs(opt.HW[l]) | src.curvs(opt.HB[l])
     n = src.u32()
-    if n < 0:
-        raise CheckpointError("SDLM sample count beyond 2**30")
-    if n == 0:
-        # no sample in the estimate yet: every curvature is still 0
-        for l in range(net.L):
-            for a in (opt.HW[l], opt.HB[l]):
-                for i in range(len(a)):
-                    if a[i]:
-                        raise CheckpointError("SDLM curvature %d from 0 samples" % a[i])
+    if n < 0 or (n == 0 and got):
+        raise CheckpointError("SDLM sample count %d: beyond 2**30, or no sample for its "
+                              "curvature" % n)
     opt.n = n
 
 
@@ -558,14 +551,15 @@ def load(path, head, kernels=None, mem_free=None):
             raise CheckpointError("no momentum state for a net with momentum buffers")
         opt = net.opt
         kind = _kind(net)
-        if flags & F_ADAM and kind != F_ADAM:
-            raise CheckpointError("Adam state for a net without Adam")
-        if kind == F_ADAM and not flags & F_ADAM:
-            raise CheckpointError("no Adam state for a net with Adam")
-        if flags & F_SDLM and kind != F_SDLM:
-            raise CheckpointError("SDLM state for a net without SDLM")
-        if kind == F_SDLM and not flags & F_SDLM:
-            raise CheckpointError("no SDLM state for a net with SDLM")
+        if flags & (F_ADAM | F_SDLM) != kind:
+            if flags & (F_ADAM | F_SDLM):
+                t = "%s state for a net without %s"
+                k = flags
+            else:
+                t = "no %s state for a net with %s"
+                k = kind
+            k = "Adam" if k & F_ADAM else "SDLM"
+            raise CheckpointError(t % (k, k))
         params = _params(net)
         expect = (HEAD + ebp_len + 2 + _state_len(kind, params)
                   + 4 * params * ((1 if momentum else 0) + (1 if flags & F_PENDING else 0)))

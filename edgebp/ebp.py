@@ -217,22 +217,18 @@ def u32(b, o):
     return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
-def _adam_module():
-    # edgebp.adam, imported by the first net that has Adam
+def _opt_module(adam):
+    # edgebp.adam or edgebp.sdlm, imported by the first net that has that optimiser
     try:
-        from edgebp import adam
+        if adam:
+            from edgebp import adam as m
+        else:
+            from edgebp import sdlm as m
     except ImportError:
-        raise EbpError("an Adam net, and this board has no edgebp/adam") from None
-    return adam
-
-
-def _sdlm_module():
-    # edgebp.sdlm, imported by the first net that has SDLM
-    try:
-        from edgebp import sdlm
-    except ImportError:
-        raise EbpError("an SDLM net, and this board has no edgebp/sdlm") from None
-    return sdlm
+        n = "adam" if adam else "sdlm"
+        raise EbpError("an %s net, and this board has no edgebp/%s"
+                       % ("Adam" if adam else "SDLM", n)) from None
+    return m
 
 
 class Loader:
@@ -356,20 +352,18 @@ class Loader:
         if adam and momentum:
             raise EbpError("Adam and momentum buffers together: Adam takes the place of "
                            "momentum")
-        if sdlm and momentum:
-            raise EbpError("SDLM and momentum buffers together: SDLM takes the place of "
-                           "momentum")
-        if sdlm and adam:
-            raise EbpError("Adam and SDLM together: a net has one optimiser")
+        if sdlm and (momentum or adam):
+            raise EbpError("SDLM and momentum buffers or Adam together: a net has one "
+                           "optimiser")
         c1 = u16(h, FIXED + 6 * L)
         c2 = u16(h, FIXED + 6 * L + 2)
-        mod = _adam_module() if adam else None
+        mod = _opt_module(True) if adam else None
         if mod is not None:
             try:
                 mod.check(c1, c2)
             except ValueError as e:
                 raise EbpError(str(e)) from None
-        smod = _sdlm_module() if sdlm else None
+        smod = _opt_module(False) if sdlm else None
         if smod is not None:
             o = FIXED + 6 * L
             mu_m = h[o]

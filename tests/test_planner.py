@@ -174,7 +174,9 @@ def _sized(hidden):
 def test_what_the_planner_refuses_the_board_cannot_hold(monkeypatch):
     require_runtime("unix")
     hyper = Hyper(lr=0.01, momentum=0.5)
-    with MicroPythonBoard(heapsize="160k") as board, Session(board.url, timeout=2) as s:
+    # 176k: at 160k the server, with SDLM in its loader and checkpoints, no longer answers
+    # HELLO (probing the heap's holes runs out of room)
+    with MicroPythonBoard(heapsize="176k") as board, Session(board.url, timeout=2) as s:
         info = s.info
         assert info.word in (4, 8) and info.holes == sorted(info.holes, reverse=True)
 
@@ -237,7 +239,7 @@ def test_plan_command_says_when_a_net_does_not_fit(tmp_path, capsys):
     q = make_qnet("ce", (256, 256, 10), momentum=True)
     net = tmp_path / "big.ebp"
     ebpfile.write(net, q, Hyper(lr=0.01, momentum=0.5))
-    with MicroPythonBoard(heapsize="160k") as board:
+    with MicroPythonBoard(heapsize="176k") as board:
         Session(board.url, connect_timeout=30).close()  # its server is up and serving
         code = cli.main(["plan", "--net", str(net), "--port", board.url])
     out = capsys.readouterr().out
