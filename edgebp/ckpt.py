@@ -10,15 +10,17 @@
 #
 # Everything the next update depends on is saved, so training resumed from a checkpoint is
 # bit-identical to training that never stopped: weights, momentum or Adam's moments and
-# step count, the pending gradient sums and their count (a checkpoint may fall inside a
-# batch), the hyper-parameters, the state of the stochastic-rounding generator and the sample
-# counters.
+# step count or SDLM's curvature estimate and its sample count, the pending gradient sums
+# and their count (a checkpoint may fall inside a batch), the hyper-parameters, the state of
+# the stochastic-rounding generator and the sample counters. SDLM's unit curvature C is not
+# saved: it is scratch of one sample, formed and consumed inside curvature() on the first
+# sample of each sum, so no later step reads it.
 #
 # Layout, little-endian:
 #   0   4  magic b"EBPC"
 #   4   1  version (1)
 #   5   1  flags: F_MOMENTUM (momentum buffers follow), F_PENDING (gradient sums follow),
-#          F_ADAM (Adam's state follows)
+#          F_ADAM (Adam's state follows), F_SDLM (SDLM's state follows)
 #   6   2  every: period of automatic checkpoints, in weight updates (0: on request only)
 #   8   4  generation: one more than any checkpoint on the filesystem when it was written
 #   12  4  samples: training samples learned since the net was loaded
@@ -28,10 +30,11 @@
 #   36  4  length of the whole file
 #   40  4  length of the .ebp part
 #   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters, its
-#           Adam block if it has Adam and its input map if it has one; its seed field holds
-#           the live state of the rounding generator
+#           Adam or SDLM block if it has either and its input map if it has one; its seed
+#           field holds the live state of the rounding generator
 #   then VW, VB of each layer (int32) if F_MOMENTUM; if F_ADAM, Adam's MW, MB of each layer,
-#   then its VW, VB of each layer (int32), then t, p1, p2 (u32 each: edgebp/adam.py); then
+#   then its VW, VB of each layer (int32), then t, p1, p2 (u32 each: edgebp/adam.py); if
+#   F_SDLM, SDLM's HW, HB of each layer (int16), then n (u32: edgebp/sdlm.py); then
 #   GW, GB of each layer if F_PENDING
 #   end-2  2  CRC-16 (crc.crc16) of everything before it
 # Counters stay below 2**30; momentum, Adam's moments and gradient sums are small ints by the
@@ -43,7 +46,8 @@
 # against the net and the arithmetic contract (flags, lengths, counters below 2**30, a
 # pending count within batch_max, |V| <= V_MAX, each gradient sum within what its samples
 # can add; Adam's |M| <= 2**29, each of its V a well-formed small float, t and beta**t in
-# step with each other) and refuses with CheckpointError what the engine could not have
+# step with each other; SDLM's curvatures within 0..32767, n below 2**30 and every
+# curvature 0 while n is) and refuses with CheckpointError what the engine could not have
 # written.
 
 import os
@@ -61,6 +65,7 @@ HEAD = const(44)
 F_MOMENTUM = const(1)
 F_PENDING = const(2)
 F_ADAM = const(4)
+F_SDLM = const(8)
 M_MAX = const(1 << 29)  # |M| of Adam (edgebp/adam.py)
 ONE28 = const(1 << 28)  # beta**t of Adam before its first update
 V_FIELD_MAX = const(29)  # the exponent field of Adam's V: E + BIAS, E <= 18
@@ -173,12 +178,40 @@ class _In:
                 raise CheckpointError("%s %d beyond %d" % (what, v, bound))
             arr[i] = v
 
+    def curvs(self, arr):
+        # SDLM's curvatures: int16 within 0..32767; whether any is above 0
+        got = 0
+        for i in range(len(arr)):
+            v = self.byte() | (self.byte() << 8)
+            if v > 32767:
+                raise CheckpointError("SDLM curvature %d outside 0..32767" % (v - 65536))
+            arr[i] = v
+            got |= v
+        return got
+
 
 def _params(net):
     n = 0
     for l in range(net.L):
         n += net.sizes[l + 1] * (net.sizes[l] + 1)
     return n
+
+
+def _kind(net):
+    # the net's optimiser state in a checkpoint: F_ADAM, F_SDLM or 0 (SGD)
+    opt = net.opt
+    if opt is None:
+        return 0
+    return F_SDLM if opt.curv else F_ADAM
+
+
+def _state_len(kind, params):
+    # bytes of the optimiser's state after the momentum buffers
+    if kind == F_ADAM:
+        return 8 * params + 12
+    if kind == F_SDLM:
+        return 2 * params + 4
+    return 0
 
 
 def _write_ebp(o, net, momentum, opt):
@@ -194,9 +227,11 @@ def _write_ebp(o, net, momentum, opt):
     o.byte(L)
     o.byte(net.loss_kind)
     inmap = net.inmap
+    kind = _kind(net)
     o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
            | (ebp.FLAG_INMAP if inmap is not None else 0)
-           | (ebp.FLAG_ADAM if opt is not None else 0))
+           | (ebp.FLAG_ADAM if kind == F_ADAM else 0)
+           | (ebp.FLAG_SDLM if kind == F_SDLM else 0))
     o.u16(net.batch_max)
     o.u16(net.alpha)
     if hyper:
@@ -211,7 +246,7 @@ def _write_ebp(o, net, momentum, opt):
     else:
         for _ in range(ebp.HYPER_LEN):
             o.byte(0)
-    o.u32(ebp.file_len(sizes, inmap is not None, opt is not None))
+    o.u32(ebp.file_len(sizes, inmap is not None, kind == F_ADAM, kind == F_SDLM))
     o.u16(sizes[0])
     o.byte(net.shift_a[0])
     o.byte(0)
@@ -221,9 +256,16 @@ def _write_ebp(o, net, momentum, opt):
         o.byte(net.shift_a[l + 1])
         o.byte(net.shift_w[l])
         o.byte(net.shift_d[l])
-    if opt is not None:
+    if kind == F_ADAM:
         o.u16(opt.c1)
         o.u16(opt.c2)
+    elif kind == F_SDLM:
+        o.byte(opt.mu_m)
+        o.byte(opt.mu_e)
+        o.u16(opt.gamma)
+        for l in range(L):
+            o.byte(opt.fc[l])
+            o.byte(opt.fh[l])
     o.flush()
     o.u16(o.part)
     for l in range(L):
@@ -277,14 +319,13 @@ def save(net, root="", every=0, samples=0, updates=0):
         raise CheckpointError("checkpoint generations exhausted")
     momentum = net.VW[0] is not None
     opt = net.opt
+    kind = _kind(net)
     pending = net.count > 0
     params = _params(net)
-    ebp_len = ebp.file_len(net.sizes, net.inmap is not None, opt is not None)
-    total = HEAD + ebp_len + 2
+    ebp_len = ebp.file_len(net.sizes, net.inmap is not None, kind == F_ADAM, kind == F_SDLM)
+    total = HEAD + ebp_len + 2 + _state_len(kind, params)
     if momentum:
         total += 4 * params
-    if opt is not None:
-        total += 8 * params + 12
     if pending:
         total += 4 * params
     f = open(new, "wb")
@@ -293,8 +334,7 @@ def save(net, root="", every=0, samples=0, updates=0):
         for b in MAGIC:
             o.byte(b)
         o.byte(VERSION)
-        o.byte((F_MOMENTUM if momentum else 0) | (F_PENDING if pending else 0)
-               | (F_ADAM if opt is not None else 0))
+        o.byte((F_MOMENTUM if momentum else 0) | (F_PENDING if pending else 0) | kind)
         o.u16(every)
         o.u32(gen)
         o.u32(samples)
@@ -311,7 +351,7 @@ def save(net, root="", every=0, samples=0, updates=0):
             if momentum:
                 o.values(net.VW[l], 4)
                 o.values(net.VB[l], 4)
-        if opt is not None:
+        if kind == F_ADAM:
             for l in range(net.L):
                 o.values(opt.MW[l], 4)
                 o.values(opt.MB[l], 4)
@@ -321,6 +361,11 @@ def save(net, root="", every=0, samples=0, updates=0):
             o.u32(opt.t)
             o.u32(opt.p1)
             o.u32(opt.p2)
+        elif kind == F_SDLM:
+            for l in range(net.L):
+                o.values(opt.HW[l], 2)
+                o.values(opt.HB[l], 2)
+            o.u32(opt.n)
         for l in range(net.L):
             if pending:
                 o.values(net.GW[l], 4)
@@ -403,11 +448,13 @@ def _grad_bound(count, kg):
 def _check_head(head):
     # the header's own fields, before anything is allocated
     flags = head[5]
-    if flags & ~(F_MOMENTUM | F_PENDING | F_ADAM):
+    if flags & ~(F_MOMENTUM | F_PENDING | F_ADAM | F_SDLM):
         raise CheckpointError("unknown flags 0x%02x" % flags)
     if flags & F_MOMENTUM and flags & F_ADAM:
         raise CheckpointError("momentum and Adam state together: Adam takes the place of "
                               "momentum")
+    if flags & F_SDLM and flags & (F_MOMENTUM | F_ADAM):
+        raise CheckpointError("SDLM state with momentum or Adam state: a net has one optimiser")
     for at, what in ((8, "generation"), (12, "samples"), (16, "updates"), (20, "seen"),
                      (24, "correct"), (28, "loss sum")):
         if u32(head, at) < 0:
@@ -461,6 +508,19 @@ def _read_v(src, arr):
                                   "float" % q)
 
 
+def _read_sdlm(src, net, opt):
+    # SDLM's running curvatures (non-negative int16, edgebp/sdlm.py) and their sample count:
+    # with no sample in the estimate yet, every curvature is still 0
+    got = 0
+    for l in range(net.L):
+        got |= src.curvs(opt.HW[l]) | src.curvs(opt.HB[l])
+    n = src.u32()
+    if n < 0 or (n == 0 and got):
+        raise CheckpointError("SDLM sample count %d: beyond 2**30, or no sample for its "
+                              "curvature" % n)
+    opt.n = n
+
+
 def load(path, head, kernels=None, mem_free=None):
     """The Net saved in the checkpoint at `path` (found by find(), with its header).
 
@@ -490,16 +550,19 @@ def load(path, head, kernels=None, mem_free=None):
         if momentum and not flags & F_MOMENTUM:
             raise CheckpointError("no momentum state for a net with momentum buffers")
         opt = net.opt
-        if flags & F_ADAM and opt is None:
-            raise CheckpointError("Adam state for a net without Adam")
-        if opt is not None and not flags & F_ADAM:
-            raise CheckpointError("no Adam state for a net with Adam")
+        kind = _kind(net)
+        if flags & (F_ADAM | F_SDLM) != kind:
+            if flags & (F_ADAM | F_SDLM):
+                t = "%s state for a net without %s"
+                k = flags
+            else:
+                t = "no %s state for a net with %s"
+                k = kind
+            k = "Adam" if k & F_ADAM else "SDLM"
+            raise CheckpointError(t % (k, k))
         params = _params(net)
-        expect = HEAD + ebp_len + 2 + 4 * params * ((1 if momentum else 0)
-                                                    + (1 if flags & F_PENDING else 0)
-                                                    + (2 if opt is not None else 0))
-        if opt is not None:
-            expect += 12
+        expect = (HEAD + ebp_len + 2 + _state_len(kind, params)
+                  + 4 * params * ((1 if momentum else 0) + (1 if flags & F_PENDING else 0)))
         if total != expect:
             raise CheckpointError("file of %d bytes, its fields need %d" % (total, expect))
         count = u16(head, 32)
@@ -510,8 +573,10 @@ def load(path, head, kernels=None, mem_free=None):
             for l in range(net.L):
                 src.int32s(net.VW[l], V_MAX, "momentum")
                 src.int32s(net.VB[l], V_MAX, "momentum")
-        if opt is not None:
+        if kind == F_ADAM:
             _read_adam(src, net, opt)
+        elif kind == F_SDLM:
+            _read_sdlm(src, net, opt)
         if count:
             bound = _grad_bound(count, net.kg)
             for l in range(net.L):

@@ -7,7 +7,8 @@
 #   5       1     L
 #   6       1     loss code (fixed.LOSS_NAMES)
 #   7       1     flags: bit 0 momentum buffers, bit 1 hyper-parameters present, bit 2 input
-#                 map present, bit 3 Adam (edgebp/adam.py) in place of SGD
+#                 map present, bit 3 Adam (edgebp/adam.py) in place of SGD, bit 4 SDLM
+#                 (edgebp/sdlm.py) in place of SGD
 #   8       2     batch_max (1..32768)
 #   10      2     alpha_q, leaky-ReLU slope in Q12 (int16)
 #   12      12    hyper block: lr_m u8, lr_e u8, mu u8 (Q8), c_m u8, c_e u8, rounding u8,
@@ -19,6 +20,10 @@
 #   32+6l   6     layer l: n_(l+1) u16, activation u8, shift_a[l+1] u8, shift_w u8, shift_d u8
 #   32+6L   4     only with flag bit 3: the Adam block, c1 u16 = 1 - beta1 in Q15 (32..32768),
 #                 c2 u16 = 1 - beta2 in Q15 (1..32768); a = 4 with it, else 0
+#   32+6L   4+2L  only with flag bit 4: the SDLM block, mu_m u8, mu_e u8 (mu = mu_m *
+#                 2**-mu_e), gamma u16 (Q14, 1..16384), then per layer fc u8 (Q of its
+#                 units' curvature C), fh u8 (Q of its parameters' curvature HW, HB);
+#                 a = 4 + 2L with it (a file never has both blocks)
 #   32+6L+a 2     CRC-16 of every header byte before it (checked before anything is allocated)
 #   34+6L+a ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
 #   ...     21n_0+2  only with flag bit 2: the input map, per input i (of n_0)
@@ -37,7 +42,8 @@
 # A net with Adam gets its optimiser state (edgebp.adam.attach, the moments M and V of every
 # parameter) before its hyper-parameters are applied; edgebp.adam is imported only then, so
 # that it costs an SGD net nothing. Adam takes the place of momentum: a file with both is
-# refused.
+# refused. SDLM likewise (edgebp.sdlm.attach: C of every unit, HW, HB of every parameter),
+# imported only by a file with its flag, and refused beside momentum or Adam.
 
 import gc
 
@@ -54,7 +60,9 @@ FLAG_MOMENTUM = 1
 FLAG_HYPER = 2
 FLAG_INMAP = 4
 FLAG_ADAM = 8
+FLAG_SDLM = 16
 ADAM_LEN = 4  # the Adam block: c1, c2
+SDLM_LEN = 4  # the SDLM block before its per-layer formats: mu_m, mu_e, gamma
 INMAP_REC = 21  # bytes per input in the input map
 RAW_MAX = 1 << 29  # raw inputs of an input map lie in [-RAW_MAX, RAW_MAX)
 
@@ -124,30 +132,44 @@ def inmap_check(lo, hi, o, m, c, s):
     return None
 
 
-def head_len(L, adam=False):
-    return FIXED + 6 * L + (ADAM_LEN if adam else 0) + 2
+def head_len(L, adam=False, sdlm=False):
+    return FIXED + 6 * L + (ADAM_LEN if adam else 0) + (SDLM_LEN + 2 * L if sdlm else 0) + 2
 
 
 def inmap_len(n_in):
     return INMAP_REC * n_in + 2
 
 
-def file_len(sizes, inmap=False, adam=False):
-    n = head_len(len(sizes) - 1, adam) + 2 + (inmap_len(sizes[0]) if inmap else 0)
+def file_len(sizes, inmap=False, adam=False, sdlm=False):
+    n = head_len(len(sizes) - 1, adam, sdlm) + 2 + (inmap_len(sizes[0]) if inmap else 0)
     for l in range(len(sizes) - 1):
         n += 2 * sizes[l + 1] * (sizes[l] + 1)
     return n
 
 
-def ram_need(sizes, momentum, adam=False):
+def ram_need(sizes, momentum, adam=False, sdlm=False):
     # bytes of RAM a net of these sizes takes, about: W or B int16, G int32, V int32 per
-    # parameter (momentum), Adam's M and V int32 per parameter, Z, A, D, the bias and
-    # gradient bookkeeping per unit
-    per = 6 + (4 if momentum else 0) + (8 if adam else 0)
+    # parameter (momentum), Adam's M and V int32 per parameter, SDLM's HW or HB int16 per
+    # parameter and C int16 per unit, Z, A, D, the bias and gradient bookkeeping per unit
+    per = 6 + (4 if momentum else 0) + (8 if adam else 0) + (2 if sdlm else 0)
+    unit = 8 + (2 if sdlm else 0)
+    L = len(sizes) - 1
     need = 0
-    for l in range(len(sizes) - 1):
-        need += per * sizes[l + 1] * (sizes[l] + 1) + 8 * sizes[l + 1] + 2 * sizes[l]
+    for l in range(L):
+        need += per * sizes[l + 1] * (sizes[l] + 1) + unit * sizes[l + 1] + 2 * sizes[l]
+    if sdlm:
+        # its seven lists of one small int per layer (mu, kq, sq, s_w, s_b, fc, fh) and
+        # its three of arrays (C, HW, HB), a list and its items at most 4 words each
+        need += 10 * (16 + 4 * L)
     return need
+
+
+def net_need(net):
+    # ram_need of a built net: its momentum buffers and its optimiser's state (SDLM's is the
+    # one with a curvature pass)
+    o = net.opt
+    return ram_need(net.sizes, net.VW[0] is not None, o is not None and not o.curv,
+                    o is not None and o.curv)
 
 
 def apply_hyper(net, b, o):
@@ -195,13 +217,18 @@ def u32(b, o):
     return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
-def _adam_module():
-    # edgebp.adam, imported by the first net that has Adam
+def _opt_module(adam):
+    # edgebp.adam or edgebp.sdlm, imported by the first net that has that optimiser
     try:
-        from edgebp import adam
+        if adam:
+            from edgebp import adam as m
+        else:
+            from edgebp import sdlm as m
     except ImportError:
-        raise EbpError("an Adam net, and this board has no edgebp/adam") from None
-    return adam
+        n = "adam" if adam else "sdlm"
+        raise EbpError("an %s net, and this board has no edgebp/%s"
+                       % ("Adam" if adam else "SDLM", n)) from None
+    return m
 
 
 class Loader:
@@ -215,7 +242,7 @@ class Loader:
         self.total = total
         self.kernels = kernels
         self.mem_free = mem_free if mem_free is not None else getattr(gc, "mem_free", None)
-        self.head = bytearray(head_len(MAX_LAYERS, True))
+        self.head = bytearray(head_len(MAX_LAYERS, True, True))
         self.need = FIXED  # header bytes needed (known in full once L is)
         self.got = 0  # bytes consumed
         self.net = None
@@ -272,8 +299,8 @@ class Loader:
             if L < 1 or L > MAX_LAYERS:
                 raise EbpError("%d layers: a net has 1 to %d" % (L, MAX_LAYERS))
         if g >= 8 and self.need == FIXED:
-            # the flags say whether the Adam block lengthens the header
-            self.need = head_len(h[5], h[7] & FLAG_ADAM)
+            # the flags say whether the Adam or SDLM block lengthens the header
+            self.need = head_len(h[5], h[7] & FLAG_ADAM, h[7] & FLAG_SDLM)
         if g == self.need and self.need > FIXED:
             self._parse_head()
         return i
@@ -285,7 +312,7 @@ class Loader:
         n = self.need - 2
         if crc16(h, 0, n) != u16(h, n):
             raise EbpError("header CRC mismatch")
-        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP | FLAG_ADAM):
+        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP | FLAG_ADAM | FLAG_SDLM):
             raise EbpError("unknown flags 0x%02x" % flags)
         batch_max = u16(h, 8)
         if batch_max < 1 or batch_max > MAX_BATCH:
@@ -313,7 +340,8 @@ class Loader:
                 raise EbpError("%s width %d out of range 1..%d" % (what, sizes[l], MAX_WIDTH))
         n_bytes = u32(h, 24)
         adam = flags & FLAG_ADAM
-        expect = file_len(sizes, flags & FLAG_INMAP, adam)
+        sdlm = flags & FLAG_SDLM
+        expect = file_len(sizes, flags & FLAG_INMAP, adam, sdlm)
         if n_bytes != expect:
             raise EbpError("header says %d bytes but the layer sizes need %d"
                            % (n_bytes, expect))
@@ -324,29 +352,58 @@ class Loader:
         if adam and momentum:
             raise EbpError("Adam and momentum buffers together: Adam takes the place of "
                            "momentum")
+        if sdlm and (momentum or adam):
+            raise EbpError("SDLM and momentum buffers or Adam together: a net has one "
+                           "optimiser")
         c1 = u16(h, FIXED + 6 * L)
         c2 = u16(h, FIXED + 6 * L + 2)
-        mod = _adam_module() if adam else None
+        mod = _opt_module(True) if adam else None
         if mod is not None:
             try:
                 mod.check(c1, c2)
             except ValueError as e:
                 raise EbpError(str(e)) from None
-        self._check_memory(sizes, momentum, adam)
+        smod = _opt_module(False) if sdlm else None
+        if smod is not None:
+            o = FIXED + 6 * L
+            mu_m = h[o]
+            mu_e = h[o + 1]
+            gamma = u16(h, o + 2)
+            # loops, not comprehensions (whose function objects would be garbage too)
+            fc = []
+            fh = []
+            for l in range(L):
+                fc.append(h[o + 4 + 2 * l])
+                fh.append(h[o + 5 + 2 * l])
+            try:
+                smod.check(L, mu_m, mu_e, gamma, fc, fh)
+                for l in range(L):
+                    smod.mu_in(mu_m, mu_e, fh[l], l)
+            except ValueError as e:
+                raise EbpError(str(e)) from None
+        self._check_memory(sizes, momentum, adam, sdlm)
+        what = "Adam" if adam else "SDLM"
         try:
             net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
                       alpha, self.kernels)
             if mod is not None:
                 mod.attach(net, c1, c2)
+            if smod is not None:
+                k = smod.attach(net, mu_m, mu_e, gamma, fc, fh).k
+                # the native module's own kernels, looked up now rather than at the first
+                # sample (a module built without them has none)
+                for name in ("sq_t", "curv_acc", "sdlm"):
+                    getattr(k, name)
         except MemoryError:
             raise NoRoom("out of memory building a net of %d parameters" % (expect // 2),
-                         ram_need(sizes, momentum, adam), -1) from None
+                         ram_need(sizes, momentum, adam, sdlm), -1) from None
         except ValueError as e:
             raise EbpError("net: %s" % e) from None
         except (ImportError, AttributeError):
-            # Adam's kernel for these kernels (edgebp.adam._kernel) is not on the board: no
-            # edgebp/adam_viper.py or edgebp/adam_native.mpy
-            raise EbpError("no Adam kernel for the %s kernels" % self._kname()) from None
+            # the optimiser's kernels for these kernels (edgebp.adam._kernel,
+            # edgebp.sdlm._kernels) are not on the board: no edgebp/adam_viper.py,
+            # edgebp/adam_native.mpy, edgebp/sdlm_viper.py or edgebp/sdlm_native.mpy
+            raise EbpError("no %s kernel for the %s kernels" % (what, self._kname())) from None
         if flags & FLAG_HYPER:
             try:
                 apply_hyper(net, h, HYPER_AT)
@@ -374,11 +431,11 @@ class Loader:
         # board never asks)
         return bytes(self.head[HYPER_AT:HYPER_AT + HYPER_LEN]) if self.has_hyper else None
 
-    def _check_memory(self, sizes, momentum, adam):
+    def _check_memory(self, sizes, momentum, adam, sdlm):
         if self.mem_free is None:
             return
         # before anything of the net is allocated
-        need = ram_need(sizes, momentum, adam)
+        need = ram_need(sizes, momentum, adam, sdlm)
         free = self.mem_free()
         if need > free:
             # garbage is free RAM too: MicroPython collects only when an allocation fails, so

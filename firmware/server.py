@@ -370,7 +370,7 @@ class Server:
         net = self.net
         used = self.held + 2 * (len(self.x) + len(self.t))
         if net is not None:
-            used += ebp.ram_need(net.sizes, net.VW[0] is not None, net.opt is not None)
+            used += ebp.net_need(net)
         return max(0, self.heap - used)
 
     def _mem_free(self):
@@ -382,8 +382,7 @@ class Server:
         # (no net, or too little room even without it) E_MEM
         gc.collect()
         net = self.net
-        if net is None or (e.free >= 0 and e.need > e.free + ebp.ram_need(
-                net.sizes, net.VW[0] is not None, net.opt is not None)):
+        if net is None or (e.free >= 0 and e.need > e.free + ebp.net_need(net)):
             return self.fail(seq, E_MEM, _text(e))
         if e.free < 0:
             return self.fail(seq, E_ROOM, _text("needs about %d bytes beside the loaded net"

@@ -13,7 +13,7 @@ from edgebp import ckpt, ebp
 from edgebp.host.boards.session import Session, SessionError
 from edgebp.host.boards.sim import InProcessBoard, MicroPythonBoard
 from edgebp.host.nets import ebpfile
-from edgebp.host.nets.qnet import Hyper, adam_q
+from edgebp.host.nets.qnet import Hyper, adam_q, sdlm_q
 from test_ebp import make_data, make_qnet, reference_train
 
 # everything that carries state from one update to the next: momentum, weight decay,
@@ -21,6 +21,17 @@ from test_ebp import make_data, make_qnet, reference_train
 HYPER = Hyper(lr=0.05, batch=3, momentum=0.5, weight_decay=0.01, rounding="stochastic", seed=7)
 # the same for Adam (which takes the place of momentum)
 ADAM_HYPER = Hyper(lr=0.01, batch=3, weight_decay=0.01, rounding="stochastic", seed=7)
+
+
+# and for SDLM
+SDLM_HYPER = Hyper(lr=0.02, batch=3, weight_decay=0.01, rounding="stochastic", seed=7)
+
+
+def sdlm_qnet(kind, sizes, batch_max=4, mu=0.1, gamma=0.05):
+    q = make_qnet(kind, sizes, batch_max=batch_max)
+    L = len(sizes) - 1
+    q.sdlm = sdlm_q(mu, gamma, [12] * (L - 1) + [14], [9] * L)
+    return q
 
 
 def adam_qnet(kind, sizes, batch_max=4, betas=(0.9, 0.999)):
@@ -43,10 +54,15 @@ def state(net):
         if net.VW[l] is not None:
             out += [list(net.VW[l]), list(net.VB[l])]
     opt = net.opt
-    if opt is not None:
+    if opt is not None and not opt.curv:
         out += [opt.c1, opt.c2, opt.t, opt.p1, opt.p2]
         for l in range(net.L):
             out += [list(opt.MW[l]), list(opt.MB[l]), list(opt.VW[l]), list(opt.VB[l])]
+    elif opt is not None:
+        # SDLM: its settings, estimate and sample count (not C: one sample's scratch)
+        out += [opt.mu_m, opt.mu_e, opt.gamma, list(opt.fc), list(opt.fh), opt.n]
+        for l in range(net.L):
+            out += [list(opt.HW[l]), list(opt.HB[l])]
     return out
 
 
@@ -82,7 +98,7 @@ def test_restored_state_is_the_saved_state(kind, tmp_path):
     assert state(back) == state(net)
 
 
-@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["momentum", "adam", "sdlm"])
 def test_device_resume_and_torn_files(runtime, optimizer):
     """The same checkpoint code on the device: resumed training matches the host's reference,
     a torn new file is never taken."""
@@ -90,8 +106,13 @@ def test_device_resume_and_torn_files(runtime, optimizer):
             Path(ckpt.__file__).parent / "adam_viper.py").is_file():
         # the others take the viper or native kernels, whose Adam kernels come with it
         pytest.skip("no viper or native Adam kernels here (edgebp/adam_viper.py)")
+    if optimizer == "sdlm" and runtime not in ("cpython", "wasm") and not (
+            Path(ckpt.__file__).parent / "sdlm_viper.py").is_file():
+        pytest.skip("no viper or native SDLM kernels here (edgebp/sdlm_viper.py)")
     if optimizer == "adam":
         q, hyper = adam_qnet("ce", (5, 6, 3)), ADAM_HYPER
+    elif optimizer == "sdlm":
+        q, hyper = sdlm_qnet("ce", (5, 6, 3)), SDLM_HYPER
     else:
         q, hyper = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4), HYPER
     X, T = make_data(q, 17)
@@ -595,3 +616,135 @@ def test_a_refused_adam_checkpoint_leaves_the_board_its_trained_net(tmp_path):
     _, k, p = b.ask(wire.RESUME)
     assert k == wire.CKPT and struct.unpack("<4I2H", p)[5] == 1
     assert b.server.net.sizes == [3, 4, 2] and b.server.net.opt.t == 2
+
+
+# -- SDLM: its running curvature and the count of its samples are training state too --
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+def test_sdlm_net_part_is_the_host_net_file(kind, tmp_path):
+    q = sdlm_qnet(kind, (5, 7, 3))
+    ckpt.save(q.build(SDLM_HYPER), str(tmp_path))
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    assert raw[5] & ckpt.F_SDLM and not raw[5] & (ckpt.F_MOMENTUM | ckpt.F_ADAM)
+    n = ebp.file_len(q.sizes, sdlm=True)
+    assert raw[ckpt.HEAD:ckpt.HEAD + n] == ebpfile.board_part(q, SDLM_HYPER)
+    # HW, HB (int16) of every parameter, n (u32), the CRC
+    assert len(raw) == ckpt.HEAD + n + 2 * (7 * 6 + 3 * 8) + 4 + 2
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+@pytest.mark.parametrize("at", [13, 15])
+def test_sdlm_resumed_from_a_checkpoint_is_bit_exact(kind, at, tmp_path):
+    # at 13 the checkpoint falls inside a sum (one sample pending: C was formed from it and
+    # is not saved), at 15 on a sum's boundary
+    q = sdlm_qnet(kind, (6, 9, 4), mu=0.05, gamma=0.1)
+    X, T = make_data(q, 40)
+    net = q.build(SDLM_HYPER)
+    learn(net, X, T, range(at))
+    assert net.count == at % 3 and net.opt.n == (at + 2) // 3
+    ckpt.save(net, str(tmp_path), 5, at, at // 3)
+    back = ckpt.load(*ckpt.find(str(tmp_path)))
+    assert back.opt is not None and back.opt.curv and state(back) == state(net)
+    assert not any(any(c) for c in back.opt.C)  # C starts again from nothing
+    learn(net, X, T, range(at, 40))
+    learn(back, X, T, range(at, 40))
+    assert state(back) == state(net)
+    # and it did learn, with an estimate of the curvature
+    assert flat_weights(net) != flat_weights(q.build(SDLM_HYPER))
+    assert any(any(h) for h in net.opt.HW)
+
+
+def test_sdlm_checkpoint_before_the_first_sample(tmp_path):
+    q = sdlm_qnet("ce", (3, 4, 2))
+    X, T = make_data(q, 6)
+    net = q.build(SDLM_HYPER)
+    ckpt.save(net, str(tmp_path))
+    back = ckpt.load(*ckpt.find(str(tmp_path)))
+    assert back.opt.n == 0 and state(back) == state(net)
+    learn(net, X, T, range(6))
+    learn(back, X, T, range(6))
+    assert state(back) == state(net)
+
+
+def test_sdlm_session_resumes_after_resets_of_an_in_process_board(tmp_path):
+    q = sdlm_qnet("ce", (6, 8, 3))
+    X, T = make_data(q, 30)
+    rng = np.random.default_rng(5)
+    orders = [rng.permutation(len(X)) for _ in range(2)]
+    with InProcessBoard(root=tmp_path) as board:
+        st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [11, 47],
+                                      SDLM_HYPER)
+    _check(q, X, T, orders, W, B, st, SDLM_HYPER)
+
+
+def test_sdlm_session_resumes_after_the_micropython_process_is_killed(tmp_path):
+    require_runtime("unix")
+    q = sdlm_qnet("mse", (5, 7, 2))
+    X, T = make_data(q, 24)
+    rng = np.random.default_rng(6)
+    orders = [rng.permutation(len(X))]
+    with MicroPythonBoard(root=tmp_path) as board:
+        try:
+            st, W, B = _train_with_resets(board, board.reset, q, X, T, orders, [9],
+                                          SDLM_HYPER)
+        except SessionError as e:
+            if "no SDLM kernel" not in str(e):
+                raise
+            pytest.skip(f"this runtime's kernels have no SDLM kernels yet ({e})")
+    _check(q, X, T, orders, W, B, st, SDLM_HYPER)
+
+
+def _sdlm_checkpoint(tmp_path):
+    """A checkpoint of an SDLM net (3-4-2, 26 parameters) with one sample pending: the raw
+    file, the offsets of its HW and n, and the net."""
+    q = sdlm_qnet("ce", (3, 4, 2))
+    X, T = make_data(q, 9)
+    net = q.build(Hyper(lr=0.02, batch=4))
+    learn(net, X, T, range(9))
+    assert net.count == 1 and net.opt.n == 3
+    ckpt.save(net, str(tmp_path), 0, 9, 2)
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    h_at = ckpt.HEAD + ebp.file_len(q.sizes, sdlm=True)
+    n_at = h_at + 2 * 26
+    return raw, h_at, n_at, net
+
+
+def _sdlm_mutations(raw, h_at, n_at):
+    flags = raw[5]
+    yield "no SDLM flag", _put(raw, 5, "B", flags & ~ckpt.F_SDLM), "no SDLM state"
+    yield "SDLM and momentum", _put(raw, 5, "B", flags | ckpt.F_MOMENTUM), "momentum"
+    yield "SDLM and Adam", _put(raw, 5, "B", flags | ckpt.F_ADAM), "momentum or Adam state"
+    yield "HW -1", _put(raw, h_at, "<h", -1), "SDLM curvature -1 outside 0..32767"
+    yield "HB -32768", _put(raw, n_at - 2, "<h", -32768), "SDLM curvature"
+    yield "n 2**30", _put(raw, n_at, "<I", 1 << 30), "sample count -1: beyond 2**30"
+    yield "n 0 with a curvature", _put(raw, n_at, "<I", 0), "sample count 0: beyond 2**30, or"
+
+
+def test_sdlm_fields_no_engine_writes_are_refused(tmp_path):
+    raw, h_at, n_at, net = _sdlm_checkpoint(tmp_path)
+    root = str(tmp_path)
+    cur = tmp_path / ckpt.NAME
+    for name, bad, words in _sdlm_mutations(raw, h_at, n_at):
+        cur.write_bytes(bad)
+        found = ckpt.find(root)
+        assert found is not None, f"{name}: the CRC should match"
+        with pytest.raises(ckpt.CheckpointError, match=re.escape(words)):
+            ckpt.load(*found)
+    # the bounds themselves are what the engine may write
+    for ok in (_put(raw, h_at, "<h", 32767), _put(raw, h_at, "<h", 0),
+               _put(raw, n_at, "<I", (1 << 30) - 1), _put(raw, n_at, "<I", 1)):
+        cur.write_bytes(ok)
+        assert ckpt.load(*ckpt.find(root)).opt.curv
+    # n = 0 with every curvature 0: a net checkpointed before its first sample
+    zero = raw[:h_at] + bytes(2 * 26) + raw[n_at:]
+    cur.write_bytes(_put(zero, n_at, "<I", 0))
+    assert ckpt.load(*ckpt.find(root)).opt.n == 0
+
+
+def test_sdlm_state_for_a_net_without_sdlm_is_refused(tmp_path):
+    q = make_qnet("ce", (3, 4, 2))
+    ckpt.save(q.build(Hyper(lr=0.05)), str(tmp_path))
+    raw = (tmp_path / ckpt.NAME).read_bytes()
+    (tmp_path / ckpt.NAME).write_bytes(_put(raw, 5, "B", raw[5] | ckpt.F_SDLM))
+    with pytest.raises(ckpt.CheckpointError, match="SDLM state for a net without SDLM"):
+        ckpt.load(*ckpt.find(str(tmp_path)))

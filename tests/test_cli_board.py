@@ -113,6 +113,19 @@ def test_check_an_adam_net(tmp_path, capsys):
     assert "gradients agree" in out
 
 
+def test_check_an_sdlm_net(tmp_path, capsys):
+    # the gradients do not depend on the optimiser, and the board loads the net with SDLM
+    spec, net = tmp_path / "s.json", tmp_path / "n.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--optimizer", "sdlm")
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    from edgebp.host.nets import ebpfile
+
+    assert ebpfile.read(net)[0].sdlm is not None
+    out = run(capsys, "check", "--net", str(net), "--data", IRIS, "--samples", "20")
+    assert "equal the core's (CPython), bit for bit" in out
+    assert "gradients agree" in out
+
+
 def test_check_shows_the_bound_of_each_layer_and_passes_a_narrow_net(tmp_path, capsys):
     """Issue 13: a sound core on an 8-layer tanh net with a width-1 layer measures a rel L2
     of 0.24 on layers 1-3 (one sample); its bounds, derived from the net, say ok there and

@@ -273,3 +273,113 @@ def test_a_bad_beta_on_a_net_file_is_one_line(tmp_path, capsys):
                      "--momentum", "0.9"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Adam takes the place of momentum" in err
+
+
+# -- SDLM --
+
+
+def test_train_with_sdlm_learns_xor(capsys, tmp_path):
+    out = run(capsys, "train", "--optimizer", "sdlm", "-o", str(tmp_path / "xor.ebp"))
+    # SDLM's default rate when none is given, mu and gamma as the board applies them
+    assert re.search(r"SDLM \(mu 0\.1\d*, gamma 0\.0\d+\), lr 0\.05", out), out
+    table = out[out.index("x1  x2  target  output"):].splitlines()[1:5]
+    for row in table:
+        x1, x2, target, output = (float(v) for v in row.split())
+        assert (output > 0.5) == (target == 1)
+    assert epoch_rows(out)[-1].split()[2] == "100.0%"
+    q, hyper = ebpfile.read(tmp_path / "xor.ebp")
+    assert q.sdlm is not None and q.sdlm[:3] == (205, 11, 819) and q.adam is None
+    assert hyper.lr == 0.05 and not q.momentum
+
+
+def test_sdlm_board_run_matches_the_core(tmp_path, capsys):
+    """An SDLM net trained through the simulated board ends with the weights of the core Net
+    trained in the same order (its curvature carried across epochs)."""
+    from array import array
+
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "8", "--optimizer", "sdlm",
+        "--mu", "0.2", "--gamma", "0.1")
+    text = spec.read_text()
+    assert '"name": "sdlm"' in text and '"mu": 0.2' in text and '"gamma": 0.1' in text
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    run(capsys, "train", "--net", str(net), "--data", IRIS, "--epochs", "2", "--batch", "7",
+        "--seed", "5", "-o", str(tmp_path / "t.ebp"))
+    qnet, hyper = ebpfile.read(net)
+    assert qnet.sdlm is not None
+    hyper.batch, hyper.seed = 7, 5
+    core = qnet.build(hyper)
+    ds = data.read(IRIS)
+    Xq, Tq = qnet.quantize_inputs(ds.X), qnet.quantize_targets(ds.y[:, 0])
+    for epoch in range(2):
+        for i in epoch_order(len(ds), 5, epoch):
+            core.learn(array("h", Xq[i].tolist()), array("h", Tq[i].tolist()))
+        core.update()  # the partial batch at the end of an epoch
+    assert core.opt.n > 0
+    trained, _ = ebpfile.read(tmp_path / "t.ebp")
+    assert trained.sdlm == qnet.sdlm
+    for l in range(qnet.L):
+        assert trained.W[l].ravel().tolist() == list(core.W[l])
+        assert trained.B[l].tolist() == list(core.B[l])
+
+
+def test_a_net_file_switches_to_sdlm_with_formats_from_its_data(tmp_path, capsys):
+    from edgebp.host.nets.quantize import sdlm_settings
+    from edgebp.host.nets.reference import from_qnet
+
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "4", "--momentum", "0.5")
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    out = run(capsys, "train", "--net", str(net), "--data", IRIS, "--epochs", "1",
+              "--optimizer", "sdlm", "--gamma", "0.25", "-o", str(tmp_path / "a.ebp"))
+    assert "SDLM (mu 0.1001, gamma 0.25), lr 0.05" in out and "momentum" not in out
+    q, _ = ebpfile.read(tmp_path / "a.ebp")
+    assert not q.momentum and q.adam is None
+    # the formats of the net as given, from the data as given
+    given, _ = ebpfile.read(net)
+    ds = data.read(IRIS)
+    Xn = given.quantize_inputs(ds.X) * 2.0 ** -given.shift_a[0]
+    assert q.sdlm == sdlm_settings(from_qnet(given), Xn, ds.y[:, 0].astype(int), 0.1, 0.25)
+    # an SDLM file keeps its formats when mu changes; and back to SGD
+    out = run(capsys, "train", "--net", str(tmp_path / "a.ebp"), "--data", IRIS, "--epochs",
+              "1", "--mu", "0.5", "-o", str(tmp_path / "b.ebp"))
+    b, _ = ebpfile.read(tmp_path / "b.ebp")
+    assert "SDLM (mu 0.5" in out and b.sdlm[3:] == q.sdlm[3:] and b.sdlm[2] == q.sdlm[2]
+    out = run(capsys, "train", "--net", str(tmp_path / "b.ebp"), "--data", IRIS, "--epochs",
+              "1", "--optimizer", "sgd", "--lr", "0.05", "-o", str(tmp_path / "s.ebp"))
+    assert "SDLM" not in out and "lr 0.05" in out
+    assert ebpfile.read(tmp_path / "s.ebp")[0].sdlm is None
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--optimizer", "sdlm", "--mu", "0"], "optimizer.mu: SDLM mu must be a positive number"),
+    (["--optimizer", "sdlm", "--mu", "1000"], "optimizer.mu: SDLM mu 1000.0 outside"),
+    (["--optimizer", "sdlm", "--gamma", "0"], "optimizer.gamma: SDLM gamma must lie in (0, 1]"),
+    (["--optimizer", "sdlm", "--gamma", "2"], "optimizer.gamma: SDLM gamma must lie in (0, 1]"),
+    (["--mu", "0.5"], "--mu is a setting of SDLM"),
+    (["--optimizer", "adam", "--gamma", "0.5"], "--gamma is a setting of SDLM"),
+    (["--optimizer", "sdlm", "--beta1", "0.5"], "--beta1 is a setting of Adam"),
+])
+def test_a_bad_sdlm_setting_is_one_line(capsys, args, words):
+    assert cli.main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_a_bad_sdlm_setting_on_a_net_file_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "s.json"
+    net = tmp_path / "net.ebp"
+    run(capsys, "init", str(spec), "--data", IRIS, "--hidden", "4", "--optimizer", "sdlm")
+    run(capsys, "quantize", str(spec), "-o", str(net), "--calib", IRIS)
+    for args, words in ((["--gamma", "3"], "SDLM gamma must lie in (0, 1]"),
+                        (["--mu", "-1"], "SDLM mu must be a positive number"),
+                        (["--mu", "1e-6"], "too small for the curvature format")):
+        assert cli.main(["train", "--net", str(net), "--data", IRIS, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert cli.main(["init", str(tmp_path / "m.json"), "--data", IRIS, "--optimizer", "sdlm",
+                     "--momentum", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SDLM takes the place of momentum" in err

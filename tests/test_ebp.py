@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from edgebp import ebp, fixed
 from edgebp.ebp import EbpError
 from edgebp.host.nets import ebpfile
-from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q, sdlm_q
 from edgebp.wire import crc16
 
 
@@ -461,3 +461,204 @@ def test_kernels_without_adam_refuse_an_adam_net_in_one_line(monkeypatch):
     ld.feed(good(), 0, len(good()))
     net = ld.finish()
     assert net.opt is None and net.k is old
+
+
+# -- SDLM: flag bit 4, its mu, gamma and curvature formats under the header CRC --
+
+SDLM_HYPER = Hyper(lr=0.02, batch=2, weight_decay=1e-3, rounding="stochastic", seed=13)
+
+
+def sdlm_qnet(kind="ce", sizes=(4, 8, 3), mu=0.1, gamma=0.05, fc=None, fh=None):
+    q = make_qnet(kind, sizes)
+    L = len(sizes) - 1
+    q.sdlm = sdlm_q(mu, gamma, fc or [11 + l for l in range(L - 1)] + [14],
+                    fh or [9 + l for l in range(L)])
+    return q
+
+
+def sdlm_good():
+    return bytearray(ebpfile.to_bytes(sdlm_qnet(), SDLM_HYPER, trailer=False))
+
+
+def refresh_sdlm_crc(b):
+    n = ebp.FIXED + 6 * b[5] + ebp.SDLM_LEN + 2 * b[5]
+    b[n:n + 2] = struct.pack("<H", crc16(b, 0, n))
+    return b
+
+
+@pytest.mark.parametrize("kind", ["ce", "bce", "mse"])
+@pytest.mark.parametrize("sizes", [(5, 7, 3), (3, 2), (4, 6, 5, 2)])
+def test_sdlm_round_trip(kind, sizes):
+    q = sdlm_qnet(kind, sizes, mu=0.3, gamma=0.01)
+    data = ebpfile.to_bytes(q, SDLM_HYPER)
+    L = len(sizes) - 1
+    assert data[7] & ebp.FLAG_SDLM and not data[7] & (ebp.FLAG_MOMENTUM | ebp.FLAG_ADAM)
+    # the block sits after the layer records, under the header CRC: mu_m, mu_e, gamma, then
+    # fc, fh of each layer
+    at = ebp.FIXED + 6 * L
+    mu_m, mu_e, gamma, fc, fh = q.sdlm
+    assert struct.unpack_from("<BBH", data, at) == (mu_m, mu_e, gamma)
+    assert mu_m * 2.0 ** -mu_e == pytest.approx(0.3, rel=1 / 256) and gamma == 164
+    assert list(data[at + 4:at + 4 + 2 * L]) == [v for l in range(L) for v in (fc[l], fh[l])]
+    end = at + 4 + 2 * L
+    assert struct.unpack_from("<H", data, end)[0] == crc16(data, 0, end)
+    assert struct.unpack_from("<I", data, 24)[0] == ebp.file_len(q.sizes, sdlm=True)
+    assert ebp.head_len(L, sdlm=True) == end + 2
+    q2, h2 = ebpfile.from_bytes(data)
+    assert q2.sdlm == q.sdlm and q2.adam is None and h2 == SDLM_HYPER and not q2.momentum
+    assert all(np.array_equal(a, b) for a, b in zip(q.W + q.B, q2.W + q2.B, strict=True))
+    assert ebpfile.from_bytes(ebpfile.to_bytes(make_qnet(kind, sizes), HYPER))[0].sdlm is None
+
+
+def test_sdlm_board_parser_attaches_sdlm_and_trains_as_the_core():
+    q = sdlm_qnet("mse", (4, 6, 3))
+    data = ebpfile.to_bytes(q, SDLM_HYPER)
+    net = ebp.load(data)
+    o = net.opt
+    assert (o.mu_m, o.mu_e, o.gamma, tuple(o.fc), tuple(o.fh)) == q.sdlm and net.VW[0] is None
+    ref = q.build(SDLM_HYPER)
+    X, T = make_data(q, 12)
+    for x, t in zip(X, T, strict=True):
+        net.learn(array("h", x.tolist()), array("h", t.tolist()))
+        ref.learn(array("h", x.tolist()), array("h", t.tolist()))
+    assert [list(w) for w in net.W] == [list(w) for w in ref.W]
+    assert [list(h) for h in net.opt.HW] == [list(h) for h in ref.opt.HW]
+    assert net.opt.n == ref.opt.n == 6 and any(any(h) for h in net.opt.HW)
+
+
+@pytest.mark.parametrize("step", [1, 5, 7, 41])
+def test_sdlm_file_in_pieces_of_any_size(step):
+    data = ebpfile.to_bytes(sdlm_qnet(), SDLM_HYPER)
+    ld = ebp.Loader(len(data))
+    for i in range(0, len(data), step):
+        ld.feed(data, i, min(i + step, len(data)))
+    net = ld.finish()
+    assert net.opt is not None and net.opt.curv and same_weights(net, sdlm_qnet())
+    assert ebp.load(io.BytesIO(data)).opt.gamma == sdlm_qnet().sdlm[2]
+
+
+@pytest.mark.parametrize("field,value,words", [
+    (0, 0, "SDLM mu mantissa 0"), (1, 31, "exponent 31 outside"),
+    (2, 0, "SDLM gamma 0 outside 1..16384"), (2, 16385, "SDLM gamma 16385 outside"),
+    (4, 25, "layer 1: SDLM curvature formats Q25"), (5, 15, "layer 1: SDLM curvature formats"),
+    (6, 13, "the output layer's curvature is Q14"),
+    # mu = 255 in Q14 does not fit int16; mu = 2**-30 in Q9 is below one LSB
+    (1, 0, "layer 1: SDLM mu 205/2**0 is too large for the curvature format Q9"),
+    (1, 30, "layer 1: SDLM mu 205/2**30 is too small for the curvature format Q9")])
+def test_sdlm_settings_out_of_range_are_refused_in_one_line(field, value, words):
+    b = sdlm_good()
+    at = ebp.FIXED + 6 * 2
+    if field == 2:
+        b[at + 2:at + 4] = struct.pack("<H", value)
+    else:
+        b[at + field] = value
+    expect(refresh_sdlm_crc(b), words)
+    with pytest.raises(EbpError) as err:
+        ebp.load(bytes(b))
+    assert "\n" not in str(err.value)
+
+
+def test_sdlm_edges_are_accepted():
+    for mu, gamma, fc, fh in ((1.0, 1.0, [0, 14], [0, 0]), (2.0**-14, 2.0**-14, [24, 14],
+                                                             [14, 14]), (255.0, 0.5, [5, 14],
+                                                                         [6, 7])):
+        q = sdlm_qnet(mu=mu, gamma=gamma, fc=fc, fh=fh)
+        assert ebpfile.from_bytes(ebpfile.to_bytes(q, SDLM_HYPER))[0].sdlm == q.sdlm
+
+
+def test_sdlm_block_is_under_the_header_crc():
+    for at in (0, 2, 4, 7):
+        b = sdlm_good()
+        b[ebp.FIXED + 6 * 2 + at] ^= 1
+        expect(b, "header CRC mismatch")
+    b = sdlm_good()
+    b[7] &= ~ebp.FLAG_SDLM
+    expect(refresh_head_crc(b), "header says")
+
+
+def test_sdlm_with_momentum_or_adam_is_refused():
+    b = sdlm_good()
+    b[7] |= ebp.FLAG_MOMENTUM
+    expect(refresh_sdlm_crc(b), "SDLM and momentum buffers or Adam together")
+    q = sdlm_qnet()
+    q.momentum = True
+    with pytest.raises(EbpError, match="SDLM and momentum"):
+        ebpfile.to_bytes(q, SDLM_HYPER)
+    with pytest.raises(EbpError, match="without momentum buffers"):
+        ebpfile.to_bytes(sdlm_qnet(), Hyper(lr=0.01, momentum=0.5))
+    q = sdlm_qnet()
+    q.adam = adam_q()
+    with pytest.raises(EbpError, match="Adam and SDLM together"):
+        ebpfile.to_bytes(q, SDLM_HYPER)
+    # both flags: the header holds both blocks, and the board refuses the pair
+    b = sdlm_good()
+    at = ebp.FIXED + 6 * 2
+    b[7] |= ebp.FLAG_ADAM
+    b[at:at] = struct.pack("<HH", *adam_q())
+    b[24:28] = struct.pack("<I", len(b))
+    n = ebp.head_len(2, True, True) - 2
+    b[n:n + 2] = struct.pack("<H", crc16(b, 0, n))
+    b[-2:] = struct.pack("<H", crc16(b, 0, len(b) - 2))
+    expect(b, "SDLM and momentum buffers or Adam together")
+
+
+def test_sdlm_memory_check_counts_its_curvatures():
+    sizes = [4, 8, 3]
+    params = 8 * 5 + 3 * 9
+    units = 8 + 3
+    L = 2
+    # HW, HB int16 per parameter, C int16 per unit, its lists
+    extra = ebp.ram_need(sizes, False, sdlm=True) - ebp.ram_need(sizes, False)
+    assert extra == 2 * params + 2 * units + 10 * (16 + 4 * L)
+    need = ebp.ram_need(sizes, False, sdlm=True)
+    data = sdlm_good()
+    with pytest.raises(ebp.NoRoom, match=f"about {need} bytes of RAM, {need - 1} free"):
+        ebp.Loader(len(data), mem_free=lambda: need - 1).feed(data, 0, len(data))
+    ld = ebp.Loader(len(data), mem_free=lambda: need)
+    ld.feed(data, 0, len(data))
+    net = ld.finish()
+    assert net.opt.curv and ebp.net_need(net) == need
+
+
+def test_an_sgd_net_does_not_import_sdlm():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgebp import ebp; from edgebp.host.nets import ebpfile; "
+            "import test_ebp; ebp.load(ebpfile.to_bytes(test_ebp.make_qnet(), test_ebp.HYPER)); "
+            "a = 'edgebp.sdlm' in sys.modules; "
+            "ebp.load(ebpfile.to_bytes(test_ebp.sdlm_qnet(), test_ebp.SDLM_HYPER)); "
+            "print(a, 'edgebp.sdlm' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__), check=True)
+    assert done.stdout.split()[-2:] == ["False", "True"]
+
+
+def test_kernels_without_sdlm_refuse_an_sdlm_net_in_one_line(monkeypatch):
+    # a native module built before SDLM (no sq_t, curv_acc, sdlm), and a board without
+    # edgebp/sdlm_viper.py: the loader says so, naming the kernels
+    import sys
+    import types
+
+    from edgebp import kernels
+
+    old = types.ModuleType("edgebp.kernels_native")
+    for name in dir(kernels):
+        if not name.startswith("_"):
+            setattr(old, name, getattr(kernels, name))
+    with pytest.raises(EbpError, match="^no SDLM kernel for the native kernels$"):
+        ebp.Loader(-1, old).feed(sdlm_good(), 0, len(sdlm_good()))
+    viper = types.ModuleType("edgebp.kernels_viper")
+    for name in dir(kernels):
+        if not name.startswith("_"):
+            setattr(viper, name, getattr(kernels, name))
+    monkeypatch.setitem(sys.modules, "edgebp.sdlm_viper", None)  # an import that fails
+    with pytest.raises(EbpError, match="^no SDLM kernel for the viper kernels$"):
+        ebp.Loader(-1, viper).feed(sdlm_good(), 0, len(sdlm_good()))
+    # the native module's own kernels, once it has them
+    for name in ("sq_t", "curv_acc", "sdlm"):
+        setattr(old, name, getattr(__import__("edgebp.sdlm", fromlist=["x"]), name))
+    ld = ebp.Loader(-1, old)
+    ld.feed(sdlm_good(), 0, len(sdlm_good()))
+    assert ld.finish().opt.k is old

@@ -12,7 +12,7 @@ import pytest
 
 from edgebp import kernels as K
 from edgebp.host.nets import quantize as quantize_mod
-from edgebp.host.nets.qnet import Hyper, adam_q
+from edgebp.host.nets.qnet import Hyper, adam_q, sdlm_q
 from edgebp.host.nets.quantize import (
     RangeError,
     dequantize,
@@ -363,3 +363,79 @@ def test_quantiser_carries_adam():
     assert requantize(q, Ws, Bs).adam == q.adam
     assert q.with_weights(net).adam == q.adam
     assert quantize(parse_spec(iris_like()), Ws, Bs).adam is None
+
+
+# -- SDLM in the spec --
+
+
+def _sdlm_spec(**opt):
+    d = iris_like()
+    d["optimizer"] = {"name": "sdlm", **opt}
+    return d
+
+
+def test_spec_takes_sdlm_with_its_defaults():
+    spec = parse_spec(_sdlm_spec())
+    assert (spec.optimizer, spec.mu, spec.gamma, spec.lr) == ("sdlm", 0.1, 0.05, 0.05)
+    assert spec.adam is None and spec.sdlm == sdlm_q(0.1, 0.05, (), ())
+    assert parse_spec(dict(iris_like(), optimizer="sdlm")) == spec
+    spec = parse_spec(_sdlm_spec(mu=0.5, gamma=0.2, lr=0.003))
+    assert (spec.mu, spec.gamma, spec.lr) == (0.5, 0.2, 0.003)
+    assert parse_spec(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert parse_spec(dict(iris_like(), optimizer={})).sdlm is None
+
+
+@pytest.mark.parametrize("opt,field,words", [
+    ({"mu": 0}, "optimizer.mu", "positive"),
+    ({"mu": -1}, "optimizer.mu", "positive"),
+    ({"mu": 300}, "optimizer.mu", "outside 2**-30..255"),
+    ({"gamma": 0}, "optimizer.gamma", "(0, 1]"),
+    ({"gamma": 1.5}, "optimizer.gamma", "(0, 1]"),
+    ({"gamma": "fast"}, "optimizer.gamma", "finite number"),
+    ({"momentum": 0.9}, "optimizer.momentum", "SDLM takes the place of momentum"),
+    ({"beta1": 0.9}, "optimizer.beta1", "only used with Adam"),
+])
+def test_spec_refuses_bad_sdlm_settings(opt, field, words):
+    with pytest.raises(SpecError) as err:
+        parse_spec(_sdlm_spec(**opt))
+    assert err.value.field == field and words in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(SpecError, match="only used with SDLM"):
+        parse_spec(dict(iris_like(), optimizer={"mu": 0.1}))
+
+
+def test_quantiser_chooses_sdlm_formats_that_hold_the_calibration_curvature():
+    # the formats come from the calibration samples: the board's curvature of each of them,
+    # computed by the core, stays below half of int16 (the formats leave 4 times the largest
+    # the float reference finds) and is not all rounded away
+    spec = parse_spec(_sdlm_spec(mu=0.2, gamma=0.1))
+    Ws, Bs = init_float_weights(spec)
+    rng = np.random.default_rng(3)
+    X = rng.uniform(spec.input_min, spec.input_max, (64, spec.sizes[0]))
+    T = rng.integers(0, spec.sizes[-1], 64)
+    q = quantize(spec, Ws, Bs, X, T)
+    mu_m, mu_e, gamma, fc, fh = q.sdlm
+    assert (mu_m, mu_e, gamma) == sdlm_q(0.2, 0.1, (), ())[:3] and not q.momentum
+    assert len(fc) == len(fh) == spec.L and fc[-1] == 14
+    net = q.build(spec.hyper())
+    st = net.opt
+    assert (st.mu_m, st.gamma, tuple(st.fh)) == (mu_m, gamma, fh)
+    Xq, Tq = q.quantize_inputs(X), q.quantize_targets(T)
+    top_h = [0] * spec.L
+    for x, t in zip(Xq, Tq, strict=True):
+        st.n = 0  # every sample's own curvature: the estimate is that sample's
+        net.forward(array("h", x.tolist()))
+        net.count = 0
+        net.backward(array("h", t.tolist()))
+        for l in range(spec.L):
+            assert max(st.C[l]) < 16384, (l, max(st.C[l]))
+            top_h[l] = max(top_h[l], max(st.HW[l]), max(st.HB[l]))
+    assert all(16 <= h < 16384 for h in top_h), top_h
+
+
+def test_quantiser_makes_a_format_coarser_for_a_large_mu():
+    # mu = 200 does not fit Q14 (200 * 2**14 > 32767): the parameter formats hold it
+    spec = parse_spec(_sdlm_spec(mu=200.0))
+    q = quantize(spec, *init_float_weights(spec))
+    assert all(200 * 2**f <= 32767 for f in q.sdlm[4])
+    assert q.build(spec.hyper()).opt.mu == [200 << f for f in q.sdlm[4]]

@@ -541,3 +541,33 @@ def test_a_checkpoint_that_fits_only_alone_is_refused_beside_the_trained_net(tmp
     assert k == wire.CKPT
     assert b.weights() == [a.ravel().tolist() for l in range(saved.L)
                            for a in (saved.W[l], saved.B[l])]
+
+
+def test_sdlm_curvatures_count_in_the_ram_budget():
+    # a budget that holds the net with SGD but not with SDLM (2 bytes more per parameter and
+    # per unit: HW, HB and C, int16)
+    from edgebp import ebp
+    from edgebp.host.nets.qnet import sdlm_q
+
+    params = 16 * 201 + 3 * 17
+    sgd = _big_ce(200)
+    sdlm = _big_ce(200)
+    sdlm.sdlm = sdlm_q(0.1, 0.05, (12, 14), (9, 9))
+    b = Board(max_payload=1024, heap=4096 + 7 * params)
+    b.load(sgd, chunk=200)
+    b.ok(wire.DROP)
+    data = ebpfile.to_bytes(sdlm, HYPER, trailer=False)
+    b.ok(wire.LOAD_BEGIN, struct.pack("<I", len(data)))
+    _, k, p = b.ask(wire.LOAD_CHUNK, struct.pack("<I", 0) + data[:200])
+    assert (k, p[0]) == (wire.ERROR, wire.E_MEM), (k, p)
+    need = ebp.ram_need(sgd.sizes, False, sdlm=True)
+    assert f"about {need} bytes" in p[1:].decode() and need >= 8 * params
+    # with room for it, it loads, and what it holds is out of the free budget
+    b = Board(max_payload=1024, heap=8192 + 10 * params)
+    b.load(sdlm, chunk=200)
+    assert b.server.net.opt.curv
+    b2 = Board(max_payload=1024, heap=8192 + 10 * params)
+    b2.load(sgd, chunk=200)
+    units = 16 + 3
+    assert (b2.server.budget_free() - b.server.budget_free()
+            == 2 * params + 2 * units + 10 * (16 + 4 * 2))

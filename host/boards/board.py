@@ -35,7 +35,7 @@ MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7e
 # the .mpy format mpy-cross writes (MicroPython 1.23 and later read it)
 MPY_VERSION = (6, 3)
 # needs a native emitter: without one the pure-Python kernels run (edgebp/kern.py)
-NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py"}
+NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py", "edgebp/sdlm_viper.py"}
 # The build of the native kernels (edgebp/native/<build>/) a board of each .mpy architecture
 # loads: MicroPython takes any ARM Thumb build up to its own core's (armv7em boards: armv7m).
 # xtensawin (esp32) has no build, for want of a toolchain: the viper kernels run there.
@@ -49,13 +49,13 @@ NOT_DEPLOYED = {"edgebp/firmware/manifest.py"}
 DIRS = ("edgebp", "edgebp/firmware")
 # What a program of the user's own needs on the board (edgebp/learner.py): PREDICT for
 # Learner.predict alone, LEARN for learning with checkpoints too; neither the training server
-# nor the wire codec. (A test imports each set alone on a board.) A net file with Adam needs
-# edgebp/adam.py (and its viper kernel where viper runs) to load, even to predict: the loader
-# attaches Adam; an SGD net never imports them.
+# nor the wire codec. (A test imports each set alone on a board.) A net file with Adam or
+# SDLM needs edgebp/adam.py or edgebp/sdlm.py (and its viper kernels where viper runs) to
+# load, even to predict: the loader attaches the optimiser; an SGD net never imports them.
 PREDICT = ("edgebp/__init__.py", "edgebp/adam.py", "edgebp/adam_viper.py", "edgebp/crc.py",
            "edgebp/ebp.py", "edgebp/fixed.py", "edgebp/kern.py", "edgebp/kernels.py",
            "edgebp/kernels_viper.py", "edgebp/learner.py", "edgebp/luts.py",
-           "edgebp/luts_act.py", "edgebp/net.py")
+           "edgebp/luts_act.py", "edgebp/net.py", "edgebp/sdlm.py", "edgebp/sdlm_viper.py")
 LEARN = PREDICT + ("edgebp/ckpt.py",)
 
 # One exec on the board: everything deploy needs to know, printed as a Python literal.

@@ -114,8 +114,12 @@ def describe_net(qnet: QuantNet) -> str:
             f"{params} parameters")
 
 
-def describe_hyper(h: Hyper, adam: tuple[int, int] | None = None) -> str:
+def describe_hyper(h: Hyper, adam: tuple[int, int] | None = None, sdlm=None) -> str:
     text = f"lr {h.lr:g}, batch {h.batch}"
+    if sdlm is not None:
+        # mu and gamma as the board applies them: mu_m * 2**-mu_e, gamma / 2**14
+        text = (f"SDLM (mu {sdlm[0] * 2.0 ** -sdlm[1]:.4g}, gamma {sdlm[2] / 16384:.4g}), "
+                + text)
     if adam is not None:
         # the betas as the board applies them: 1 - c / 2**15
         text = (f"Adam (beta1 {1 - adam[0] / 32768:.4g}, beta2 {1 - adam[1] / 32768:.4g}), "

@@ -20,17 +20,30 @@ from edgebp.host.fleet.workload import FleetError, Workload
 def twin_trains_adam() -> bool:
     """Whether the integer twin trains a net with Adam as the core does: a tiny net, two
     samples, one update each way."""
+    from edgebp.host.nets.qnet import adam_q
+
+    return _twin_trains(adam=adam_q())
+
+
+def twin_trains_sdlm() -> bool:
+    """The same for SDLM."""
+    from edgebp.host.nets.qnet import sdlm_q
+
+    return _twin_trains(sdlm=sdlm_q(0.1, 0.05, (14,), (10,)))
+
+
+def _twin_trains(**optimizer) -> bool:
     from array import array
 
     import numpy as np
 
     from edgebp import fixed
-    from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
+    from edgebp.host.nets.qnet import Hyper, QuantNet
     from edgebp.host.nets.twin import TwinNet
 
     q = QuantNet(sizes=[2, 2], acts=[fixed.IDENTITY], shift_a=[12, 12], shift_w=[12],
                  shift_d=[12], loss=fixed.MSE, W=[np.array([[900, -700], [300, 500]], np.int16)],
-                 B=[np.array([40, -60], np.int16)], batch_max=2, adam=adam_q())
+                 B=[np.array([40, -60], np.int16)], batch_max=2, **optimizer)
     hyper = Hyper(lr=0.01, batch=2)
     X = np.array([[2000, -1000], [-3000, 1500]], np.int16)
     T = np.array([[1000, 0], [-500, 2000]], np.int16)
@@ -79,6 +92,9 @@ def _fleet(args: argparse.Namespace) -> int:
     if qnet.adam is not None and args.central and not twin_trains_adam():
         raise UserError("--central trains its yardstick on the integer twin, which has no "
                         "Adam: leave --central out, or train the fleet with --optimizer sgd")
+    if qnet.sdlm is not None and args.central and not twin_trains_sdlm():
+        raise UserError("--central trains its yardstick on the integer twin, which has no "
+                        "SDLM: leave --central out, or train the fleet with --optimizer sgd")
     wl = Workload(qnet, hyper, qnet.quantize_inputs(p.data.X), targets(qnet, p.data),
                   None if p.val is None else qnet.quantize_inputs(p.val.X),
                   None if p.val is None else targets(qnet, p.val),
@@ -110,7 +126,7 @@ def _fleet(args: argparse.Namespace) -> int:
           + (f", held out: {len(p.val)} ({p.val.name})" if p.val is not None else ""))
     print(f"fleet     {args.clients} clients, {settings.partition} split (seed "
           f"{settings.seed}), {args.rounds} rounds of {args.local_epochs} local epoch"
-          f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper, qnet.adam)}; "
+          f"{'s' if args.local_epochs > 1 else ''}, {describe_hyper(hyper, qnet.adam, qnet.sdlm)}; "
           "boards: "
           + (f"{named}, the rest simulated {simulated}" if named
              else f"all simulated {simulated}"))

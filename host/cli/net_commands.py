@@ -15,6 +15,7 @@ from edgebp.host.cli.workload import (
     UserError,
     check_data,
     check_output,
+    check_settings,
     check_suffix,
     n_targets,
     net_bytes,
@@ -127,8 +128,13 @@ def do_init(state: State, args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             opt[key] = getattr(args, key)
     chosen = optimizer_args(args)
-    if chosen.get("name", "sgd") != opt.get("name", "sgd") and args.lr is None:
-        opt.pop("lr", None)  # the other optimiser's rate: the spec's default for this one
+    name = chosen.get("name", opt.get("name", "sgd"))
+    if name != opt.get("name", "sgd"):
+        if args.lr is None:
+            opt.pop("lr", None)  # the other optimiser's rate: the spec's default for this one
+        for key in ("beta1", "beta2", "mu", "gamma"):
+            opt.pop(key, None)  # the other optimiser's settings
+    check_settings(name, chosen)
     opt.update(chosen)
     if "batch" in opt:
         d["batch_max"] = max(d.get("batch_max", 1), opt["batch"])
@@ -158,7 +164,7 @@ def do_init(state: State, args: argparse.Namespace) -> int:
         raise UserError(f"{path}: {e.strerror or e}") from None
     acts = "/".join(spec.activations)
     print(f"wrote {path}: {'-'.join(map(str, spec.sizes))} {acts}, {spec.loss} loss, "
-          f"{describe_hyper(spec.hyper(), spec.adam)} ({origin})")
+          f"{describe_hyper(spec.hyper(), spec.adam, spec.sdlm)} ({origin})")
     print(f"next: edgebp quantize {path} -o net.ebp" + (f" --calib {args.data}" if args.data
                                                        else ""))
     return 0
@@ -194,7 +200,8 @@ def do_quantize(state: State, args: argparse.Namespace) -> int:
     print(formats_table(qnet))
     print(report.table() if args.table else range_summary(report))
     write_net(args.output, qnet, spec.hyper())
-    print(f"wrote {args.output}: {describe_net(qnet)}, {describe_hyper(spec.hyper(), spec.adam)}")
+    print(f"wrote {args.output}: {describe_net(qnet)}, "
+          f"{describe_hyper(spec.hyper(), spec.adam, qnet.sdlm)}")
     return 0
 
 
@@ -238,11 +245,16 @@ def do_plan(state: State, args: argparse.Namespace) -> int:
         end_session(state, args)
     elif qnet is not None:
         p = planner.plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=args.word,
-                         adam=qnet.adam is not None)
+                         adam=qnet.adam is not None, sdlm=qnet.sdlm is not None)
     else:
         if args.momentum and args.adam:
             raise UserError("--momentum and --adam: Adam takes the place of momentum")
-        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word, adam=args.adam)
+        if args.momentum and args.sdlm:
+            raise UserError("--momentum and --sdlm: SDLM takes the place of momentum")
+        if args.adam and args.sdlm:
+            raise UserError("--adam and --sdlm: a net has one optimiser")
+        p = planner.plan(args.sizes, momentum=args.momentum, word=args.word, adam=args.adam,
+                         sdlm=args.sdlm)
     print(p.table())
     if p.free is not None and not p.fits(p.free):
         return 1

@@ -158,14 +158,21 @@ def add_task(parser) -> None:
 
 def add_optimizer(g: ArgumentGroup | argparse.ArgumentParser, default: str) -> None:
     g.add_argument("--optimizer", choices=OPTIMIZERS,
-                   help="sgd or adam: Adam in fixed point, on the board too (M and V, int32, "
-                   f"per parameter: 8 bytes more of RAM); default {default}. Switching "
+                   help="sgd, adam or sdlm: Adam in fixed point, on the board too (M and V, "
+                   "int32, per parameter: 8 bytes more of RAM), or stochastic diagonal "
+                   "Levenberg-Marquardt (its curvature, int16, per parameter: 2 bytes more; "
+                   "a net file switched to it takes its curvature formats from --data); "
+                   f"default {default}. Switching "
                    "without --lr takes the optimiser's default learning rate "
                    f"({', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())})")
     g.add_argument("--beta1", type=float, help="Adam: decay of the first moment, 0 to 0.999 "
                    "(default 0.9)")
     g.add_argument("--beta2", type=float, help="Adam: decay of the second moment, 0 to 1 "
                    "(default 0.999)")
+    g.add_argument("--mu", type=float, help="SDLM: damping added to each curvature, above 0 "
+                   "(default 0.1): the step is at most lr / mu times the gradient")
+    g.add_argument("--gamma", type=float, help="SDLM: weight of each new sample in the "
+                   "running curvature, above 0 to 1 (default 0.05)")
 
 
 def add_hyper(parser: argparse.ArgumentParser) -> ArgumentGroup:
@@ -364,6 +371,7 @@ def argparse_plan(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--sizes", type=_ints, help="layer widths without a net file: 64,32,10")
     net.add_argument("--momentum", action="store_true", help="with --sizes: SGD with momentum")
     net.add_argument("--adam", action="store_true", help="with --sizes: Adam in place of SGD")
+    net.add_argument("--sdlm", action="store_true", help="with --sizes: SDLM in place of SGD")
     parser.add_argument("--word", type=int, choices=(4, 8), default=4,
                         help="bytes per machine word of the board, without one: 4 (32-bit "
                         "MCUs, the default) or 8 (the unix port on x64)")

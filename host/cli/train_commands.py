@@ -232,7 +232,7 @@ def do_train(state: State, args: argparse.Namespace) -> int:
           + (f", held out: {len(p.val)} ({p.val.name})" if p.val is not None else ""))
     order_text = f"shuffled with seed {seed}" if args.shuffle else "in file order"
     print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, "
-          f"{describe_hyper(hyper, qnet.adam)}, "
+          f"{describe_hyper(hyper, qnet.adam, qnet.sdlm)}, "
           f"{order_text}")
     first, skip = 0, 0
     if args.resume:
@@ -436,7 +436,7 @@ def do_train_on_board(state: State, args: argparse.Namespace) -> int:
     order_text = (f"shuffled on the board with seed {seed}" if args.shuffle
                   else "in file order")
     print(f"training  {epochs} epoch{'s' if epochs > 1 else ''}, "
-          f"{describe_hyper(hyper, qnet.adam)}, "
+          f"{describe_hyper(hyper, qnet.adam, qnet.sdlm)}, "
           f"{order_text}")
     checkpoints = args.resume or args.checkpoint_every is not None
     if args.checkpoint_every is not None:

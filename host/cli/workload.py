@@ -24,9 +24,10 @@ from edgebp.ebp import EbpError
 from edgebp.host.cli import data as datafile
 from edgebp.host.cli.data import DataError, Dataset
 from edgebp.host.nets import ebpfile
-from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
-from edgebp.host.nets.quantize import IN_SHIFT, needed_formats, quantize
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q, sdlm_q
+from edgebp.host.nets.quantize import IN_SHIFT, fit_mu, needed_formats, quantize, sdlm_settings
 from edgebp.host.nets.ranges import RangeError, check_ranges, lr_fits, max_lr
+from edgebp.host.nets.reference import from_qnet
 from edgebp.host.nets.spec import (
     DEFAULT_LR,
     Spec,
@@ -164,45 +165,96 @@ def declared_range(qnet: QuantNet, held: bool = False) -> tuple[np.ndarray, np.n
 # -- the optimiser --
 
 
+_SETTINGS = {"adam": ("beta1", "beta2"), "sdlm": ("mu", "gamma")}
+_LABEL = {"sgd": "SGD", "adam": "Adam", "sdlm": "SDLM"}
+
+
 def optimizer_args(args: argparse.Namespace) -> dict:
-    """--optimizer, --beta1, --beta2 as given (the spec's optimizer fields), {} if none."""
-    return {k: v for k, v in (("name", getattr(args, "optimizer", None)),
-                              ("beta1", getattr(args, "beta1", None)),
-                              ("beta2", getattr(args, "beta2", None))) if v is not None}
+    """--optimizer, --beta1, --beta2, --mu, --gamma as given (the spec's optimizer fields),
+    {} if none."""
+    return {k: v for k, v in ((k, getattr(args, "optimizer" if k == "name" else k, None))
+                              for k in ("name", "beta1", "beta2", "mu", "gamma"))
+            if v is not None}
+
+
+def check_settings(name: str, opt: dict) -> None:
+    """Refuse a setting of another optimiser than `name` (--beta1 with SGD, --mu with Adam)."""
+    for other, keys in _SETTINGS.items():
+        for key in keys:
+            if other != name and key in opt:
+                raise UserError(f"--{key} is a setting of {_LABEL[other]}: it goes with "
+                                f"--optimizer {other}")
+
+
+def optimizer_of(qnet: QuantNet) -> str:
+    return "adam" if qnet.adam is not None else "sdlm" if qnet.sdlm is not None else "sgd"
 
 
 def _betas(adam: tuple[int, int]) -> tuple[float, float]:
     return 1 - adam[0] / 32768, 1 - adam[1] / 32768
 
 
+def sdlm_floats(sdlm) -> tuple[float, float]:
+    """mu and gamma of QuantNet.sdlm as the board applies them."""
+    return sdlm[0] * 2.0 ** -sdlm[1], sdlm[2] / 16384
+
+
 def with_optimizer(qnet: QuantNet, hyper: Hyper, opt: dict, lr_given: bool,
-                   what: str) -> tuple[QuantNet, Hyper]:
+                   what: str, data: Dataset | None = None) -> tuple[QuantNet, Hyper]:
     """A net file's net and settings with the optimiser `opt` (optimizer_args) in place of
-    its own. Adam takes the place of momentum (a net file's momentum buffers hold nothing:
-    they start at zero); switching without --lr takes the new optimiser's default rate."""
+    its own. Adam and SDLM take the place of momentum (a net file's momentum buffers hold
+    nothing: they start at zero); switching without --lr takes the new optimiser's default
+    rate. A net switched to SDLM takes its curvature formats from `data`, as the quantiser
+    takes them from its calibration samples (a net file's own SDLM keeps its formats)."""
     if not opt:
         return qnet, hyper
-    old = "adam" if qnet.adam is not None else "sgd"
+    old = optimizer_of(qnet)
     name = opt.get("name", old)
+    check_settings(name, opt)
     if name == "sgd":
-        for key in ("beta1", "beta2"):
-            if key in opt:
-                raise UserError(f"--{key} is a setting of Adam: it goes with --optimizer adam")
-        qnet = replace(qnet, adam=None)
+        qnet = replace(qnet, adam=None, sdlm=None)
     else:
+        if hyper.momentum:
+            if name == old:
+                raise UserError(f"{what}: momentum {hyper.momentum:g} with {_LABEL[name]}")
+            hyper = replace(hyper, momentum=0.0)
+    if name == "adam":
         b1, b2 = _betas(qnet.adam) if qnet.adam is not None else (0.9, 0.999)
         try:
             adam = adam_q(opt.get("beta1", b1), opt.get("beta2", b2))
         except ValueError as e:
             raise UserError(f"{what}: {e}") from None
-        if hyper.momentum:
-            if name == old:
-                raise UserError(f"{what}: momentum {hyper.momentum:g} with Adam")
-            hyper = replace(hyper, momentum=0.0)
-        qnet = replace(qnet, adam=adam, momentum=False)
+        qnet = replace(qnet, adam=adam, sdlm=None, momentum=False)
+    elif name == "sdlm":
+        mu, gamma = sdlm_floats(qnet.sdlm) if qnet.sdlm is not None else (Spec.mu, Spec.gamma)
+        mu, gamma = opt.get("mu", mu), opt.get("gamma", gamma)
+        try:
+            if qnet.sdlm is not None:
+                mu_m, mu_e, g, fc, fh = sdlm_q(mu, gamma, qnet.sdlm[3], qnet.sdlm[4])
+                sdlm = (mu_m, mu_e, g, fc, fit_mu(mu_m, mu_e, fh))
+            elif data is None:
+                raise UserError(f"{what}: SDLM's curvature formats come from data: switch "
+                                "with --data, or quantise a spec with \"optimizer\": "
+                                "\"sdlm\"")
+            else:
+                sdlm = sdlm_settings(from_qnet(qnet), _normalised_inputs(qnet, data.X),
+                                     _float_targets(qnet, data), mu, gamma)
+        except (ValueError, RangeError) as e:
+            raise UserError(f"{what}: {e}") from None
+        qnet = replace(qnet, sdlm=sdlm, adam=None, momentum=False)
     if name != old and not lr_given:
         hyper = replace(hyper, lr=DEFAULT_LR[name])
     return qnet, hyper
+
+
+def _normalised_inputs(qnet: QuantNet, X) -> np.ndarray:
+    # the inputs as the net's float reference takes them: the board's, unquantised
+    return qnet.quantize_inputs(X).astype(np.float64) * 2.0 ** -qnet.shift_a[0]
+
+
+def _float_targets(qnet: QuantNet, ds: Dataset) -> np.ndarray:
+    return qnet.net_targets(ds.y[:, 0].astype(np.int64) if qnet.loss == fixed.SOFTMAX_CE
+                            else ds.y)
 
 
 # -- a command's net and data --
@@ -258,10 +310,11 @@ def _net_from_file(args: argparse.Namespace, overrides: dict) -> tuple[QuantNet,
                                                                        Dataset]:
     qnet, file_hyper = read_net(args.net)
     hyper = replace(file_hyper or Hyper(), **overrides)
-    qnet, hyper = with_optimizer(qnet, hyper, optimizer_args(args), "lr" in overrides, args.net)
     data = read_data(args.data, args, n_targets(qnet.loss, qnet.sizes[-1]), qnet.classes)
     check_net_data(data, qnet, qnet.classes, args.net)
     check_inputs(data, *declared_range(qnet), args.out_of_range, declared_range(qnet, True))
+    qnet, hyper = with_optimizer(qnet, hyper, optimizer_args(args), "lr" in overrides, args.net,
+                                 data)
     return qnet, hyper, data
 
 
@@ -293,14 +346,10 @@ def _net_from_spec(args: argparse.Namespace, overrides: dict, hidden: list[int] 
             # the spec's rate and momentum are the other optimiser's
             if "lr" not in overrides:
                 spec_opt.pop("lr", None)
-            for key in ("momentum", "beta1", "beta2"):
+            for key in ("momentum", "beta1", "beta2", "mu", "gamma"):
                 spec_opt.pop(key, None)
+        check_settings(str(name), opt)
         spec_opt.update(opt)
-        if name == "sgd":
-            for key in ("beta1", "beta2"):
-                if key in opt:
-                    raise UserError(f"--{key} is a setting of Adam: it goes with --optimizer "
-                                    "adam")
     d["optimizer"] = {**spec_opt, **overrides}
     if "batch" in overrides:
         d["batch_max"] = max(d.get("batch_max", 1), overrides["batch"])

@@ -80,9 +80,26 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
             raise EbpError(f"Adam settings {adam!r} are not (c1, c2)")
         _field(adam[0], 0, 65535, "Adam c1")
         _field(adam[1], 0, 65535, "Adam c2")
+    sdlm = qnet.sdlm
+    if sdlm is not None:
+        if qnet.momentum:
+            raise EbpError("SDLM and momentum buffers together: SDLM takes the place of "
+                           "momentum")
+        if adam is not None:
+            raise EbpError("Adam and SDLM together: a net has one optimiser")
+        if len(sdlm) != 5 or len(sdlm[3]) != L or len(sdlm[4]) != L:
+            raise EbpError(f"SDLM settings {sdlm!r} are not (mu_m, mu_e, gamma, fc, fh) with "
+                           f"formats for {L} layers")
+        _field(sdlm[0], 0, 255, "SDLM mu mantissa")
+        _field(sdlm[1], 0, 255, "SDLM mu exponent")
+        _field(sdlm[2], 0, 65535, "SDLM gamma")
+        for l in range(L):
+            _field(sdlm[3][l], 0, 255, f"layer {l + 1} SDLM fc")
+            _field(sdlm[4][l], 0, 255, f"layer {l + 1} SDLM fh")
     flags = ((ebp.FLAG_MOMENTUM if qnet.momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
              | (ebp.FLAG_INMAP if imap is not None else 0)
-             | (ebp.FLAG_ADAM if adam is not None else 0))
+             | (ebp.FLAG_ADAM if adam is not None else 0)
+             | (ebp.FLAG_SDLM if sdlm is not None else 0))
     head = bytearray()
     head += ebp.MAGIC
     head += struct.pack(
@@ -91,7 +108,8 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
         _field(qnet.alpha_q, -32767, 32767, "alpha_q"),
     )
     head += hyper_block(hyper) if hyper else bytes(ebp.HYPER_LEN)
-    head += struct.pack("<I", ebp.file_len(sizes, imap is not None, adam is not None))
+    head += struct.pack("<I", ebp.file_len(sizes, imap is not None, adam is not None,
+                                           sdlm is not None))
     head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"), 0)
     for l in range(L):
         head += struct.pack(
@@ -104,6 +122,11 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
     if adam is not None:
         # the board checks the ranges (edgebp.adam.check): _parse below says what it would
         head += struct.pack("<HH", *adam)
+    if sdlm is not None:
+        # likewise edgebp.sdlm.check and mu_in
+        head += struct.pack("<BBH", sdlm[0], sdlm[1], sdlm[2])
+        for l in range(L):
+            head += struct.pack("<BB", sdlm[3][l], sdlm[4][l])
     head += struct.pack("<H", crc16(head, 0, len(head)))
     out = head
     for l in range(L):
@@ -255,7 +278,9 @@ def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
         classes=list(classes),
         out_offset=out_offset, out_scale=None if out_scale is None else float(out_scale),
         in_map=None if loader.inmap is None else InputMap.from_board(loader.inmap),
-        adam=None if net.opt is None else (net.opt.c1, net.opt.c2),
+        adam=None if net.opt is None or net.opt.curv else (net.opt.c1, net.opt.c2),
+        sdlm=None if net.opt is None or not net.opt.curv else (
+            net.opt.mu_m, net.opt.mu_e, net.opt.gamma, tuple(net.opt.fc), tuple(net.opt.fh)),
     )
     hyper = None
     if loader.hyper is not None:

@@ -25,6 +25,12 @@ up to blocks:
                      (edgebp.host.boards.heap.measure_import), and with the native kernels
                      the block of adam_native.mpy (ADAM_NATIVE_CODE), counted unless the
                      board has them already (adam_imported)
+  SDLM               with SDLM (edgebp/sdlm.py, attached likewise): its instance, the
+                     lists C, HW, HB and their int16 arrays (C per unit, HW, HB per
+                     parameter: 2 bytes more per parameter than SGD), its formats fc, fh
+                     and its five per-layer lists of constants; the loader's own fc, fh
+                     lists are garbage. Its code likewise: SDLM_CODE (and sdlm_native.mpy's
+                     block, SDLM_NATIVE_CODE) unless sdlm_imported
 
 The Net's attribute count is read off the engine itself (a Net built here under CPython),
 so the plan follows edgebp/net.py as it changes. Layer tables (sizes, acts, shifts) are the
@@ -85,6 +91,11 @@ ADAM_CODE_PIECE = 64
 # bytes of .mpy, rounded up); the unix port keeps native code outside its heap, where the
 # module object alone is left (measured 320 bytes)
 ADAM_NATIVE_CODE = {4: 2048, 8: 512}
+# the same of edgebp.sdlm (its kernels' own module, edgebp.sdlm_viper, comes on top where
+# viper runs), and of sdlm_native.mpy
+SDLM_CODE = {4: 3840, 8: 8448}
+SDLM_NATIVE_CODE = {4: 2560, 8: 512}
+SDLM_GARBAGE = 4
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
 FUSED_HEAD = 5
@@ -108,6 +119,14 @@ def adam_attributes() -> int:
 
     net = Net([1, 1], [fixed.IDENTITY], [8, 8], [8], [8], fixed.MSE)
     return len(vars(adam.attach(net, 3277, 33)))
+
+
+def sdlm_attributes() -> int:
+    """How many attributes the SDLM state of a net carries (edgebp.sdlm.Sdlm)."""
+    from edgebp import sdlm
+
+    net = Net([1, 1], [fixed.IDENTITY], [8, 8], [8], [8], fixed.MSE)
+    return len(vars(sdlm.attach(net, 205, 11, 819, [14], [8])))
 
 
 @dataclass
@@ -183,7 +202,9 @@ class Plan:
     beside: int = 0  # bytes of the board's net, held while this one loads (0: none)
     replaces: bool = False  # it does not fit beside the board's net, which is dropped first
     adam: bool = False  # Adam in place of SGD: its moments are counted
-    code: int = 0  # edgebp.adam's code, imported by this load (0: the board has it)
+    code: int = 0  # edgebp.adam's or edgebp.sdlm's code, imported by this load (0: the
+    # board has it)
+    sdlm: bool = False  # SDLM in place of SGD: its curvatures are counted
 
     @property
     def net(self) -> int:
@@ -250,7 +271,8 @@ class Plan:
         rows = [(name, n) for name, n in self.parts.items()]
         rows += [("net, total", self.net), ("sample buffers x, t", self.sample)]
         if self.code:
-            rows += [("edgebp.adam code (first Adam load)", self.code)]
+            rows += [("edgebp.sdlm code (first SDLM load)" if self.sdlm
+                      else "edgebp.adam code (first Adam load)", self.code)]
         rows += [
                  ("loader (while loading)", self.loader),
                  ("garbage of the load (until collected)", self.garbage),
@@ -262,7 +284,8 @@ class Plan:
                 f"{'native' if self.fused else 'viper or pure-Python'} kernels")
         lines = [f"net {'-'.join(map(str, self.sizes))}"
                  f"{' with momentum' if self.momentum else ''}"
-                 f"{' with Adam' if self.adam else ''}: {self.params} parameters, "
+                 f"{' with Adam' if self.adam else ''}"
+                 f"{' with SDLM' if self.sdlm else ''}: {self.params} parameters, "
                  f"{arch}"]
         for name, n in rows:
             lines.append(f"  {name.ljust(width)}  {n:8d} B")
@@ -311,15 +334,19 @@ def _worst_fit(holes: list[int], allocs: list[int]) -> int | None:
 
 def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: int = 4,
          max_payload: int = 512, fused: bool = True, adam: bool = False,
-         adam_imported: bool = False) -> Plan:
+         adam_imported: bool = False, sdlm: bool = False, sdlm_imported: bool = False
+         ) -> Plan:
     """The heap a net of these layer sizes takes on a board with `word`-byte words, and what
     loading it takes.
 
     `loss` sets the target width of a sample, `max_payload` the server's frame buffers;
     `fused`: the board runs the native kernels (whose tables the net then holds); `adam`:
     the net trains with Adam (its moments beside the net), and the load imports edgebp.adam
-    unless `adam_imported` (a board that loaded an Adam net before keeps the module).
+    unless `adam_imported` (a board that loaded an Adam net before keeps the module);
+    `sdlm`, `sdlm_imported` the same for SDLM (its curvatures beside the net).
     """
+    if adam and sdlm:
+        raise ValueError("Adam and SDLM together: a net has one optimiser")
     sizes = [int(n) for n in sizes]
     L = len(sizes) - 1
     if L < 1:
@@ -333,14 +360,16 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
 
     # LOAD_BEGIN: the loader, its header copy; then the layer tables it parses
     ld.instance(LOADER_ATTRIBUTES)
-    ld.array(ebp.head_len(ebp.MAX_LAYERS, True), 1)
-    code = Heap(word, order)  # edgebp.adam, imported while the header is parsed
-    if adam and not adam_imported:
-        left = ADAM_CODE.get(word, ADAM_CODE[8] * word // 8)
+    ld.array(ebp.head_len(ebp.MAX_LAYERS, True, True), 1)
+    code = Heap(word, order)  # edgebp.adam or edgebp.sdlm, imported while the header is parsed
+    if (adam and not adam_imported) or (sdlm and not sdlm_imported):
+        table = ADAM_CODE if adam else SDLM_CODE
+        left = table.get(word, table[8] * word // 8)
         while left > 0:
             left -= code.alloc(min(left, ADAM_CODE_PIECE * word))
         if fused:
-            code.alloc(ADAM_NATIVE_CODE.get(word, ADAM_NATIVE_CODE[8]))
+            native = ADAM_NATIVE_CODE if adam else SDLM_NATIVE_CODE
+            code.alloc(native.get(word, native[8]))
     tables = 2 * h.list(L + 1) + 3 * h.list(L)  # sizes, shift_a; acts, shift_w, shift_d
     # Net(): its attribute table, the per-layer constants (shift_z, k_f, s_f, k_b, s_b, one)
     tables += h.instance(net_attributes()) + 6 * h.list(L)
@@ -381,6 +410,19 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
             g.alloc(2 * slots * word)
         parts["Adam moments M, V (int32)"] = (h.instance(n)
                                               + 2 * (tensors(weights, 4) + tensors(outs, 4)))
+    if sdlm:
+        # the loader's fc, fh (built by appends), then edgebp.sdlm.attach: its copies of
+        # them, the instance, C, HW, HB and the lists mu, kq, sq, s_w, s_b, one item per
+        # layer appended. Besides the loader's lists, attach leaves SDLM_GARBAGE blocks
+        # (measured: gc.mem_alloc() on the wasm port, the same for 1 to 8 layers)
+        g.list(L)
+        g.list(L)
+        g.alloc(SDLM_GARBAGE * WORDS_PER_BLOCK * word)
+        n = sdlm_attributes()
+        lists = 2 * h.list(L, grown=False) + 5 * h.list(L)  # list(fc), list(fh) copy
+        parts["SDLM curvatures C, HW, HB (int16)"] = (h.instance(n) + tensors(outs, 2)
+                                                     + tensors(weights, 2) + tensors(outs, 2)
+                                                     + lists)
     g.tuple(8)  # apply_hyper(): the settings it would restore on an error
     # LOAD_COMMIT: the server's buffers for one sample, the loader still held
     n_t = 1 if loss == fixed.SOFTMAX_CE else sizes[-1]
@@ -393,7 +435,8 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
               + o.array(wire.encoded_max(frame), 1) + o.array(link, 1)
               + o.array(wire.encoded_max(link), 1))
     return Plan(sizes, momentum, word, parts, sample=sample, server=server, loader=loader,
-                garbage=g.total, fused=fused, allocs=order, adam=adam, code=code.total)
+                garbage=g.total, fused=fused, allocs=order, adam=adam, code=code.total,
+                sdlm=sdlm)
 
 
 def plan_for(qnet, info=None) -> Plan:
@@ -404,7 +447,8 @@ def plan_for(qnet, info=None) -> Plan:
     fused = kernels == "native" if kernels else True  # a board that does not say: the most
     p = plan(qnet.sizes, momentum=qnet.momentum, loss=qnet.loss, word=word,
              max_payload=max_payload, fused=fused,
-             adam=getattr(qnet, "adam", None) is not None)
+             adam=getattr(qnet, "adam", None) is not None,
+             sdlm=getattr(qnet, "sdlm", None) is not None)
     free = getattr(info, "free_ram", 0)
     if free:
         # measured with the board's net in place, where it stays while this one loads: what
@@ -416,7 +460,8 @@ def plan_for(qnet, info=None) -> Plan:
             held = plan(info.sizes, momentum=bool(getattr(info, "momentum", False)),
                         loss=info.loss if info.loss is not None else fixed.SOFTMAX_CE,
                         word=word, max_payload=max_payload, fused=fused,
-                        adam=bool(getattr(info, "adam", False)))
+                        adam=bool(getattr(info, "adam", False)),
+                        sdlm=bool(getattr(info, "sdlm", False)))
             p.beside = held.net + held.sample
             if not p.fits(free):
                 # the host drops the board's net first: its memory counts as free, and
@@ -435,6 +480,7 @@ def check(qnet, info, reserve: int = DEFAULT_RESERVE) -> Plan:
     name = "-".join(map(str, p.sizes))
     advice = ("shrink the net" + (", drop momentum" if p.momentum else "")
               + (", train with SGD in place of Adam" if p.adam else "")
+              + (", train with SGD in place of SDLM" if p.sdlm else "")
               + " or free RAM on the board")
     if p.free is not None and p.need + reserve > p.free:
         parts = ", ".join(f"{part} {n}" for part, n in p.parts.items())

@@ -50,9 +50,10 @@ import numpy as np
 
 from edgebp import fixed
 from edgebp.fixed import A_SHIFT_SQUASH, Q_MAX, Z_SHIFT_SQUASH, ceil_log2
-from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent
+from edgebp.host.nets.qnet import Hyper, QuantNet, mantissa_exponent, sdlm_formats, sdlm_q
 from edgebp.host.nets.ranges import MSE_MIN_SHIFT, RangeError, check_ranges, core_layout, max_lr
 from edgebp.host.nets.reference import FloatNet
+from edgebp.host.nets.second_order import curvature_maxima
 from edgebp.host.nets.spec import Spec
 
 __all__ = [
@@ -283,7 +284,8 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         T = (np.asarray(T, np.float64).reshape(len(T), -1) - out[0]) * out[1]
         t_bound = float(np.abs((np.array([spec.target_min, spec.target_max]) - out[0])
                                * out[1]).max())
-    A, D = _float_pass(spec, Ws, Bs, (X - offset) * scale, T)
+    Xn = (X - offset) * scale
+    A, D = _float_pass(spec, Ws, Bs, Xn, T)
     lr = lr_max if lr_max is not None else hyper.lr
     sa, sw, sd = _choose_formats(spec, Ws, Bs, A, D, T, lr, t_bound)
     q = QuantNet(
@@ -296,6 +298,9 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         out_offset=None if out is None else out[0], out_scale=None if out is None else out[1],
         adam=spec.adam,
     )
+    if spec.optimizer == "sdlm":
+        fnet = FloatNet(spec.sizes, spec.acts, spec.loss_code, Ws, Bs, spec.alpha_q / 4096)
+        q.sdlm = sdlm_settings(fnet, Xn, T, spec.mu, spec.gamma)
     x_range = declared_input_range(q, spec)
     if spec.integer_inputs:
         from edgebp.host.nets.inmap import derive
@@ -307,6 +312,38 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         x_range = (min(x_range[0], int(ends.min())), max(x_range[1], int(ends.max())))
     check_ranges(q, hyper, x_range=x_range)
     return q
+
+
+SDLM_HEADROOM = 4.0  # room in SDLM's curvature formats over the calibration's largest
+
+
+def sdlm_settings(fnet: FloatNet, Xn, T, mu: float, gamma: float):
+    """QuantNet.sdlm for the net at float weights `fnet` (on normalised inputs): curvature
+    formats holding SDLM_HEADROOM times the largest curvature the calibration samples Xn
+    (normalised inputs, (N, n_in)) and their targets T give, with mu and gamma (sdlm_q); a
+    parameter format too fine for mu is made coarser until mu fits (fit_mu)."""
+    formats = sdlm_formats(*curvature_maxima(fnet, Xn, T), headroom=SDLM_HEADROOM)
+    try:
+        mu_m, mu_e, g, fc, fh = sdlm_q(mu, gamma, *formats)
+    except ValueError as e:
+        raise RangeError([str(e)]) from None
+    return mu_m, mu_e, g, fc, fit_mu(mu_m, mu_e, fh)
+
+
+def fit_mu(mu_m: int, mu_e: int, fh) -> tuple[int, ...]:
+    """SDLM's parameter formats fh made coarser where mu = mu_m * 2**-mu_e would not fit
+    them (mu in Q(fh) above 32767); RangeError where mu is below one LSB of one."""
+    from edgebp import sdlm
+
+    fh = [int(v) for v in fh]
+    for l in range(len(fh)):
+        while fh[l] > 0 and mu_m * 2.0 ** (fh[l] - mu_e) >= 32767.5:
+            fh[l] -= 1
+        try:
+            sdlm.mu_in(mu_m, mu_e, fh[l], l)
+        except ValueError as e:
+            raise RangeError([f"{e}: raise mu"]) from None
+    return tuple(fh)
 
 
 def needed_formats(spec: Spec, Ws, Bs, calib_X=None, calib_T=None,

@@ -115,7 +115,9 @@ def test_fields_beyond_the_contract_are_refused():
     _learn(net, 0, fx.CUT)
     ckpt.save(net, root, 0, fx.CUT, 0)
     raw = _read(cur)
-    v_at = ckpt.HEAD + ebp.file_len(net.sizes, adam=net.opt is not None)
+    sdlm = net.opt is not None and net.opt.curv
+    v_at = ckpt.HEAD + ebp.file_len(net.sizes, adam=net.opt is not None and not sdlm,
+                                    sdlm=sdlm)
     cases = (
         (32, ((65535, 2), (65535, 2)), "batch_max"),
         (5, ((0xFF, 1),), "flags"),
@@ -125,6 +127,15 @@ def test_fields_beyond_the_contract_are_refused():
         cases += (
             (v_at, ((0x3FFFFFFF, 4),), "momentum"),
             (v_at, ((0x400000, 4),), "momentum"),  # V_MAX + 1
+        )
+    elif sdlm:
+        params = 0
+        for l in range(net.L):
+            params += net.sizes[l + 1] * (net.sizes[l] + 1)
+        cases += (
+            (v_at, ((0xFFFF, 2),), "SDLM curvature"),  # -1
+            (v_at + 2 * params - 2, ((0x8000, 2),), "SDLM curvature"),
+            (v_at + 2 * params, ((0, 3), (0x40, 1)), "sample count"),  # n = 2**30
         )
     else:
         params = 0
