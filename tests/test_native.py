@@ -14,6 +14,7 @@ from combos import all_cases, edge_cases
 from conftest import DEVICE, in_ci, require_runtime, run_device_module
 from coredrive import (
     check_adam_kernel,
+    check_sdlm_kernels,
     expected_states,
     parse_states,
     run_cases,
@@ -66,6 +67,15 @@ def test_native_adam_matches_pure_adam(name):
     # before any write
     require_runtime(name)
     check_adam_kernel(name, "native")
+
+
+@pytest.mark.parametrize("name", NATIVES)
+def test_native_sdlm_matches_pure_sdlm(name):
+    # kernels_native's sq_t, curv_acc and sdlm under heap_lock against edgebp.sdlm's under
+    # CPython: random cases and the edges of every argument edgebp/sdlm.py admits; bad
+    # arguments refused before any write
+    require_runtime(name)
+    check_sdlm_kernels(name, "native")
 
 
 @pytest.mark.parametrize("name", NATIVES)

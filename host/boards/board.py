@@ -35,7 +35,7 @@ MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7e
 # the .mpy format mpy-cross writes (MicroPython 1.23 and later read it)
 MPY_VERSION = (6, 3)
 # needs a native emitter: without one the pure-Python kernels run (edgebp/kern.py)
-NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py"}
+NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py", "edgebp/sdlm_viper.py"}
 # The build of the native kernels (edgebp/native/<build>/) a board of each .mpy architecture
 # loads: MicroPython takes any ARM Thumb build up to its own core's (armv7em boards: armv7m).
 # xtensawin (esp32) has no build, for want of a toolchain: the viper kernels run there.
