@@ -389,11 +389,7 @@ class Loader:
             if mod is not None:
                 mod.attach(net, c1, c2)
             if smod is not None:
-                k = smod.attach(net, mu_m, mu_e, gamma, fc, fh).k
-                # the native module's own kernels, looked up now rather than at the first
-                # sample (a module built without them has none)
-                for name in ("sq_t", "curv_acc", "sdlm"):
-                    getattr(k, name)
+                smod.attach(net, mu_m, mu_e, gamma, fc, fh)
         except MemoryError:
             raise NoRoom("out of memory building a net of %d parameters" % (expect // 2),
                          ram_need(sizes, momentum, adam, sdlm), -1) from None

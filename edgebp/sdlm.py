@@ -108,11 +108,14 @@ def sdlm(W, G, H, n, m, u, mu_q, fh, c_m, c_s, mode, rng):
 
 
 def _kernels(k):
-    # (sq_t, curv_acc, sdlm) of the net's kernel set: the native module has its own; viper's
-    # are a module of their own (compiled only for nets that use SDLM)
+    # the module with sq_t, curv_acc and sdlm for the net's kernel set, one of its own
+    # (native: sdlm_native.mpy; viper: sdlm_viper.py, compiled on the board), loaded only for
+    # nets that use SDLM
     n = k.__name__
     if n.endswith("native"):
-        return k
+        from edgebp import sdlm_native  # type: ignore[attr-defined]
+
+        return sdlm_native
     if n.endswith("viper"):
         from edgebp import sdlm_viper
 

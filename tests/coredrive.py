@@ -391,3 +391,30 @@ def check_adam_kernel(runtime: str, kernels: str) -> None:
     assert len(expected) > 100 and len(got) == len(expected), (len(got), len(expected))
     bad = [e.split("|")[0] for e, g in zip(expected, got, strict=True) if e != g]
     assert not bad, f"{len(bad)} cases differ from the pure kernel: {bad[:5]}"
+
+
+def sdlm_lines(runtime: str, kernels: str) -> list[str]:
+    """The SDLM lines of tests/device/test_sdlm_dev.py on `runtime` with the SDLM kernels of
+    `kernels` ("python", "viper", "native"): every buffer after each case."""
+    from conftest import run_device_module
+
+    result = run_device_module(runtime, "tests/device/test_sdlm_dev.py",
+                               {"sdlm_under.py": f"KERNELS = {kernels!r}\n"}, timeout=900)
+    if kernels == "native":  # its argument checks ran too
+        assert "SKIP" not in result.stdout, result.stdout[-2000:]
+    return [ln for ln in result.stdout.splitlines() if ln.startswith("SDLM ")]
+
+
+_SDLM_EXPECTED: list[str] = []
+
+
+def check_sdlm_kernels(runtime: str, kernels: str) -> None:
+    """The fast sq_t, curv_acc and sdlm of `kernels` on `runtime` give the pure kernels'
+    buffers under CPython on every case, bit for bit."""
+    if not _SDLM_EXPECTED:
+        _SDLM_EXPECTED.extend(sdlm_lines("cpython", "python"))
+    expected = _SDLM_EXPECTED
+    got = sdlm_lines(runtime, kernels)
+    assert len(expected) > 300 and len(got) == len(expected), (len(got), len(expected))
+    bad = [e.split("|")[0] for e, g in zip(expected, got, strict=True) if e != g]
+    assert not bad, f"{len(bad)} cases differ from the pure kernels: {bad[:5]}"

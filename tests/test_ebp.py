@@ -636,29 +636,32 @@ def test_an_sgd_net_does_not_import_sdlm():
 
 
 def test_kernels_without_sdlm_refuse_an_sdlm_net_in_one_line(monkeypatch):
-    # a native module built before SDLM (no sq_t, curv_acc, sdlm), and a board without
-    # edgebp/sdlm_viper.py: the loader says so, naming the kernels
+    # native kernels without SDLM's module beside them (no edgebp/sdlm_native.mpy), and a
+    # board without edgebp/sdlm_viper.py: the loader says so, naming the kernels
     import sys
     import types
 
-    from edgebp import kernels
+    from edgebp import kernels, sdlm
 
-    old = types.ModuleType("edgebp.kernels_native")
-    for name in dir(kernels):
-        if not name.startswith("_"):
-            setattr(old, name, getattr(kernels, name))
+    def like(name):
+        m = types.ModuleType(name)
+        for n in dir(kernels):
+            if not n.startswith("_"):
+                setattr(m, n, getattr(kernels, n))
+        return m
+
+    native = like("edgebp.kernels_native")
+    monkeypatch.setitem(sys.modules, "edgebp.sdlm_native", None)  # an import that fails
     with pytest.raises(EbpError, match="^no SDLM kernel for the native kernels$"):
-        ebp.Loader(-1, old).feed(sdlm_good(), 0, len(sdlm_good()))
-    viper = types.ModuleType("edgebp.kernels_viper")
-    for name in dir(kernels):
-        if not name.startswith("_"):
-            setattr(viper, name, getattr(kernels, name))
-    monkeypatch.setitem(sys.modules, "edgebp.sdlm_viper", None)  # an import that fails
+        ebp.Loader(-1, native).feed(sdlm_good(), 0, len(sdlm_good()))
+    monkeypatch.setitem(sys.modules, "edgebp.sdlm_viper", None)
     with pytest.raises(EbpError, match="^no SDLM kernel for the viper kernels$"):
-        ebp.Loader(-1, viper).feed(sdlm_good(), 0, len(sdlm_good()))
-    # the native module's own kernels, once it has them
+        ebp.Loader(-1, like("edgebp.kernels_viper")).feed(sdlm_good(), 0, len(sdlm_good()))
+    # with the module there, the net takes its kernels from it
+    mod = types.ModuleType("edgebp.sdlm_native")
     for name in ("sq_t", "curv_acc", "sdlm"):
-        setattr(old, name, getattr(__import__("edgebp.sdlm", fromlist=["x"]), name))
-    ld = ebp.Loader(-1, old)
+        setattr(mod, name, getattr(sdlm, name))
+    monkeypatch.setitem(sys.modules, "edgebp.sdlm_native", mod)
+    ld = ebp.Loader(-1, native)
     ld.feed(sdlm_good(), 0, len(sdlm_good()))
-    assert ld.finish().opt.k is old
+    assert ld.finish().opt.k is mod

@@ -462,7 +462,7 @@ def test_deploy_infer_then_learner_on_an_emulated_board(tmp_path, capsys):
         files = eval(text.split("FILES ")[1].split("] ")[0] + "]")
         assert files == sorted([p.split("/")[1][:-3] + ".mpy" for p in mb.PREDICT
                                 if p in mb.device_sources()]
-                               + ["adam_native.mpy", "kernels_native.mpy"])
+                               + ["adam_native.mpy", "kernels_native.mpy", "sdlm_native.mpy"])
         assert "CKPT no" in text  # the checkpoints were left off
         # --learner adds what checkpoints need, still no server and no wire codec
         out = deploy("--learner", "--put", str(net))

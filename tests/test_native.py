@@ -14,6 +14,7 @@ from combos import all_cases, edge_cases
 from conftest import DEVICE, in_ci, require_runtime, run_device_module
 from coredrive import (
     check_adam_kernel,
+    check_sdlm_kernels,
     expected_states,
     parse_states,
     run_cases,
@@ -66,6 +67,15 @@ def test_native_adam_matches_pure_adam(name):
     # before any write
     require_runtime(name)
     check_adam_kernel(name, "native")
+
+
+@pytest.mark.parametrize("name", NATIVES)
+def test_native_sdlm_matches_pure_sdlm(name):
+    # kernels_native's sq_t, curv_acc and sdlm under heap_lock against edgebp.sdlm's under
+    # CPython: random cases and the edges of every argument edgebp/sdlm.py admits; bad
+    # arguments refused before any write
+    require_runtime(name)
+    check_sdlm_kernels(name, "native")
 
 
 @pytest.mark.parametrize("name", NATIVES)
@@ -124,9 +134,10 @@ def test_deploy_copies_the_build_for_the_boards_architecture(arch, build):
     assert len(natives) == 1 and natives[0].source == f"edgebp/native/{build}"
     here = mb.Path(mb.__file__).parents[2] / "edgebp" / "native" / build
     assert natives[0].data == (here / "kernels_native.mpy").read_bytes()
-    # Adam's kernel, a module of its own beside them
-    adam = [i for i in plan.items if i.dest == "edgebp/adam_native.mpy"]
-    assert len(adam) == 1 and adam[0].data == (here / "adam_native.mpy").read_bytes()
+    # the optimisers' kernels, modules of their own beside them
+    for module in ("adam_native", "sdlm_native"):
+        extra = [i for i in plan.items if i.dest == f"edgebp/{module}.mpy"]
+        assert len(extra) == 1 and extra[0].data == (here / f"{module}.mpy").read_bytes()
     assert plan.kernels.startswith(f"native (the {build} build")
 
 

@@ -10,12 +10,12 @@ import pytest
 
 from combos import all_cases, edge_cases
 from conftest import require_runtime, run_device_module
-from coredrive import check_adam_kernel, expected_states, run_cases
+from coredrive import check_adam_kernel, check_sdlm_kernels, expected_states, run_cases
 from edgebp import kern, kernels
 from edgebp.host.boards import mprun
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = [REPO / "edgebp" / "kernels_viper.py", REPO / "edgebp" / "adam_viper.py"]
+SOURCES = [REPO / "edgebp" / f"{m}_viper.py" for m in ("kernels", "adam", "sdlm")]
 ARCHS = ["armv6m", "armv7m", "armv7emsp", "xtensawin", "rv32imc"]
 
 
@@ -38,6 +38,14 @@ def test_viper_adam_matches_pure_adam(name):
     # cases and the edges of every argument the range proof admits
     require_runtime(name)
     check_adam_kernel(name, "viper")
+
+
+@pytest.mark.parametrize("name", VIPERS)
+def test_viper_sdlm_matches_pure_sdlm(name):
+    # edgebp/sdlm_viper.py under heap_lock against edgebp.sdlm's sq_t, curv_acc and sdlm
+    # under CPython: random cases and the edges of every argument edgebp/sdlm.py admits
+    require_runtime(name)
+    check_sdlm_kernels(name, "viper")
 
 
 @pytest.mark.parametrize("name", VIPERS)

@@ -132,15 +132,6 @@ NOINLINE static int32_t adam_c(int16_t *W, int32_t *G, int32_t *M, int32_t *V, s
     return s;
 }
 
-// an argument of adam in lo..hi (the ranges edgebp/adam.py's range proof admits), or ValueError
-static int32_t arg_in(mp_obj_t o, int32_t lo, int32_t hi) {
-    mp_int_t v = arg_int(o);
-    if (v < lo || v > hi) {
-        mp_raise_ValueError(MP_ERROR_TEXT(NATMOD ": argument out of range"));
-    }
-    return v;
-}
-
 static mp_obj_t adam(size_t n_args, const mp_obj_t *args) {
     // adam(W, G, M, V, n, count, kg, c1, c2, am, u, c_m, c_s, mode, rng)
     size_t len_w, len_g, len_m, len_v, len_rng;

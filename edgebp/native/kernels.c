@@ -780,9 +780,6 @@ static int overlaps(const int16_t *a, size_t n, const int16_t *b, size_t m) {
     return a < b + m && b < a + n;
 }
 
-// the requant shift: s > 31 acts as 31 and s < -16 as -16 (see requant)
-#define arg_requant_shift(o) arg_shift((o), -16, 32)
-
 static mp_obj_t matvec(size_t n_args, const mp_obj_t *args) {
     // matvec(W, B, x, n_in, n_out, one, k, s, z)
     size_t len_w, len_b, len_x, len_z;

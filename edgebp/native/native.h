@@ -193,4 +193,17 @@ MAYBE_UNUSED static void need2(size_t len, size_t rows, size_t cols) {
     }
 }
 
+// the requant shift: s > 31 acts as 31 and s < -16 as -16 (see requant)
+#define arg_requant_shift(o) arg_shift((o), -16, 32)
+
+// an argument of an optimiser's kernel in lo..hi (the ranges its range proof admits), or
+// ValueError
+MAYBE_UNUSED static int32_t arg_in(mp_obj_t o, int32_t lo, int32_t hi) {
+    mp_int_t v = arg_int(o);
+    if (v < lo || v > hi) {
+        mp_raise_ValueError(MP_ERROR_TEXT(NATMOD ": argument out of range"));
+    }
+    return v;
+}
+
 #endif

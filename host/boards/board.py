@@ -42,8 +42,9 @@ NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py", "edgebp/sdlm_v
 NATIVE_BUILD = {"x64": "x64", "armv6m": "armv6m", "armv7m": "armv7m", "armv7em": "armv7m",
                 "armv7emsp": "armv7emsp", "armv7emdp": "armv7emsp", "rv32imc": "rv32imc"}
 NATIVE_DEST = "edgebp/kernels_native.mpy"
-# the native modules beside the kernels, each loaded only by the nets that need it (Adam's)
-NATIVE_EXTRA = ("adam_native",)
+# the native modules beside the kernels, each loaded only by the nets that need it (Adam's,
+# SDLM's)
+NATIVE_EXTRA = ("adam_native", "sdlm_native")
 # on the board, beside the package: not for boards (a freeze manifest is for the build host)
 NOT_DEPLOYED = {"edgebp/firmware/manifest.py"}
 DIRS = ("edgebp", "edgebp/firmware")

@@ -141,7 +141,7 @@ def install_wasm(dest: str | Path | None = None) -> Path:
 NATIVE_ARCH = {"unix": "x64", "cortex-m3": "armv7m", "rv32": "rv32imc"}
 NATIVE_DEST = "edgebp/kernels_native.mpy"
 # the native modules beside the kernels, each loaded only by the nets that need it
-NATIVE_EXTRA = ("adam_native",)
+NATIVE_EXTRA = ("adam_native", "sdlm_native")
 
 
 def native_module(runtime: str, module: str = "kernels_native") -> bytes | None:

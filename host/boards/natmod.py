@@ -4,7 +4,8 @@
     python -m edgebp.host.boards.natmod --check                             # rebuild, compare
 
 The modules: kernels_native.mpy from kernels.c (the kernels every net loads) and
-adam_native.mpy from adam.c (Adam's kernel, loaded only by nets that use Adam). Each module and
+adam_native.mpy from adam.c and sdlm_native.mpy from sdlm.c (the optimisers' kernels, loaded
+only by nets that use them). Each module and
 architecture is built with MicroPython's natmod Makefile (py/dynruntime.mk) in a fresh
 temporary copy of the sources and the Makefile, so the source tree stays clean and the
 bytes do not depend on where the checkout lives. MPY_DIR (MicroPython's py/ and tools/, from a
@@ -30,9 +31,9 @@ import edgebp
 from edgebp.host.nets import ctables
 
 HERE = Path(edgebp.__file__).resolve().parent / "native"
-SOURCES = ("kernels.c", "adam.c", "native.h", "luts.h", "Makefile")
+SOURCES = ("kernels.c", "adam.c", "sdlm.c", "native.h", "luts.h", "Makefile")
 # module name -> its C source
-MODULES = {"kernels_native": "kernels.c", "adam_native": "adam.c"}
+MODULES = {"kernels_native": "kernels.c", "adam_native": "adam.c", "sdlm_native": "sdlm.c"}
 MODULE = "kernels_native.mpy"
 # arch -> (compiler the Makefile runs, Debian package that has it)
 ARCHS = {

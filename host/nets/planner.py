@@ -94,7 +94,7 @@ ADAM_NATIVE_CODE = {4: 2048, 8: 512}
 # the same of edgebp.sdlm (its kernels' own module, edgebp.sdlm_viper, comes on top where
 # viper runs), and of sdlm_native.mpy
 SDLM_CODE = {4: 3840, 8: 8448}
-SDLM_NATIVE_CODE = {4: 2560, 8: 512}
+SDLM_NATIVE_CODE = {4: 3328, 8: 512}
 SDLM_GARBAGE = 4
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
