@@ -299,6 +299,7 @@ def run_on(board: QemuBoard, script: str, files: Mapping[str, str | bytes], time
     try:
         with Board(board.port) as b:
             b.t.enter_raw_repl(soft_reset=True)  # a fresh heap, no module left imported
+            wrote = False
             for rel, content in {**files, f"{_MAIN}.py": script}.items():
                 dest, data = _compiled(rel, content, arch)
                 if written.get(dest) == _sha(data):
@@ -308,6 +309,11 @@ def run_on(board: QemuBoard, script: str, files: Mapping[str, str | bytes], time
                     b.mkdir("/".join(parts[: i + 1]))
                 b.write(dest, data)
                 written[dest] = _sha(data)
+                wrote = True
+            if wrote:
+                # the transfers leave the heap in pieces (each chunk a Python bytes literal
+                # compiled and dropped): the script starts on a fresh one, as after a reset
+                b.t.enter_raw_repl(soft_reset=True)
             b.t.exec_raw_no_follow(_WRAPPER)
             b.t.serial.timeout = 0.1  # on a pty mpremote reads byte by byte: never block
             done = b.t.read_until(1, b"\x04", timeout=None, timeout_overall=timeout,
