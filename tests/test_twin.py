@@ -6,8 +6,9 @@ gradient sums, momentum, Adam's moments and t, beta**t, SDLM's curvatures C, HW,
 sample count, the Z/A/D buffers, the rng, counts, correct and loss sums.
 
 The edge-of-range nets run on a copy of the core whose every arithmetic expression is wrapped in
-a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py, adam.py and sdlm.py), so the same runs
-also show that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
+a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py, adam.py and sdlm.py), so the
+same runs also show that the core's intermediates stay inside MicroPython's small-int range
+[-2**30, 2**30).
 """
 
 from __future__ import annotations

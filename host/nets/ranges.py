@@ -589,10 +589,11 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
     settings the core refuses (betas outside their Q15 ranges, momentum beside Adam) are
     refused in one line. For a net with SDLM, its curvature pass and its division of the
     step (see the module's note); SDLM settings the core refuses (mu, gamma or a format
-    outside its range, mu outside Q(fh), momentum beside SDLM) are refused in one line. Refused, with the layer: any bound outside
-    its limit; a requant shift below zero (the accumulator has fewer fractional bits than
-    its result claims, and for shifts <= -16 edgebp.fixed.requant maps 0 to 32767); a
-    learning rate the formats cannot represent; batch > batch_max; formats the core refuses.
+    outside its range, mu outside Q(fh), momentum beside SDLM) are refused in one line.
+    Refused, with the layer: any bound outside its limit; a requant shift below zero (the
+    accumulator has fewer fractional bits than its result claims, and for shifts <= -16
+    edgebp.fixed.requant maps 0 to 32767); a learning rate the formats cannot represent;
+    batch > batch_max; formats the core refuses.
 
     hyper=None bounds the update for every setting the core accepts. Raises RangeError with
     the report attached when anything is refused; returns the report otherwise.

@@ -367,6 +367,7 @@ class TwinSdlm:
 
     def __init__(self, net: TwinNet, mu_m: int, mu_e: int, gamma: int, fc, fh) -> None:
         spec = net._spec.opt  # the core's state, attached by the caller: its derived shifts
+        assert spec is not None
         self.mu_m, self.mu_e, self.gamma = mu_m, mu_e, gamma
         self.fc, self.fh = list(fc), list(fh)
         self.mu, self.kq, self.sq = list(spec.mu), list(spec.kq), list(spec.sq)
