@@ -27,3 +27,19 @@ def test_optim_bench_has_fixed_adam_rows():
     rows = [line for line in text.splitlines() if optim.FIXED in line]
     assert [r.split()[0] for r in rows] == ["XOR", "sin"]
     assert "%" in rows[0] and "RMSE" in rows[1]
+
+
+def test_optim_bench_has_every_board_method_in_fixed_point():
+    from edgebp.host.bench import optim
+
+    text = optim.run(seeds=1, sweep_seeds=1, budget=0.01, only=["XOR", "iris"], max_width=1,
+                     out=lambda s: None)
+    for method in optim.FIXED_METHODS:
+        rows = [line for line in text.splitlines() if f" {method} " in line and " lr " in line]
+        assert [r.split()[0] for r in rows] == ["XOR", "iris"], method
+    sdlm = [line for line in text.splitlines() if optim.SDLM in line]
+    assert "mu 0.05, gamma 0.05" in sdlm[0]
+    assert "SDLM (fixed) solved" in text
+    sweep = [line for line in text.splitlines() if line.startswith("XOR") and "smallest" in line]
+    # width 1 at a budget of 0.01: none solves it; a figure for each of LM, SGD and SDLM
+    assert len(sweep) == 1 and sweep[0].count("> 1") == 3

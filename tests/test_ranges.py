@@ -750,3 +750,239 @@ def test_adam_kernel_at_its_extremes_meets_the_bounds(c1, c2, batch_max):
     _within(probe, report, exact=[(1, "mean gradient x"), (1, "G + count/2")]
             + ([(1, "m"), (1, "x - m")] if c1 == 32768 else [])
             + ([(1, "rho*am")] if (c1, c2) == (32768, 1) else []))  # rho at its clamp
+
+
+# -- SDLM (edgebp/sdlm.py) --
+
+from edgebp import sdlm as sdlm_core  # noqa: E402
+from edgebp.host.nets.qnet import sdlm_q  # noqa: E402
+
+CURV = "curvature: "
+
+
+class SdlmProbe(Probe):
+    """edgebp.sdlm's kernels and Sdlm.curvature re-implemented step by step, recording every
+    intermediate under the names of the range report (the curvature pass's under
+    "curvature: ")."""
+
+    __name__ = "sdlm_probe"  # sdlm._kernels reads the kernel set's name
+    prefix = ""
+
+    def rec(self, N, what, v):
+        return super().rec(N, self.prefix + what, v)
+
+    def sq_t(self, W, C, n_in, n_out, k, s, E):
+        N = self.layer[id(W)]
+        for i in range(n_in):
+            acc = 0
+            p = i
+            for j in range(n_out):
+                w = abs(W[p])
+                q = self.rec(N, "(|W| C >> 15) |W|", (self.rec(N, "|W| C", w * C[j]) >> 15) * w)
+                acc = self.rec(N, "sq_t sum", acc + (q >> k))
+                p += n_in
+            E[i] = requant(acc, s)
+
+    def curv_acc(self, HW, HB, C, a, n_in, n_out, s_w, s_b, gam, N):
+        row = 0
+        for j in range(n_out):
+            c = C[j]
+            x = self.rec(N, "sample h", requant(c, s_b))
+            d = self.rec(N, "(sample h - h) gam", self.rec(N, "sample h - h", x - HB[j]) * gam)
+            HB[j] = self.rec(N, "h", HB[j] + (d >> 14) + ((d >> 13) & 1))
+            for i in range(n_in):
+                v = abs(a[i])
+                p = self.rec(N, "(C |a| >> 15) |a|", (self.rec(N, "C |a|", c * v) >> 15) * v)
+                x = self.rec(N, "sample h", requant(p, s_w))
+                d = self.rec(N, "(sample h - h) gam",
+                             self.rec(N, "sample h - h", x - HW[row + i]) * gam)
+                HW[row + i] = self.rec(N, "h", HW[row + i] + (d >> 14) + ((d >> 13) & 1))
+            row += n_in
+
+    def curvature(self, opt, net):
+        # Sdlm.curvature, every name under "curvature: "
+        self.prefix = CURV
+        L, sizes, alpha = net.L, net.sizes, net.alpha
+        a = net.A[L]
+        c = opt.C[L - 1]
+        if net.loss_kind == fixed.MSE:
+            for i in range(sizes[L]):
+                c[i] = 16384
+            self.act_bwd(net.acts[L - 1], c, net.Z[L - 1], a, c, sizes[L], alpha)
+            self.act_bwd(net.acts[L - 1], c, net.Z[L - 1], a, c, sizes[L], alpha)
+        else:
+            for i in range(sizes[L]):
+                p = self.rec(L, "p*(1-p)", a[i] * (16384 - a[i]))
+                c[i] = (p >> 14) + ((p >> 13) & 1)
+        for v in c:
+            self.rec(L, "C", v)
+        for l in range(L - 1, net.frozen, -1):
+            e = opt.C[l - 1]
+            self.sq_t(net.W[l], opt.C[l], sizes[l], sizes[l + 1], opt.kq[l], opt.sq[l], e)
+            for _ in range(2):
+                self.act_bwd(net.acts[l - 1], e, net.Z[l - 1], net.A[l], e, sizes[l], alpha)
+            for v in e:
+                self.rec(l, "C", v)
+        gam = max(opt.gamma, 16384 // (opt.n + 1))
+        for l in range(net.frozen, L):
+            self.curv_acc(opt.HW[l], opt.HB[l], opt.C[l], net.A[l], sizes[l], sizes[l + 1],
+                          opt.s_w[l], opt.s_b[l], gam, l + 1)
+        if opt.n < SMALL_MAX:
+            opt.n += 1
+        self.prefix = ""
+
+    def sdlm(self, W, G, H, n, m, u, mu_q, fh, c_m, c_s, mode, rng):
+        N = self.layer[id(W)]
+
+        def r(what, v):
+            return self.rec(N, what, v)
+
+        s = rng[0]
+        m30 = 0x3FFFFFFF
+        lim = V_MAX >> fh
+        for p in range(n):
+            g = G[p]
+            G[p] = 0
+            w = W[p]
+            v = r("(G>>8)*m", (g >> 8) * m) >> u
+            a = abs(v)
+            den = r("mu_q + h", mu_q + H[p])
+            q = a // den
+            if q > lim:
+                a = V_MAX
+            else:
+                rem = a - r("q * den", q * den)
+                a = r("divided step", r("q << fh", q << fh) + (r("remainder << fh", rem << fh)
+                                                               // den))
+                a = min(a, V_MAX)
+            v = a if v >= 0 else -a
+            if c_m:
+                q = r("w*c_m", w * c_m)
+                v += (q >> c_s) + ((q >> (c_s - 1)) & 1) if c_s > 0 else q
+            v = max(-V_MAX, min(V_MAX, r("step", v)))
+            if mode:
+                s ^= self.rec(0, "rng shift by 9", (s & (m30 >> 9)) << 9)
+                s ^= s >> 11
+                s ^= self.rec(0, "rng shift by 12", (s & (m30 >> 12)) << 12)
+                w = r("new weight", w - ((v + (s >> 22)) >> 8))
+            else:
+                w = r("new weight", w - ((v + 128) >> 8))
+            W[p] = max(-32767, min(32767, w))
+        rng[0] = s
+
+
+def _sdlm_probed(q: QuantNet, hyper: Hyper, probe: SdlmProbe):
+    net = q.build(hyper, probe)
+    probe.attach(net)
+    opt = net.opt
+    opt.k = probe  # the kernels sq_t and sdlm (curv_acc through the re-implemented pass)
+    opt.curvature = lambda net: probe.curvature(opt, net)
+    return net
+
+
+def _same_sdlm_state(a, b) -> None:
+    for l in range(a.L):
+        for name in ("W", "B"):
+            assert list(getattr(a, name)[l]) == list(getattr(b, name)[l])
+        for name in ("C", "HW", "HB"):
+            assert list(getattr(a.opt, name)[l]) == list(getattr(b.opt, name)[l])
+    assert (a.opt.n, a.rng[0]) == (b.opt.n, b.rng[0])
+
+
+def _sdlm(q: QuantNet, mu: float, gamma: float, fc_hidden: int, fh: int):
+    return replace(q, sdlm=sdlm_q(mu, gamma, [fc_hidden] * (q.L - 1) + [14], [fh] * q.L),
+                   momentum=False)
+
+
+SDLM_ADVERSARIAL = [  # (name, spec, mu, gamma, hidden curvature format, h format)
+    ("xor", XOR, 2.0**-14, 1.0, 24, 14),
+    ("iris-relu", iris_like("relu", batch_max=3, optimizer={"lr": 0.05, "batch": 3}),
+     1.0, 2.0**-14, 20, 10),
+    ("regression", regression(optimizer={"lr": 0.02, "batch": 3}), 0.05, 0.05, 24, 14),
+    ("swish-mish", dict(sizes=[4, 5, 5, 2], activations=["swish", "mish", "identity"],
+                        loss="mse", input_range={"min": -1, "max": 1}, batch_max=2,
+                        optimizer={"lr": 0.1, "batch": 2}), 0.01, 0.5, 24, 14),
+    ("sigmoid-mse", dict(sizes=[5, 3, 2], activations=["sigmoid", "sigmoid"], loss="mse",
+                         input_range={"min": -1, "max": 1}, batch_max=2,
+                         optimizer={"lr": 0.1, "batch": 2}), 255.0, 0.1, 0, 0),
+]
+
+
+@pytest.mark.parametrize("name,spec_fields,mu,gamma,fc,fh", SDLM_ADVERSARIAL,
+                         ids=[a[0] for a in SDLM_ADVERSARIAL])
+def test_sdlm_adversarial_values_stay_inside_the_reported_bounds(name, spec_fields, mu, gamma,
+                                                                 fc, fh):
+    # max-magnitude weights and inputs through whole nets with SDLM: the largest learning
+    # rate the formats take, curvature formats that saturate (Q24) or round to nothing (Q0),
+    # mu from one LSB of h to its largest, heavy decay, stochastic rounding
+    spec = make_spec(**spec_fields)
+    q = _sdlm(quantize(spec, *init_float_weights(spec)), mu, gamma, fc, fh)
+    lr = max_lr(q)
+    hyper = Hyper(lr=lr, weight_decay=0.9 / lr, batch=q.batch_max, rounding="stochastic",
+                  seed=5)
+    lo, hi = q.quantize_inputs(np.array([spec.input_min, spec.input_max]))
+    x_range = (int(lo.min()), int(hi.max()))
+    report = check_ranges(q, hyper, x_range=x_range)
+    probe = SdlmProbe()
+    rng = np.random.default_rng(len(name))
+    inputs = [x_range[1], x_range[0], 0, None]
+    for kind in WEIGHT_KINDS:
+        for first in range(len(inputs)):
+            qq = replace(q, W=[_weights(rng, kind, w.shape) for w in q.W],
+                         B=[_weights(rng, kind, b.shape) for b in q.B])
+            net, ref = _sdlm_probed(qq, hyper, probe), qq.build(hyper)
+            assert ref.opt.k is sdlm_core
+            for s in range(first, first + 4 * q.batch_max + 1):
+                x = inputs[s % len(inputs)]
+                xs = ([int(v) for v in rng.choice(list(x_range), q.sizes[0])] if x is None
+                      else [x] * q.sizes[0])
+                xa, ta = array("h", xs), array("h", _targets(rng, q.loss, q.sizes[-1]))
+                assert net.learn(xa, ta) == ref.learn(xa, ta)
+                _same_sdlm_state(net, ref)  # the re-implementation is the core, bit for bit
+            net.update()
+            ref.update()
+            _same_sdlm_state(net, ref)
+    _within(probe, report)
+    assert probe.seen[(q.L, CURV + "C")][1] > 0
+    assert probe.seen[(1, "mu_q + h")][0] == report.get(1, "mu_q + h").lo  # h = 0 at first
+
+
+@pytest.mark.parametrize("fc,fh", [(24, 14), (24, 0), (0, 14), (14, 7)])
+def test_sdlm_kernels_at_their_extremes_meet_the_bounds(fc, fh):
+    # the kernels alone: sq_t on the largest C and |W|, curv_acc on the largest C and |a|,
+    # the step on gradient sums at their bound with mu at one LSB of h, h = 0 and h at its
+    # largest: every intermediate inside its bound, the products at theirs
+    q = replace(_deep(sizes=[3, 4, 4, 2], batch_max=1),
+                sdlm=sdlm_q(2.0**-fh, 1.0, [fc, fc, 14], [fh] * 3))
+    report = check_ranges(q)
+    net = q.build()
+    o = net.opt
+    probe = SdlmProbe()
+    W = array("h", [32767, -32767] * 8)  # layer 2's 4 x 4 weights
+    probe.layer[id(W)] = 2
+    c2 = report.get(2, CURV + "C").hi
+    c1 = report.get(1, CURV + "C").hi
+    probe.prefix = CURV
+    probe.sq_t(W, array("h", [c2] * 4), 4, 4, o.kq[1], o.sq[1], array("h", [0] * 4))
+    HW, HB = array("h", [0] * 12), array("h", [0] * 4)
+    probe.curv_acc(HW, HB, array("h", [c1] * 4), array("h", [-32768, 32767, 0]), 3, 4,
+                   o.s_w[0], o.s_b[0], 16384, 1)
+    probe.prefix = ""
+    g = report.get(1, "gradient sum")
+    G = array("i", [g.hi, g.lo] * 3)
+    hmax = report.get(1, CURV + "h").hi
+    H = array("h", [0, 0, hmax, hmax, hmax >> 1, hmax])
+    Wm = array("h", [1, -1, 32767, -32767, 5, -5])
+    probe.layer[id(Wm)] = 1
+    Wc, Gc = array("h", Wm), array("i", G)
+    rm, rc = array("i", [fixed.seed30(3)]), array("i", [fixed.seed30(3)])
+    for m, u in ((255, 0), (128, 7), (200, 20)):
+        G[:] = Gc[:] = array("i", [g.hi, g.lo] * 3)
+        probe.sdlm(Wm, G, H, 6, m, u, o.mu[0], fh, 255, 0, 1, rm)
+        sdlm_core.sdlm(Wc, Gc, H, 6, m, u, o.mu[0], fh, 255, 0, 1, rc)
+        assert list(Wm) == list(Wc) and rm[0] == rc[0]
+    _within(probe, report, exact=[(1, CURV + "C |a|"), (1, CURV + "(C |a| >> 15) |a|")])
+    # |W| is 32767 here, the bound takes 32768 (an int16 weight before its first update)
+    assert probe.seen[(2, CURV + "|W| C")][1] == 32767 * c2
+    assert report.get(2, CURV + "|W| C").hi == 32768 * c2
+    assert probe.seen[(1, "q * den")][1] > 0

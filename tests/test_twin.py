@@ -2,12 +2,13 @@
 
 The core (edgebp.net.Net with the pure-Python kernels) is the definition. Every test drives a
 core net and a TwinNet through the same samples and compares all state: weights, biases,
-gradient sums, momentum, Adam's moments and t, beta**t, the Z/A/D buffers, the rng, counts,
-correct and loss sums.
+gradient sums, momentum, Adam's moments and t, beta**t, SDLM's curvatures C, HW, HB and its
+sample count, the Z/A/D buffers, the rng, counts, correct and loss sums.
 
 The edge-of-range nets run on a copy of the core whose every arithmetic expression is wrapped in
-a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py and adam.py), so the same runs
-also show that the core's intermediates stay inside MicroPython's small-int range [-2**30, 2**30).
+a check (an AST rewrite of edgebp/fixed.py, kernels.py, net.py, adam.py and sdlm.py), so the
+same runs also show that the core's intermediates stay inside MicroPython's small-int range
+[-2**30, 2**30).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from edgebp import adam, fixed, kernels, luts, luts_act, net
+from edgebp import adam, fixed, kernels, luts, luts_act, net, sdlm
 from edgebp.fixed import (
     BCE,
     IDENTITY,
@@ -39,7 +40,7 @@ from edgebp.fixed import (
     V_MAX,
 )
 from edgebp.host.nets import twin
-from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q
+from edgebp.host.nets.qnet import Hyper, QuantNet, adam_q, sdlm_q
 from edgebp.host.nets.twin import TwinNet, Xorshift30Jumps
 
 CORE = Path(fixed.__file__).resolve().parent
@@ -98,7 +99,7 @@ class _Guard(ast.NodeTransformer):
 
 def checked_core() -> dict[str, ModuleType]:
     core: dict[str, ModuleType] = {"luts": luts, "luts_act": luts_act}
-    for name in ("fixed", "kernels", "net", "adam"):
+    for name in ("fixed", "kernels", "net", "adam", "sdlm"):
         path = CORE / f"{name}.py"
         tree = ast.fix_missing_locations(_Guard().visit(ast.parse(path.read_text())))
         mod = ModuleType(f"checked_{name}")
@@ -137,9 +138,14 @@ def core_state(n) -> dict:
 
 
 def opt_state(o, L) -> dict:
-    # Adam's state, core's or twin's (None: no Adam)
+    # Adam's or SDLM's state, core's or twin's (None: neither)
     if o is None:
         return {"opt": None}
+    if not hasattr(o, "MW"):
+        s = {f"{name}[{l}]": [int(v) for v in np.ravel(getattr(o, name)[l])]
+             for l in range(L) for name in ("C", "HW", "HB")}
+        s["opt"] = (o.n, o.mu_m, o.mu_e, o.gamma, list(o.fc), list(o.fh), list(o.mu))
+        return s
     s = {f"{name}[{l}]": [int(v) for v in np.ravel(getattr(o, name)[l])]
          for l in range(L) for name in ("MW", "MB", "VW", "VB")}
     s["opt"] = (o.t, o.p1, o.p2, o.c1, o.c2)
@@ -219,14 +225,14 @@ def targets(rng, loss: int, n: int, n_out: int, sa_out: int) -> np.ndarray:
         .astype(np.int16)
 
 
-def random_qnet(rng, sizes, f, batch_max=1, momentum=False, adam=None) -> QuantNet:
+def random_qnet(rng, sizes, f, batch_max=1, momentum=False, adam=None, sdlm=None) -> QuantNet:
     W, B = [], []
     for l in range(len(sizes) - 1):
         lim = int(4096 * 1.5 / np.sqrt(sizes[l]))
         W.append(rng.integers(-lim, lim + 1, (sizes[l + 1], sizes[l])).astype(np.int16))
         B.append(rng.integers(-lim // 4, lim // 4 + 1, sizes[l + 1]).astype(np.int16))
     return QuantNet(list(sizes), f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], f["loss"],
-                    W, B, batch_max=batch_max, momentum=momentum, adam=adam)
+                    W, B, batch_max=batch_max, momentum=momentum, adam=adam, sdlm=sdlm)
 
 
 OPTIMISERS = {
@@ -467,6 +473,9 @@ def checked_net(q: QuantNet):
     if q.adam is not None:
         CHECKED["adam"].attach(n, *q.adam)
         assert n.opt.k is CHECKED["adam"].adam
+    if q.sdlm is not None:
+        CHECKED["sdlm"].attach(n, *q.sdlm)
+        n.opt.k = CHECKED["sdlm"]  # _kernels imports the plain module for the pure kernels
     return n
 
 
@@ -797,3 +806,223 @@ def test_adam_primitives_match_core():
     a = np.random.default_rng(0).integers(-(1 << 30), 1 << 30, 20000)
     for c in (0, 1, 32, 3277, 32767, 32768):
         assert twin.mul_q15_v(a, c).tolist() == [adam.mul_q15(v, c) for v in a.tolist()]
+
+
+# -- SDLM (edgebp/sdlm.py) --
+
+SDLM = {
+    "sdlm": Hyper(lr=0.02),
+    "sdlm-stochastic": Hyper(lr=0.05, rounding="stochastic", seed=9),
+    # sums of 5 samples in sums of up to 8 (curvature from the first of each, a partial last
+    # sum of 4), decay, stochastic rounding
+    "sdlm-minibatch": Hyper(lr=0.1, batch=5, weight_decay=0.02, rounding="stochastic", seed=4),
+}
+SDLM_COMBOS = list(itertools.product(HIDDEN, OUTPUTS, SDLM))
+# (mu, gamma, fc of the hidden layers, fh per layer)
+SDLM_SETTINGS = [(0.1, 0.05, [18, 16], [14, 14, 14]), (0.01, 1.0, [12, 20], [10, 12, 8]),
+                 (1.0, 2.0**-14, [24, 0], [0, 14, 4])]
+
+
+def sdlm_settings(k: int):
+    mu, gamma, fc, fh = SDLM_SETTINGS[k % len(SDLM_SETTINGS)]
+    return sdlm_q(mu, gamma, fc + [14], fh)
+
+
+@pytest.mark.parametrize(
+    "hidden,output,opt", SDLM_COMBOS,
+    ids=[f"{fixed.ACT_NAMES[a]}-{fixed.ACT_NAMES[o]}-{fixed.LOSS_NAMES[s]}-{p}"
+         for a, (o, s), p in SDLM_COMBOS])
+def test_sdlm_twin_equals_core(hidden, output, opt):
+    out, loss = output
+    k = SDLM_COMBOS.index((hidden, output, opt))
+    rng = np.random.default_rng(2000 + k)
+    hyper = SDLM[opt]
+    sizes = (4, 5, 3, 3)
+    f = formats([hidden, hidden, out], loss)
+    q = random_qnet(rng, sizes, f, batch_max=8 if hyper.batch > 1 else 1,
+                    sdlm=sdlm_settings(k))
+    n = 24
+    Xq = rng.integers(-16384, 16385, (n, sizes[0])).astype(np.int16)
+    Tq = targets(rng, loss, n, sizes[-1], f["shift_a"][-1])
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    assert core.opt.k is sdlm  # the pure kernels, the definition
+    lockstep(core, tw, Xq, Tq)
+    assert tw.opt.n == (n + hyper.batch - 1) // hyper.batch  # one curvature per sum
+    epoch = TwinNet.from_qnet(q, hyper)
+    epoch.train_epoch(Xq, Tq)
+    epoch.update()
+    assert_same(core, epoch, "train_epoch")
+
+
+def test_sdlm_curvature_from_the_first_sample_of_each_sum():
+    # a sum of 3 started by backward() alone, continued by train_epoch (whose first batch
+    # then has no curvature sample), and a full sum applied by backward() before it adds
+    rng = np.random.default_rng(17)
+    f = formats([TANH, SIGMOID], BCE)
+    q = random_qnet(rng, (3, 4, 2), f, batch_max=3, sdlm=sdlm_q(0.05, 0.1, [16, 14], [12, 12]))
+    hyper = Hyper(lr=0.1, batch=3)
+    Xq = rng.integers(-16384, 16385, (14, 3)).astype(np.int16)
+    Tq = targets(rng, BCE, 14, 2, 14)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    for i in range(4):  # forward + backward: the fourth applies the full sum first
+        core.forward(h(Xq[i]))
+        tw.forward(Xq[i])
+        assert core.backward(h(Tq[i])) == tw.backward(Tq[i])
+        assert_same(core, tw, f"backward {i}")
+    assert tw.opt.n == 2
+    order = rng.permutation(14)
+    for i in order:
+        core.learn(h(Xq[i]), h(Tq[i]))
+    tw.train_epoch(Xq, Tq, order)
+    assert_same(core, tw, "epoch after a pending sum")
+    # a curvature drawn from another sample of the sum would differ
+    other = TwinNet.from_qnet(q, hyper)
+    other.train_epoch(Xq[[1, 0, 2]], Tq[[1, 0, 2]])
+    first = TwinNet.from_qnet(q, hyper)
+    first.train_epoch(Xq[:3], Tq[:3])
+    assert not np.array_equal(other.opt.h, first.opt.h)
+
+
+def test_sdlm_digits_epochs_equal_core():
+    q, Xq, Tq = digits_case(TANH, 40)
+    q.sdlm = sdlm_q(0.02, 0.02, [16, 14], [8, 12])
+    q.batch_max = 4
+    hyper = Hyper(lr=0.01, batch=4, rounding="stochastic", seed=2)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    for epoch in range(2):
+        order = np.random.default_rng(epoch).permutation(len(Xq))
+        for i in order:
+            core.learn(h(Xq[i]), h(Tq[i]))
+        tw.train_epoch(Xq, Tq, order)
+        assert_same(core, tw, f"digits epoch {epoch}")
+    assert tw.opt.n == 20
+    assert all(np.any(hw != 0) for hw in tw.opt.HW)  # curvature in every layer
+
+
+def test_sdlm_frozen_layers_equal_core():
+    rng = np.random.default_rng(22)
+    f = formats([TANH, RELU, SOFTMAX], SOFTMAX_CE)
+    q = random_qnet(rng, (5, 6, 4, 3), f, batch_max=4,
+                    sdlm=sdlm_q(0.05, 0.05, [18, 16, 14], [12, 12, 12]))
+    hyper = Hyper(lr=0.05, batch=3, rounding="stochastic", seed=6)
+    Xq = rng.integers(-16384, 16385, (30, 5)).astype(np.int16)
+    Tq = targets(rng, SOFTMAX_CE, 30, 3, 14)
+    core, tw = q.build(hyper), TwinNet.from_qnet(q, hyper)
+    lockstep(core, tw, Xq[:7], Tq[:7])
+    for n in (2, 1, 0):
+        core.learn(h(Xq[7]), h(Tq[7]))  # a pending sum that freezing drops
+        tw.learn(Xq[7], Tq[7])
+        core.freeze(n)
+        tw.freeze(n)
+        assert_same(core, tw, f"frozen {n}")
+        lockstep(core, tw, Xq[8:19], Tq[8:19], f"frozen {n}")
+    assert np.any(tw.opt.HW[0] != 0)
+
+
+def test_sdlm_from_net_copies_mid_training_state():
+    rng = np.random.default_rng(15)
+    f = formats([MISH, IDENTITY], MSE)
+    q = random_qnet(rng, (3, 5, 2), f, batch_max=4, sdlm=sdlm_q(0.1, 0.05, [17, 14], [13, 11]))
+    hyper = Hyper(lr=0.05, weight_decay=0.1, batch=3, rounding="stochastic")
+    Xq = rng.integers(-16384, 16385, (14, 3)).astype(np.int16)
+    Tq = targets(rng, MSE, 14, 2, 12)
+    core = q.build(hyper)
+    for x, t in zip(Xq[:8], Tq[:8], strict=True):
+        core.learn(h(x), h(t))
+    tw = TwinNet.from_net(core)
+    assert tw.opt is not None and tw.opt.n == 3
+    assert_same(core, tw, "copied")
+    lockstep(core, tw, Xq[8:], Tq[8:])
+
+
+def test_sdlm_settings_validated_like_the_core():
+    f = formats([TANH, IDENTITY], MSE)
+    args = ([2, 3, 1], f["acts"], f["shift_a"], f["shift_w"], f["shift_d"], MSE)
+    for bad in ((0, 4, 100, [14, 14], [14, 14]), (1, 31, 100, [14, 14], [14, 14]),
+                (1, 4, 0, [14, 14], [14, 14]), (1, 4, 16385, [14, 14], [14, 14]),
+                (1, 4, 100, [25, 14], [14, 14]), (1, 4, 100, [14, 13], [14, 14]),
+                (1, 4, 100, [14, 14], [15, 14]), (1, 4, 100, [14], [14]),
+                (1, 30, 100, [14, 14], [0, 0]), (255, 0, 100, [14, 14], [14, 14])):
+        with pytest.raises(ValueError, match="SDLM"):
+            TwinNet(*args).attach_sdlm(*bad)
+    with pytest.raises(ValueError, match="momentum"):
+        TwinNet(*args, 1, True).attach_sdlm(1, 4, 100, [14, 14], [14, 14])
+    tw = TwinNet(*args)
+    tw.attach_adam(3277, 33)
+    with pytest.raises(ValueError, match="one optimiser"):
+        tw.attach_sdlm(1, 4, 100, [14, 14], [14, 14])
+    # SDLM's learning rate is SGD's: the same check
+    tw = TwinNet(*args)
+    tw.attach_sdlm(1, 4, 100, [14, 14], [14, 14])
+    with pytest.raises(ValueError):
+        tw.set_lr(255, 0)
+
+
+SDLM_EDGE = [IDENTITY, LEAKY, TANH, SWISH]
+# mu (mantissa, exponent), gamma, fc hidden, fh per layer: mu at one LSB of h, the largest
+# mu, gamma at both ends, curvature formats that saturate or round to 0
+SDLM_EDGE_SETTINGS = [((1, 14), 1, 24, (14, 14)), ((255, 0), 16384, 0, (0, 0)),
+                      ((1, 0), 16384, 24, (0, 14)), ((255, 14), 1, 12, (14, 8))]
+
+
+@pytest.mark.parametrize("hidden", SDLM_EDGE, ids=[fixed.ACT_NAMES[a] for a in SDLM_EDGE])
+@pytest.mark.parametrize("output", EDGE_OUTPUTS,
+                         ids=lambda o: f"{fixed.ACT_NAMES[o[0]]}-{fixed.LOSS_NAMES[o[1]]}")
+def test_sdlm_edge_full_scale(hidden, output, monkeypatch):
+    # full-scale weights, inputs and targets over 300 inputs: sq_t's sums over wide layers,
+    # curvatures that saturate, steps of the largest learning rate divided by mu alone
+    # (saturating), sums of 3, the largest decay, both roundings; on the instrumented core
+    k = 4 * SDLM_EDGE.index(hidden) + EDGE_OUTPUTS.index(output)
+    rng = np.random.default_rng(50 + k)
+    f = formats([hidden, output[0]], output[1])
+    q = extreme_qnet(rng, (300, 6, 3), f, batch_max=3, momentum=False, alpha_q=4096)
+    (mu_m, mu_e), gamma, fc, fh = SDLM_EDGE_SETTINGS[k % len(SDLM_EDGE_SETTINGS)]
+    q.sdlm = (mu_m, mu_e, gamma, (fc, 14), fh)
+    Xq = rng.choice([-32768, -32767, 32767], (20, 300)).astype(np.int16)
+    Tq = extreme_targets(rng, output[1], 20, 3)
+    s = dict(lr_m=255, lr_e=min_lr_exponent(q), batch=3, c_m=255, c_e=8, mode=k % 2)
+    seen = []  # per update: max h, max |step|
+    step = twin.TwinSdlm.step
+
+    def watched(self, net, p0):
+        v = step(self, net, p0)
+        seen.append((int(self.h.max()), int(np.abs(v).max())))
+        return v
+
+    monkeypatch.setattr(twin.TwinSdlm, "step", watched)
+    tw, _, _ = run_edge(q, s, Xq, Tq, "sdlm full-scale")
+    hmax, v = np.array(seen).max(axis=0)
+    assert len(seen) == 7 and tw.opt.n == 7
+    if output == (IDENTITY, MSE) and hidden != TANH:
+        # h = C a**2 with a at 8 (Q12) saturates (squashing outputs saturate to f' = 0,
+        # tanh's a to 1)
+        assert hmax == 32767
+    if k % 4 != 1:
+        assert v == V_MAX  # the largest learning rate over mu and h far below 1: saturates
+    assert tw.opt.h.min() >= 0
+
+
+@st.composite
+def random_sdlm_nets(draw):
+    q, s, Xq, Tq = draw(random_nets())
+    q.momentum = False
+    s["mu"] = 0
+    L = q.L
+    fh = [draw(st.integers(0, 14)) for _ in range(L)]
+    mu_e = draw(st.integers(0, 30))
+    # mu in Q(fh) between 1 and 32767 in every layer
+    lo = max(1, max((1 << (mu_e - f)) // 2 + 1 if mu_e > f else 1 for f in fh))
+    hi = min(255, min(32767 >> (f - mu_e) if f > mu_e else 255 for f in fh))
+    if lo > hi:
+        mu_e, lo, hi = min(fh), 1, 255
+        hi = min(255, min(32767 >> (f - mu_e) for f in fh))
+    q.sdlm = (draw(st.integers(lo, hi)), mu_e, draw(st.sampled_from([1, 2, 819, 16383, 16384])),
+              [draw(st.integers(0, 24)) for _ in range(L - 1)] + [14], fh)
+    return q, s, Xq, Tq
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=random_sdlm_nets())
+def test_sdlm_random_nets(case):
+    q, s, Xq, Tq = case
+    run_edge(q, s, Xq, Tq, "random sdlm")

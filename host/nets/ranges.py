@@ -18,6 +18,17 @@ towards x and not past it), the second moment's exponent from the largest x's bi
 its mantissa from the fixed point of the normalisation, the step ratio from the clamp, and
 the per-update scalars (beta**t, the bias correction, lr_m times it, the layer multiplier)
 over every t from the betas and the largest mantissa of the learning rate.
+
+A net with SDLM (qnet.sdlm, edgebp/sdlm.py) has its curvature pass bounded (layer by layer,
+names starting "curvature:"): the output curvature (f'**2 of 1 through act_bwd twice, or
+a (1 - a)), sq_t's two products and guarded sum, its requant, act_bwd twice on the result
+(f'**2 >= 0: the curvature stays in [0, 32767], what sq_t and curv_acc assume), curv_acc's
+two products per weight, the sample's requantised curvature, the running h (a blend with
+weight at most 1 keeps it between 0 and the largest sample) and the blend's product; and
+its step through the sdlm kernel in place of SGD's: mu_q + h, the quotient's and the
+remainder's pieces of the two-part division, then SGD's decay and rounding. A curvature
+requant with a negative shift only leaves low bits zero (requant(0) is 0 for every shift),
+so it is not refused.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from edgebp import adam as adam_core, fixed, kernels
+from edgebp import adam as adam_core, fixed, kernels, sdlm as sdlm_core
 from edgebp.fixed import (
     ALPHA_SHIFT,
     FV,
@@ -429,6 +440,138 @@ def _adam_settings(qnet: QuantNet, hyper: Hyper | None, c: _Bounds) -> bool:
 
 
 
+# -- SDLM (edgebp/sdlm.py) --
+
+
+class _Named:
+    """Collects bounds under a prefix, joining those of one name (act_bwd's twice on the
+    curvature), for _Bounds.add when done."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.got: dict[tuple[int, str], tuple[Interval, Interval]] = {}
+
+    def add(self, layer: int, what: str, iv: Interval, limit: Interval = SMALL) -> Interval:
+        key = (layer, self.prefix + what)
+        old = self.got.get(key)
+        self.got[key] = (iv if old is None else _join(old[0], iv), limit)
+        return iv
+
+    def done(self, c: _Bounds) -> None:
+        for (layer, what), (iv, limit) in self.got.items():
+            c.add(layer, what, iv, limit)
+
+
+CURV = "curvature: "
+CURV_RANGE = (0, Q_MAX)  # what sq_t and curv_acc take: 0 <= C, h < 2**15
+
+
+def _requant_up(a: Interval, s: int) -> Interval:
+    # fixed.requant is monotone for every shift (0 stays 0): the ends map to the ends
+    return requant(a[0], s), requant(a[1], s)
+
+
+def _curv_square(c: _Bounds, N: int, act: int, e: Interval, a: Interval, alpha: int,
+                 z: Interval) -> Interval:
+    # act_bwd twice on e >= 0: e f' rounded has the sign of f' (or is 0), so the second
+    # product is >= 0: the result is f'**2 e >= 0
+    p = _Named(CURV)
+    d = _act_backward(p, N, act, e, a, alpha, z)  # type: ignore[arg-type]
+    d = _act_backward(p, N, act, d, a, alpha, z)  # type: ignore[arg-type]
+    p.done(c)
+    return max(0, d[0]), max(0, d[1])
+
+
+def _sdlm_curvature(c: _Bounds, lay: Layout, sd: tuple, A: list[Interval],
+                    Z: list[Interval]) -> list[Interval]:
+    """Sdlm.curvature's intermediates: C per layer from the output down, then curv_acc's;
+    returns the range of the running h of each layer (weights and biases)."""
+    _, _, gamma, fc, fh = sd
+    L = len(lay.layers)
+    alpha = lay.alpha
+    out = lay.layers[-1]
+    C: list[Interval] = [(0, 0)] * L
+    a = A[L]
+    if lay.loss == fixed.MSE:
+        C[L - 1] = _curv_square(c, L, out.act, (16384, 16384), a, alpha, Z[L - 1])
+    else:
+        # p (1 - p), p in Q14 (a softmax or sigmoid output in [0, 16384])
+        top = min(max(8192, a[0]), a[1])
+        vals = [v * (16384 - v) for v in (a[0], a[1], top)]
+        C[L - 1] = _rnd(c.add(L, CURV + "p*(1-p)", (min(vals), max(vals))), 14)
+    c.add(L, CURV + "C", C[L - 1], CURV_RANGE)
+    w = 32768  # |W| of any int16 weight
+    for l in range(L - 1, 0, -1):
+        y = lay.layers[l]
+        N = l + 1
+        kq = ceil_log2(y.n_out)
+        sq = 2 * y.sw - 15 + fc[l] - kq - fc[l - 1]
+        cmax = max(C[l][1], 0)
+        p1 = c.add(N, CURV + "|W| C", (0, w * cmax))
+        p2 = c.add(N, CURV + "(|W| C >> 15) |W|", (0, (p1[1] >> 15) * w))
+        acc = c.add(N, CURV + "sq_t sum", _terms(_shr(p2, kq), y.n_out))
+        e = _requant_up(acc, sq)
+        C[l - 1] = c.add(l, CURV + "C", _curv_square(c, l, lay.layers[l - 1].act, e, A[l],
+                                                     alpha, Z[l - 1]), CURV_RANGE)
+    # curv_acc: h += round((x - h) gam / 2**14), gam <= 2**14 (max(gamma, 2**14 // (n + 1))):
+    # the step is a rounding of a value between 0 and x - h, so h stays between h and x, and
+    # from h = 0 in the hull of 0 and every sample's x
+    gmax = max(gamma, sdlm_core.ONE_Q14)
+    H: list[Interval] = []
+    for l, y in enumerate(lay.layers):
+        N = l + 1
+        cmax = max(C[l][1], 0)
+        amax = max(-A[l][0], A[l][1], 0)
+        s_w = fc[l] + 2 * y.sa_in - 15 - fh[l]
+        s_b = fc[l] - fh[l]
+        p1 = c.add(N, CURV + "C |a|", (0, cmax * amax))
+        p2 = c.add(N, CURV + "(C |a| >> 15) |a|", (0, (p1[1] >> 15) * amax))
+        x = _join(_requant_up(p2, s_w), _requant_up((0, cmax), s_b))
+        x = c.add(N, CURV + "sample h", x, CURV_RANGE)
+        h = c.add(N, CURV + "h", (0, x[1]), CURV_RANGE)
+        diff = c.add(N, CURV + "sample h - h", (-h[1], x[1]))
+        c.add(N, CURV + "(sample h - h) gam", _mul(diff, (0, gmax)))
+        H.append(h)
+    return H
+
+
+def _sdlm_step(c: _Bounds, N: int, v: Interval, mu_q: int, fh: int, h: Interval) -> Interval:
+    """The sdlm kernel's division of the SGD step v by (mu_q + h) / 2**fh, in two parts:
+    q = |v| // den, then (q << fh) + ((|v| - q den) << fh) // den; returns the step."""
+    a = max(-v[0], v[1], 0)
+    den = c.add(N, "mu_q + h", (mu_q, mu_q + h[1]), (1, (1 << 16) - 1))
+    c.add(N, "q * den", (0, a))  # q den <= |v|
+    lim = V_MAX >> fh
+    q = min(a // den[0], lim)  # beyond lim the step saturates without the second part
+    c.add(N, "q << fh", (0, q << fh))
+    c.add(N, "remainder << fh", (0, (den[1] - 1) << fh))
+    c.add(N, "divided step", (0, (q << fh) + (1 << fh) - 1))
+    r = min(V_MAX, a * (1 << fh) // den[0])
+    return -r, r
+
+
+def _sdlm_settings(qnet: QuantNet, hyper: Hyper | None, c: _Bounds) -> list[int] | None:
+    # what the core refuses of a net with SDLM, one line each; mu_q per layer when the
+    # bounds apply
+    assert qnet.sdlm is not None
+    mu_m, mu_e, gamma, fc, fh = qnet.sdlm
+    mus = None
+    try:
+        sdlm_core.check(qnet.L, mu_m, mu_e, gamma, list(fc), list(fh))
+        mus = [sdlm_core.mu_in(mu_m, mu_e, fh[l], l) for l in range(qnet.L)]
+    except ValueError as err:
+        msg = str(err)
+        c.problem(msg if _problem_layer(msg) else f"net: {msg}")
+    if qnet.adam is not None:
+        c.problem("net: a net has one optimiser: Adam and SDLM both set")
+    if qnet.momentum:
+        c.problem("net: SDLM replaces momentum: a net with SDLM has no momentum buffers "
+                  "(momentum=False)")
+    if hyper is not None and hyper.momentum > 0:
+        c.problem(f"net: momentum {hyper.momentum:g} set for a net with SDLM (it has none)")
+    return mus
+
+
 def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
                  x_range: Interval | None = None, t_range: Interval | None = None,
                  layout: Layout | None = None) -> RangeReport:
@@ -444,10 +587,13 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
     weight; the update's random-number steps. For a net with Adam, the Adam kernel's
     intermediates in place of SGD's update, and Adam.update's scalars (layer "net"); Adam
     settings the core refuses (betas outside their Q15 ranges, momentum beside Adam) are
-    refused in one line. Refused, with the layer: any bound outside
-    its limit; a requant shift below zero (the accumulator has fewer fractional bits than
-    its result claims, and for shifts <= -16 edgebp.fixed.requant maps 0 to 32767); a
-    learning rate the formats cannot represent; batch > batch_max; formats the core refuses.
+    refused in one line. For a net with SDLM, its curvature pass and its division of the
+    step (see the module's note); SDLM settings the core refuses (mu, gamma or a format
+    outside its range, mu outside Q(fh), momentum beside SDLM) are refused in one line.
+    Refused, with the layer: any bound outside its limit; a requant shift below zero (the
+    accumulator has fewer fractional bits than its result claims, and for shifts <= -16
+    edgebp.fixed.requant maps 0 to 32767); a learning rate the formats cannot represent;
+    batch > batch_max; formats the core refuses.
 
     hyper=None bounds the update for every setting the core accepts. Raises RangeError with
     the report attached when anything is refused; returns the report otherwise.
@@ -476,6 +622,10 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         mu = 0  # Adam's kernel has no momentum term
     if adam_ok:
         _adam_scalars(c, c1, c2, 255 if hyper is None else h["lr_m"])
+    sdlm = qnet.sdlm is not None
+    sdlm_mu = _sdlm_settings(qnet, hyper, c) if sdlm else None
+    if sdlm:
+        mu = 0  # SDLM's kernel has no momentum term
 
     # forward
     A = [x]
@@ -520,6 +670,10 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         D[l - 1] = c.add(l, "delta", _act_backward(c, l, lay.layers[l - 1].act, e, A[l],
                                                    alpha, Z[l - 1]), INT16)
 
+    H: list[Interval] = []
+    if sdlm_mu is not None:
+        H = _sdlm_curvature(c, lay, qnet.sdlm, A, Z)
+
     # gradient sums and the update
     for l, y in enumerate(lay.layers):
         N = l + 1
@@ -548,6 +702,10 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
                           f"{max_lr_layer(y, kg):.4g} (the whole net: {max_lr(qnet):.4g})")
                 u = 0
         v = _clip(_shr(scaled, u), -V_MAX, V_MAX)
+        if sdlm:
+            v = (0, 0)
+            if sdlm_mu is not None:
+                v = _sdlm_step(c, N, _shr(scaled, u), sdlm_mu[l], qnet.sdlm[4][l], H[l])
         dp = c.add(N, "w*c_m", _mul(W, (0, c_m)))
         decay = _rnd(dp, c_s) if c_s > 0 else dp
         mp = c.add(N, "V*mu", _mul((-V_MAX, V_MAX), (0, mu)))
@@ -578,7 +736,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         if hyper.batch > lay.batch_max:
             c.problem(f"net: batch {hyper.batch} exceeds batch_max {lay.batch_max}, the number "
                       "of samples the gradient sums are guarded for")
-        if hyper.momentum > 0 and not qnet.momentum and not adam:
+        if hyper.momentum > 0 and not qnet.momentum and not adam and not sdlm:
             c.problem("net: momentum requested but the net has no momentum buffers")
         if c_m and h["c_e"] < FV:
             c.problem(f"net: lr * weight_decay = {hyper.lr * hyper.weight_decay:g} is at "

@@ -1,9 +1,11 @@
 """The integer twin: edgebp's fixed-point net in vectorised numpy, bit-identical to the core.
 
 `TwinNet` holds the same state as `edgebp.net.Net` (W, B, GW, GB, VW, VB, Z, A, D, rng, count,
-seen, correct, loss_sum, the settings, and with Adam its opt: MW, MB, VW, VB, t, p1, p2) and
-reproduces `Net` with the pure-Python kernels bit for bit, but fast enough to train whole data
-sets on the host: `train_epoch` and `evaluate`.
+seen, correct, loss_sum, the settings, and its opt: with Adam MW, MB, VW, VB, t, p1, p2, with
+SDLM C, HW, HB, n) and reproduces `Net` with the pure-Python kernels bit for bit, but fast
+enough to train whole data sets on the host: `train_epoch` and `evaluate`. SDLM's curvature
+comes from the first sample of each gradient sum, as in the core: the first row of a batch
+that starts a sum.
 
 Formats are the core's (see edgebp/net.py). All arrays here are int64, which holds every
 intermediate of the core exactly (the core keeps them inside [-2**30, 2**30)); `>>` on int64
@@ -28,12 +30,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgebp import adam as core_adam, luts, luts_act
+from edgebp import adam as core_adam, luts, luts_act, sdlm as core_sdlm
 from edgebp.fixed import (
     BCE,
     IDENTITY,
     LEAKY,
     MISH,
+    MSE,
     NEAREST,
     Q_MAX,
     RELU,
@@ -357,6 +360,83 @@ class TwinAdam:
         return clip_v(v, -V_MAX, V_MAX)
 
 
+class TwinSdlm:
+    """edgebp.sdlm.Sdlm of a TwinNet: C per layer (this sample's unit curvature), the running
+    curvature as one flat int64 vector in the parameters' order with HW, HB views per layer
+    (as the net's W, B), the formats, mu per layer and the sample count n."""
+
+    def __init__(self, net: TwinNet, mu_m: int, mu_e: int, gamma: int, fc, fh) -> None:
+        spec = net._spec.opt  # the core's state, attached by the caller: its derived shifts
+        assert spec is not None
+        self.mu_m, self.mu_e, self.gamma = mu_m, mu_e, gamma
+        self.fc, self.fh = list(fc), list(fh)
+        self.mu, self.kq, self.sq = list(spec.mu), list(spec.kq), list(spec.sq)
+        self.s_w, self.s_b = list(spec.s_w), list(spec.s_b)
+        self.C = [np.zeros(n, I64) for n in net.sizes[1:]]
+        self.h = np.zeros(net.n_params, I64)
+        self.HW, self.HB = net._views(self.h)
+        self.n = 0
+        lens = [c - a for (a, _, c) in net._spans]
+        self._mu_p = np.repeat(np.array(self.mu, I64), lens)
+        self._fh_p = np.repeat(np.array(self.fh, I64), lens)
+
+    def reset(self) -> None:
+        for c in self.C:
+            c[...] = 0
+        self.h[...] = 0
+        self.n = 0
+
+    def curvature(self, net: TwinNet, Z: list[np.ndarray], A: list[np.ndarray]) -> None:
+        """Sdlm.curvature of one sample, its Z[l], A[l] as the core holds them then: the
+        output curvature, sq_t and act_bwd twice down to the frozen boundary, curv_acc."""
+        L, alpha = net.L, net.alpha
+        a = A[L]
+        if net.loss_kind == MSE:
+            c = np.full(net.sizes[L], core_sdlm.ONE_Q14, I64)
+            for _ in range(2):
+                c = act_bwd_v(net.acts[L - 1], c, Z[L - 1], a, alpha)
+        else:
+            c = rshift_round_v(a * (core_sdlm.ONE_Q14 - a), 14)
+        self.C[L - 1][...] = c
+        for l in range(L - 1, net.frozen, -1):
+            # sq_t: each product of |W| C shifted by 15, times |W|, shifted by the guard
+            w = np.abs(net.W[l])
+            p = (((w * self.C[l][:, None]) >> 15) * w) >> self.kq[l]
+            e = requant_v(np.add.reduce(p, axis=0), self.sq[l])
+            for _ in range(2):
+                e = act_bwd_v(net.acts[l - 1], e, Z[l - 1], A[l], alpha)
+            self.C[l - 1][...] = e
+        m = self.n
+        gam = max(core_sdlm.ONE_Q14 // (m + 1), self.gamma)
+        for l in range(net.frozen, L):
+            c = self.C[l]
+            v = np.abs(A[l])
+            HB = self.HB[l]
+            HB += rshift_round_v((requant_v(c, self.s_b[l]) - HB) * gam, 14)
+            HW = self.HW[l]
+            x = requant_v(((c[:, None] * v) >> 15) * v, self.s_w[l])
+            HW += rshift_round_v((x - HW) * gam, 14)
+        if m < SMALL_MAX:
+            self.n = m + 1
+
+    def step(self, net: TwinNet, p0: int) -> np.ndarray:
+        """The kernel sdlm() over parameters p0.. at once: clears their sums and returns the
+        step v (2**-8 weight LSB, clamped to V_MAX, before the decay and the rounding)."""
+        count = net.count
+        q = (net.lr_m << 22) // count
+        t = mean_lr_shift(q)
+        m = rshift_round(q, t)
+        u = np.minimum((net.lr_e + 22 - t) + net._u_layer[p0:], 63)
+        g = net.grad[p0:]
+        v = ((g >> 8) * m) >> u
+        g[...] = 0
+        # floor(|v| 2**fh / (mu_q + h)), exactly what the core's two-part division gives
+        a = np.abs(v)
+        den = self._mu_p[p0:] + self.h[p0:]
+        a = np.minimum((a << self._fh_p[p0:]) // den, V_MAX)
+        return np.where(v >= 0, a, -a)
+
+
 class Evaluation(NamedTuple):
     loss: np.ndarray  # per-sample loss, Q12 (as backward() returns it)
     correct: np.ndarray  # per-sample bool, the core's rule for `correct`
@@ -430,13 +510,21 @@ class TwinNet:
         self.c_s = 0
         self.mode = NEAREST
         self.frozen = 0
-        self.opt: TwinAdam | None = None  # Adam in place of SGD (attach_adam), or None
+        # Adam or SDLM in place of SGD (attach_adam, attach_sdlm), or None
+        self.opt: TwinAdam | TwinSdlm | None = None
         self.reset_stats()
 
     def attach_adam(self, c1: int, c2: int) -> TwinAdam:
         """edgebp.adam.attach: Adam (c1, c2 = 1 - beta1, 1 - beta2 in Q15) in place of SGD."""
         core_adam.attach(self._spec, c1, c2)  # the core's checks; its set_lr then takes any u
         self.opt = TwinAdam(self, c1, c2)
+        return self.opt
+
+    def attach_sdlm(self, mu_m: int, mu_e: int, gamma: int, fc, fh) -> TwinSdlm:
+        """edgebp.sdlm.attach: SDLM (mu = mu_m * 2**-mu_e, gamma in Q14, curvature formats
+        fc, fh per layer) in place of SGD."""
+        core_sdlm.attach(self._spec, mu_m, mu_e, gamma, fc, fh)  # the core's checks
+        self.opt = TwinSdlm(self, mu_m, mu_e, gamma, fc, fh)
         return self.opt
 
     def _views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -457,6 +545,8 @@ class TwinNet:
             net.B[l][...] = np.asarray(qnet.B[l], np.int16)
         if qnet.adam is not None:
             net.attach_adam(*qnet.adam)
+        if qnet.sdlm is not None:
+            net.attach_sdlm(*qnet.sdlm)
         if hyper is not None:
             h = hyper.fixed()
             net.set_lr(h["lr_m"], h["lr_e"])
@@ -481,11 +571,17 @@ class TwinNet:
         if net.vel is not None:
             net.vel[...] = flat(core.VW, core.VB)
         o = core.opt
-        if o is not None:
+        if o is not None and hasattr(o, "MW"):
             tw = net.attach_adam(o.c1, o.c2)
             tw.m[...] = flat(o.MW, o.MB)
             tw.v[...] = flat(o.VW, o.VB)
             tw.t, tw.p1, tw.p2 = o.t, o.p1, o.p2
+        elif o is not None:
+            ts = net.attach_sdlm(o.mu_m, o.mu_e, o.gamma, o.fc, o.fh)
+            ts.h[...] = flat(o.HW, o.HB)
+            for l in range(net.L):
+                ts.C[l][...] = o.C[l]
+            ts.n = o.n
         for l in range(net.L):
             net.Z[l][...] = core.Z[l]
             net.D[l][...] = core.D[l]
@@ -639,6 +735,9 @@ class TwinNet:
         d, loss, good = self._loss_rows(Zs, As, T)
         Ds = self._backward_rows(Zs, As, d)
         self._accumulate(As, Ds)
+        if isinstance(self.opt, TwinSdlm) and self.count == 0:
+            # SDLM: the curvature of the first sample of the sum, the first row
+            self.opt.curvature(self, [z[0] for z in Zs], [a[0] for a in As])
         for l in range(self.frozen, self.L):
             d_l = Ds[l]
             assert d_l is not None
@@ -655,6 +754,8 @@ class TwinNet:
         return loss
 
     def _learn_rows(self, X, T) -> np.ndarray:
+        if self.count >= self.batch_max:
+            self.update()  # the core's backward applies a full sum before adding to it
         Zs, As = self._forward_rows(X)
         self._keep(Zs, As)
         return self._backward_stats(Zs, As, T)
