@@ -221,14 +221,14 @@ def _opt_module(adam):
     # edgebp.adam or edgebp.sdlm, imported by the first net that has that optimiser
     try:
         if adam:
-            from edgebp import adam as m
+            from edgebp import adam as mod
         else:
-            from edgebp import sdlm as m
+            from edgebp import sdlm as mod  # type: ignore[no-redef]
     except ImportError:
         n = "adam" if adam else "sdlm"
         raise EbpError("an %s net, and this board has no edgebp/%s"
                        % ("Adam" if adam else "SDLM", n)) from None
-    return m
+    return mod
 
 
 class Loader:

@@ -22,7 +22,16 @@
 # rounding. 2 bytes per parameter (h) and 2 per unit (C) beside SGD's W and G.
 # Positional arguments and index loops only: nothing here allocates.
 
-from edgebp.fixed import MSE, SMALL_MAX, V_MAX, ceil_log2, const, mean_lr_shift, requant, rshift_round
+from edgebp.fixed import (
+    MSE,
+    SMALL_MAX,
+    V_MAX,
+    ceil_log2,
+    const,
+    mean_lr_shift,
+    requant,
+    rshift_round,
+)
 
 ONE_Q14 = const(16384)
 _M30 = const(0x3FFFFFFF)

@@ -203,6 +203,7 @@ def fixed_twin(p: Problem, method: str, seed: int, width: int | None = None):
         lr, batch, mom = p.sdlm.lr, p.sdlm.batch, 0.0
     else:
         h = p.optimiser(base)
+        assert isinstance(h, Hyper)
         lr, batch, mom = h.lr, h.batch, h.momentum
     q = quantize(spec, Ws, Bs, p.X, calib_T, hyper=Hyper(lr=lr, momentum=mom, batch=batch))
     if base == "Adam":

@@ -672,6 +672,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
 
     H: list[Interval] = []
     if sdlm_mu is not None:
+        assert qnet.sdlm is not None
         H = _sdlm_curvature(c, lay, qnet.sdlm, A, Z)
 
     # gradient sums and the update
@@ -704,7 +705,7 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         v = _clip(_shr(scaled, u), -V_MAX, V_MAX)
         if sdlm:
             v = (0, 0)
-            if sdlm_mu is not None:
+            if sdlm_mu is not None and qnet.sdlm is not None:
                 v = _sdlm_step(c, N, _shr(scaled, u), sdlm_mu[l], qnet.sdlm[4][l], H[l])
         dp = c.add(N, "w*c_m", _mul(W, (0, c_m)))
         decay = _rnd(dp, c_s) if c_s > 0 else dp
