@@ -331,16 +331,3 @@ def test_the_plot_shows_each_round(tmp_path):
     write_csv(str(tmp_path / "f.csv"), h)
     lines = (tmp_path / "f.csv").read_text().splitlines()
     assert lines[0].startswith("round,clients,samples,loss,accuracy") and lines[3][:5] == "2,1,5"
-
-
-def test_central_refuses_sdlm_in_one_line_while_the_twin_has_none(capsys):
-    from edgebp.host.cli import parser as cli
-    from edgebp.host.cli.fleet_command import twin_trains_sdlm
-
-    if twin_trains_sdlm():
-        pytest.skip("the integer twin trains SDLM as the core does")
-    iris = str(Path(__file__).parent.parent / "examples" / "data" / "iris.csv")
-    assert cli.main(["fleet", "--data", iris, "--optimizer", "sdlm", "--central",
-                     "--rounds", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "integer twin, which has no SDLM" in err, err

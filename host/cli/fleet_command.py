@@ -17,49 +17,6 @@ from edgebp.host.fleet.config import Settings
 from edgebp.host.fleet.workload import FleetError, Workload
 
 
-def twin_trains_adam() -> bool:
-    """Whether the integer twin trains a net with Adam as the core does: a tiny net, two
-    samples, one update each way."""
-    from edgebp.host.nets.qnet import adam_q
-
-    return _twin_trains(adam=adam_q())
-
-
-def twin_trains_sdlm() -> bool:
-    """The same for SDLM."""
-    from edgebp.host.nets.qnet import sdlm_q
-
-    return _twin_trains(sdlm=sdlm_q(0.1, 0.05, (14,), (10,)))
-
-
-def _twin_trains(**optimizer) -> bool:
-    from array import array
-
-    import numpy as np
-
-    from edgebp import fixed
-    from edgebp.host.nets.qnet import Hyper, QuantNet
-    from edgebp.host.nets.twin import TwinNet
-
-    q = QuantNet(sizes=[2, 2], acts=[fixed.IDENTITY], shift_a=[12, 12], shift_w=[12],
-                 shift_d=[12], loss=fixed.MSE, W=[np.array([[900, -700], [300, 500]], np.int16)],
-                 B=[np.array([40, -60], np.int16)], batch_max=2, **optimizer)
-    hyper = Hyper(lr=0.01, batch=2)
-    X = np.array([[2000, -1000], [-3000, 1500]], np.int16)
-    T = np.array([[1000, 0], [-500, 2000]], np.int16)
-    net = q.build(hyper)
-    for x, t in zip(X, T, strict=True):
-        net.learn(array("h", x.tolist()), array("h", t.tolist()))
-    try:
-        twin = TwinNet.from_qnet(q, hyper)
-        twin.train_epoch(X, T, np.arange(2))
-        twin.update()
-        got = twin.to_qnet(q)
-    except (ValueError, NotImplementedError, TypeError, AttributeError):
-        return False
-    return got.W[0].ravel().tolist() == list(net.W[0]) and got.B[0].tolist() == list(net.B[0])
-
-
 def do_fleet(state, args: argparse.Namespace) -> int:
     try:
         return _fleet(args)
@@ -89,12 +46,6 @@ def _fleet(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}
     p = prepare(args, overrides, args.hidden, args.val)
     qnet, hyper = p.qnet, p.hyper
-    if qnet.adam is not None and args.central and not twin_trains_adam():
-        raise UserError("--central trains its yardstick on the integer twin, which has no "
-                        "Adam: leave --central out, or train the fleet with --optimizer sgd")
-    if qnet.sdlm is not None and args.central and not twin_trains_sdlm():
-        raise UserError("--central trains its yardstick on the integer twin, which has no "
-                        "SDLM: leave --central out, or train the fleet with --optimizer sgd")
     wl = Workload(qnet, hyper, qnet.quantize_inputs(p.data.X), targets(qnet, p.data),
                   None if p.val is None else qnet.quantize_inputs(p.val.X),
                   None if p.val is None else targets(qnet, p.val),
