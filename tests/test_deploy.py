@@ -40,7 +40,8 @@ def test_dry_run_without_a_board_lists_the_compiled_files(capsys):
     for rel in sources:
         assert rel[:-3] + ".mpy" in out
     assert "manifest" not in out
-    assert f"{len(sources) + 1} files" in out  # and the armv6m native kernels
+    # and the armv6m native modules: the kernels and the optimisers' kernels
+    assert f"{len(sources) + 1 + len(mb.NATIVE_EXTRA)} files" in out
     out = run(capsys, "deploy", "--dry-run", "--arch", "none")
     assert "kernels_viper" in out and "left off" in out  # no native emitter, no viper
     out = run(capsys, "deploy", "--arch", "x64", code=2)
@@ -99,7 +100,7 @@ def test_deploy_copies_verifies_and_skips_what_is_there(stock, capsys):
     out = run(capsys, "deploy", "--port", stock.url)
     plan = mb.plan_deploy("x64")
     # the sources, and the native kernels built for x64
-    assert len(plan.items) == len(mb.device_sources()) + 1
+    assert len(plan.items) == len(mb.device_sources()) + 1 + len(mb.NATIVE_EXTRA)
     assert plan.items[-1].dest == mb.NATIVE_DEST
     for item in plan.items:
         assert on_board(stock, item.dest) == item.data  # what mpy-cross made, byte for byte
@@ -139,7 +140,8 @@ def test_deploy_train_reset_resume_pull_eval(stock, tmp_path, capsys, monkeypatc
     run(capsys, "quantize", spec, "-o", net, "--calib", TRAIN)
     # as `edgebp flash` deploys once the board is back with its new MicroPython
     assert board_commands._deploy(stock.url, argparse.Namespace()) == 0
-    assert f"deployed  {len(mb.device_sources()) + 1} files" in capsys.readouterr().out
+    deployed = len(mb.device_sources()) + 1 + len(mb.NATIVE_EXTRA)
+    assert f"deployed  {deployed} files" in capsys.readouterr().out
 
     # the first run: the board resets in the middle of epoch 3 and the host is interrupted
     real_train = Session.train
