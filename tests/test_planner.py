@@ -128,8 +128,12 @@ def test_the_sdlm_module_costs_what_the_plan_counts(runtime):
     if runtime in ("cpython", "wasm"):
         pytest.skip("no MicroPython heap whose collection frees garbage to measure")
     used, word = heap.measure_import(runtime, "edgebp.sdlm")
-    counted = planner.plan([4, 4, 2], sdlm=True, word=word).code
+    counted = planner.plan([4, 4, 2], sdlm=True, word=word, fused=False).code
     assert used <= counted <= 1.3 * used + 256, (used, counted)
+    # with the native kernels, SDLM's native module too (SDLM_NATIVE_CODE)
+    native, _ = heap.measure_import(runtime, "edgebp.sdlm_native")
+    extra = planner.plan([4, 4, 2], sdlm=True, word=word).code - counted
+    assert native <= extra <= 1.3 * native + 256, (native, extra)
     assert planner.plan([4, 4, 2], sdlm=True, word=word, sdlm_imported=True).code == 0
 
 

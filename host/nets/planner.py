@@ -84,17 +84,19 @@ LOADER_ATTRIBUTES = 16
 # Bytes of the heap edgebp.adam's code takes once imported, by word size (measured on the
 # emulated boards and the unix port: heap.measure_import, tests/test_planner.py), placed as
 # allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are
-ADAM_CODE = {4: 3328, 8: 7680}
+ADAM_CODE = {4: 3328, 8: 8192}
 ADAM_CODE_PIECE = 64
 # ... and with the native kernels, Adam's native module (adam_native.mpy, which edgebp.adam
-# imports for them): on a 32-bit board its code is one block of the heap (1,734 to 1,945
-# bytes of .mpy, rounded up); the unix port keeps native code outside its heap, where the
-# module object alone is left (measured 320 bytes)
-ADAM_NATIVE_CODE = {4: 2048, 8: 512}
+# imports for them): on a 32-bit board its code is one block of the heap (about its .mpy's
+# 1,734 to 1,945 bytes: 2,144 measured on the emulated Cortex-M3, rounded up); the unix port
+# keeps native code outside its heap, where the module object alone is left (measured 320
+# bytes)
+ADAM_NATIVE_CODE = {4: 2304, 8: 512}
 # the same of edgebp.sdlm (its kernels' own module, edgebp.sdlm_viper, comes on top where
-# viper runs), and of sdlm_native.mpy
+# viper runs), and of sdlm_native.mpy (3,392 bytes measured on the emulated rv32, 4,064 on
+# the unix port, whose module keeps its constant tables on the heap)
 SDLM_CODE = {4: 3840, 8: 8448}
-SDLM_NATIVE_CODE = {4: 3328, 8: 512}
+SDLM_NATIVE_CODE = {4: 3584, 8: 4608}
 SDLM_GARBAGE = 4
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
