@@ -29,14 +29,18 @@ from edgebp.host.boards import mprun
 # taken; LIVE is not measured.
 _MEASURE = """
 import gc, sys
-from edgebp import ebp, kern
+from edgebp import kern
+
+# chosen once: where viper is missing, each failed import of it leaves a few blocks behind
+# the first time or two, which are no part of the net. First, as the firmware does: the
+# native module is the largest single block, which the heap has before anything else is
+# imported (the net file's source below is compiled in pieces of its own)
+K = kern.select()
+
+from edgebp import ebp
 from edgebp.fixed import SOFTMAX_CE
 from edgebp.net import zeros
 from netdata import DATA, KEEP
-
-# chosen once: where viper is missing, each failed import of it leaves a few blocks behind
-# the first time or two, which are no part of the net
-K = kern.select()
 
 def scrub(d):
     # overwrite stack slots that may still point at the loader's garbage
