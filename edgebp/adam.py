@@ -41,6 +41,8 @@ RHO_MAX = const(32767)
 C1_MIN = const(32)
 AM_MAX = const(32767)
 _M30 = const(0x3FFFFFFF)
+M_MAX = const(1 << 29)  # |m| (checked in a checkpoint)
+V_FIELD_MAX = const(29)  # v's exponent field: E + BIAS, E <= 18
 
 
 def isqrt(n):
@@ -201,6 +203,9 @@ class Adam:
     # its final size (net.zeros); update() allocates nothing.
     curv = False  # no curvature pass (see edgebp.sdlm)
     sgd_lr = False  # its learning rate is not SGD's: set_lr does not check SGD's shifts
+    flag = 8  # its flag in a .ebp file (edgebp.ebp.FLAG_ADAM)
+    ckpt_flag = 4  # and in a checkpoint (edgebp.ckpt.F_ADAM)
+
     def __init__(self, net, c1, c2):
         from edgebp.net import _tensors
 
@@ -256,6 +261,65 @@ class Adam:
               am, u, net.c_m, net.c_s, net.mode, net.rng)
             k(net.B[l], net.GB[l], self.MB[l], self.VB[l], n, count, kg, c1, c2,
               am, u, net.c_m, net.c_s, net.mode, net.rng)
+
+
+    # Its part of a .ebp header and of a checkpoint (edgebp/ebp.py, edgebp/ckpt.py): `o` is
+    # the checkpoint's writer, `src` its reader (byte(), u32(), int32s()).
+    def write_block(self, o):
+        o.u16(self.c1)
+        o.u16(self.c2)
+
+    def state_len(self, params):
+        return 8 * params + 12
+
+    def write_state(self, o):
+        for W, B in ((self.MW, self.MB), (self.VW, self.VB)):
+            for l in range(len(W)):
+                o.values(W[l], 4)
+                o.values(B[l], 4)
+        o.u32(self.t)
+        o.u32(self.p1)
+        o.u32(self.p2)
+
+    def read_state(self, src):
+        # the moments, t and beta**t, each checked as the kernel assumes them (ValueError)
+        L = len(self.MW)
+        for l in range(L):
+            src.int32s(self.MW[l], M_MAX, "Adam first moment")
+            src.int32s(self.MB[l], M_MAX, "Adam first moment")
+        for l in range(2 * L):
+            a = self.VB[l >> 1] if l & 1 else self.VW[l >> 1]
+            # (E + BIAS) << 25 | F: the field at most V_FIELD_MAX, F at least 2**22 unless
+            # the field is 0
+            src.int32s(a, SMALL_MAX, "Adam second moment")
+            for q in a:
+                e = q >> 25
+                if q < 0 or e > V_FIELD_MAX or (e and (q & 0x1FFFFFF) < 0x400000):
+                    raise ValueError("Adam second moment 0x%08x is not a well-formed small "
+                                     "float" % q)
+        t = src.u32()
+        p1 = src.u32()
+        p2 = src.u32()
+        if t < 0:
+            raise ValueError("Adam step count beyond 2**30")
+        if p1 < 0 or p1 > ONE28 or p2 < 0 or p2 > ONE28:
+            raise ValueError("Adam beta**t (%d, %d) outside 0..2**28" % (p1, p2))
+        # beta**t is 1 before the first update, below 1 after it (1 - beta2 >= 2**-15,
+        # 1 - beta1 >= 2**-10)
+        if (t == 0) != (p1 == ONE28) or (t == 0) != (p2 == ONE28):
+            raise ValueError("Adam step count %d disagrees with beta**t (%d, %d)"
+                             % (t, p1, p2))
+        self.t = t
+        self.p1 = p1
+        self.p2 = p2
+
+
+def parse(h, o, L):
+    # the Adam block of a .ebp header at h[o:] (edgebp/ebp.py): (c1, c2), checked
+    c1 = h[o] | (h[o + 1] << 8)
+    c2 = h[o + 2] | (h[o + 3] << 8)
+    check(c1, c2)
+    return c1, c2
 
 
 def check(c1, c2):

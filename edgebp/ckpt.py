@@ -66,9 +66,6 @@ F_MOMENTUM = const(1)
 F_PENDING = const(2)
 F_ADAM = const(4)
 F_SDLM = const(8)
-M_MAX = const(1 << 29)  # |M| of Adam (edgebp/adam.py)
-ONE28 = const(1 << 28)  # beta**t of Adam before its first update
-V_FIELD_MAX = const(29)  # the exponent field of Adam's V: E + BIAS, E <= 18
 _CHUNK = const(256)
 
 
@@ -178,17 +175,6 @@ class _In:
                 raise CheckpointError("%s %d beyond %d" % (what, v, bound))
             arr[i] = v
 
-    def curvs(self, arr):
-        # SDLM's curvatures: int16 within 0..32767; whether any is above 0
-        got = 0
-        for i in range(len(arr)):
-            v = self.byte() | (self.byte() << 8)
-            if v > 32767:
-                raise CheckpointError("SDLM curvature %d outside 0..32767" % (v - 65536))
-            arr[i] = v
-            got |= v
-        return got
-
 
 def _params(net):
     n = 0
@@ -199,19 +185,7 @@ def _params(net):
 
 def _kind(net):
     # the net's optimiser state in a checkpoint: F_ADAM, F_SDLM or 0 (SGD)
-    opt = net.opt
-    if opt is None:
-        return 0
-    return F_SDLM if opt.curv else F_ADAM
-
-
-def _state_len(kind, params):
-    # bytes of the optimiser's state after the momentum buffers
-    if kind == F_ADAM:
-        return 8 * params + 12
-    if kind == F_SDLM:
-        return 2 * params + 4
-    return 0
+    return 0 if net.opt is None else net.opt.ckpt_flag
 
 
 def _write_ebp(o, net, momentum, opt):
@@ -229,9 +203,7 @@ def _write_ebp(o, net, momentum, opt):
     inmap = net.inmap
     kind = _kind(net)
     o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
-           | (ebp.FLAG_INMAP if inmap is not None else 0)
-           | (ebp.FLAG_ADAM if kind == F_ADAM else 0)
-           | (ebp.FLAG_SDLM if kind == F_SDLM else 0))
+           | (ebp.FLAG_INMAP if inmap is not None else 0) | (opt.flag if opt else 0))
     o.u16(net.batch_max)
     o.u16(net.alpha)
     if hyper:
@@ -256,16 +228,8 @@ def _write_ebp(o, net, momentum, opt):
         o.byte(net.shift_a[l + 1])
         o.byte(net.shift_w[l])
         o.byte(net.shift_d[l])
-    if kind == F_ADAM:
-        o.u16(opt.c1)
-        o.u16(opt.c2)
-    elif kind == F_SDLM:
-        o.byte(opt.mu_m)
-        o.byte(opt.mu_e)
-        o.u16(opt.gamma)
-        for l in range(L):
-            o.byte(opt.fc[l])
-            o.byte(opt.fh[l])
+    if opt:
+        opt.write_block(o)
     o.flush()
     o.u16(o.part)
     for l in range(L):
@@ -323,7 +287,7 @@ def save(net, root="", every=0, samples=0, updates=0):
     pending = net.count > 0
     params = _params(net)
     ebp_len = ebp.file_len(net.sizes, net.inmap is not None, kind == F_ADAM, kind == F_SDLM)
-    total = HEAD + ebp_len + 2 + _state_len(kind, params)
+    total = HEAD + ebp_len + 2 + (opt.state_len(params) if opt else 0)
     if momentum:
         total += 4 * params
     if pending:
@@ -351,21 +315,8 @@ def save(net, root="", every=0, samples=0, updates=0):
             if momentum:
                 o.values(net.VW[l], 4)
                 o.values(net.VB[l], 4)
-        if kind == F_ADAM:
-            for l in range(net.L):
-                o.values(opt.MW[l], 4)
-                o.values(opt.MB[l], 4)
-            for l in range(net.L):
-                o.values(opt.VW[l], 4)
-                o.values(opt.VB[l], 4)
-            o.u32(opt.t)
-            o.u32(opt.p1)
-            o.u32(opt.p2)
-        elif kind == F_SDLM:
-            for l in range(net.L):
-                o.values(opt.HW[l], 2)
-                o.values(opt.HB[l], 2)
-            o.u32(opt.n)
+        if opt:
+            opt.write_state(o)
         for l in range(net.L):
             if pending:
                 o.values(net.GW[l], 4)
@@ -450,11 +401,8 @@ def _check_head(head):
     flags = head[5]
     if flags & ~(F_MOMENTUM | F_PENDING | F_ADAM | F_SDLM):
         raise CheckpointError("unknown flags 0x%02x" % flags)
-    if flags & F_MOMENTUM and flags & F_ADAM:
-        raise CheckpointError("momentum and Adam state together: Adam takes the place of "
-                              "momentum")
-    if flags & F_SDLM and flags & (F_MOMENTUM | F_ADAM):
-        raise CheckpointError("SDLM state with momentum or Adam state: a net has one optimiser")
+    if flags & F_SDLM and flags & F_ADAM or flags & (F_ADAM | F_SDLM) and flags & F_MOMENTUM:
+        raise CheckpointError("state of two optimisers (momentum, Adam, SDLM): a net has one")
     for at, what in ((8, "generation"), (12, "samples"), (16, "updates"), (20, "seen"),
                      (24, "correct"), (28, "loss sum")):
         if u32(head, at) < 0:
@@ -469,56 +417,6 @@ def _check_head(head):
     if count and u16(head, 34) != count:
         raise CheckpointError("gradient count %d is not the pending count %d"
                               % (u16(head, 34), count))
-
-
-def _read_adam(src, net, opt):
-    # Adam's moments, t and beta**t, each checked as the kernel assumes them
-    for l in range(net.L):
-        src.int32s(opt.MW[l], M_MAX, "Adam first moment")
-        src.int32s(opt.MB[l], M_MAX, "Adam first moment")
-    for l in range(net.L):
-        _read_v(src, opt.VW[l])
-        _read_v(src, opt.VB[l])
-    t = src.u32()
-    p1 = src.u32()
-    p2 = src.u32()
-    if t < 0:
-        raise CheckpointError("Adam step count beyond 2**30")
-    if p1 < 0 or p1 > ONE28 or p2 < 0 or p2 > ONE28:
-        raise CheckpointError("Adam beta**t (%d, %d) outside 0..2**28" % (p1, p2))
-    # beta**t is 1 before the first update, below 1 after it (1 - beta2 >= 2**-15,
-    # 1 - beta1 >= 2**-10)
-    if (t == 0) != (p1 == ONE28) or (t == 0) != (p2 == ONE28):
-        raise CheckpointError("Adam step count %d disagrees with beta**t (%d, %d)"
-                              % (t, p1, p2))
-    opt.t = t
-    opt.p1 = p1
-    opt.p2 = p2
-
-
-def _read_v(src, arr):
-    # Adam's second moments: (E + BIAS) << 25 | F, the field at most V_FIELD_MAX, and F at
-    # least 2**22 unless the field is 0 (edgebp/adam.py)
-    src.int32s(arr, SMALL_MAX, "Adam second moment")
-    for i in range(len(arr)):
-        q = arr[i]
-        e = q >> 25
-        if q < 0 or e > V_FIELD_MAX or (e and (q & 0x1FFFFFF) < 0x400000):
-            raise CheckpointError("Adam second moment 0x%08x is not a well-formed small "
-                                  "float" % q)
-
-
-def _read_sdlm(src, net, opt):
-    # SDLM's running curvatures (non-negative int16, edgebp/sdlm.py) and their sample count:
-    # with no sample in the estimate yet, every curvature is still 0
-    got = 0
-    for l in range(net.L):
-        got |= src.curvs(opt.HW[l]) | src.curvs(opt.HB[l])
-    n = src.u32()
-    if n < 0 or (n == 0 and got):
-        raise CheckpointError("SDLM sample count %d: beyond 2**30, or no sample for its "
-                              "curvature" % n)
-    opt.n = n
 
 
 def load(path, head, kernels=None, mem_free=None):
@@ -561,7 +459,7 @@ def load(path, head, kernels=None, mem_free=None):
             k = "Adam" if k & F_ADAM else "SDLM"
             raise CheckpointError(t % (k, k))
         params = _params(net)
-        expect = (HEAD + ebp_len + 2 + _state_len(kind, params)
+        expect = (HEAD + ebp_len + 2 + (opt.state_len(params) if opt else 0)
                   + 4 * params * ((1 if momentum else 0) + (1 if flags & F_PENDING else 0)))
         if total != expect:
             raise CheckpointError("file of %d bytes, its fields need %d" % (total, expect))
@@ -573,10 +471,11 @@ def load(path, head, kernels=None, mem_free=None):
             for l in range(net.L):
                 src.int32s(net.VW[l], V_MAX, "momentum")
                 src.int32s(net.VB[l], V_MAX, "momentum")
-        if kind == F_ADAM:
-            _read_adam(src, net, opt)
-        elif kind == F_SDLM:
-            _read_sdlm(src, net, opt)
+        if opt:
+            try:
+                opt.read_state(src)
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
         if count:
             bound = _grad_bound(count, net.kg)
             for l in range(net.L):

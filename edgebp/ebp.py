@@ -349,47 +349,23 @@ class Loader:
             raise EbpError("truncated: %d bytes of %d" % (self.total, n_bytes))
         self.n_bytes = n_bytes
         momentum = bool(flags & FLAG_MOMENTUM)
-        if adam and momentum:
-            raise EbpError("Adam and momentum buffers together: Adam takes the place of "
-                           "momentum")
-        if sdlm and (momentum or adam):
-            raise EbpError("SDLM and momentum buffers or Adam together: a net has one "
-                           "optimiser")
-        c1 = u16(h, FIXED + 6 * L)
-        c2 = u16(h, FIXED + 6 * L + 2)
-        mod = _opt_module(True) if adam else None
-        if mod is not None:
+        mod = None
+        if adam or sdlm:
+            if momentum or (adam and sdlm):
+                raise EbpError("%s together: a net has one optimiser"
+                               % ("Adam and SDLM" if adam and sdlm else "%s and momentum"
+                                  % ("Adam" if adam else "SDLM")))
+            mod = _opt_module(adam)
             try:
-                mod.check(c1, c2)
-            except ValueError as e:
-                raise EbpError(str(e)) from None
-        smod = _opt_module(False) if sdlm else None
-        if smod is not None:
-            o = FIXED + 6 * L
-            mu_m = h[o]
-            mu_e = h[o + 1]
-            gamma = u16(h, o + 2)
-            # loops, not comprehensions (whose function objects would be garbage too)
-            fc = []
-            fh = []
-            for l in range(L):
-                fc.append(h[o + 4 + 2 * l])
-                fh.append(h[o + 5 + 2 * l])
-            try:
-                smod.check(L, mu_m, mu_e, gamma, fc, fh)
-                for l in range(L):
-                    smod.mu_in(mu_m, mu_e, fh[l], l)
+                args = mod.parse(h, FIXED + 6 * L, L)
             except ValueError as e:
                 raise EbpError(str(e)) from None
         self._check_memory(sizes, momentum, adam, sdlm)
-        what = "Adam" if adam else "SDLM"
         try:
             net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
                       alpha, self.kernels)
             if mod is not None:
-                mod.attach(net, c1, c2)
-            if smod is not None:
-                smod.attach(net, mu_m, mu_e, gamma, fc, fh)
+                mod.attach(net, *args)
         except MemoryError:
             raise NoRoom("out of memory building a net of %d parameters" % (expect // 2),
                          ram_need(sizes, momentum, adam, sdlm), -1) from None
@@ -399,7 +375,10 @@ class Loader:
             # the optimiser's kernels for these kernels (edgebp.adam._kernel,
             # edgebp.sdlm._kernels) are not on the board: no edgebp/adam_viper.py,
             # edgebp/adam_native.mpy, edgebp/sdlm_viper.py or edgebp/sdlm_native.mpy
-            raise EbpError("no %s kernel for the %s kernels" % (what, self._kname())) from None
+            k = "" if self.kernels is None else self.kernels.__name__
+            raise EbpError("no %s kernel for the %s kernels"
+                           % ("Adam" if adam else "SDLM", k[k.rfind("_") + 1:] if "_" in k
+                              else "python")) from None
         if flags & FLAG_HYPER:
             try:
                 apply_hyper(net, h, HYPER_AT)
@@ -416,10 +395,6 @@ class Loader:
         self.net = net
         self.crc = crc16(h, 0, n + 2)
         self.phase = 1
-
-    def _kname(self):
-        n = "" if self.kernels is None else self.kernels.__name__
-        return "native" if n.endswith("native") else "viper" if n.endswith("viper") else "python"
 
     @property
     def hyper(self):

@@ -140,6 +140,8 @@ class Sdlm:
     # estimate. Made once at its final size; curvature() and update() allocate nothing.
     curv = True  # Net.backward calls curvature() on the first sample of each sum
     sgd_lr = True  # the learning rate is SGD's (set_lr's check applies)
+    flag = 16  # its flag in a .ebp file (edgebp.ebp.FLAG_SDLM)
+    ckpt_flag = 8  # and in a checkpoint (edgebp.ckpt.F_SDLM)
 
     def __init__(self, net, mu_m, mu_e, gamma, fc, fh):
         from edgebp.net import _tensors
@@ -241,6 +243,62 @@ class Sdlm:
                    net.c_s, net.mode, net.rng)
             K.sdlm(net.B[l], net.GB[l], self.HB[l], n, m, u, mu, fh, net.c_m, net.c_s,
                    net.mode, net.rng)
+
+
+    # Its part of a .ebp header and of a checkpoint (edgebp/ebp.py, edgebp/ckpt.py): `o` is
+    # the checkpoint's writer, `src` its reader (byte(), u32()). C is not saved: it is
+    # scratch of one sample, formed and consumed inside curvature().
+    def write_block(self, o):
+        o.byte(self.mu_m)
+        o.byte(self.mu_e)
+        o.u16(self.gamma)
+        for l in range(len(self.fc)):
+            o.byte(self.fc[l])
+            o.byte(self.fh[l])
+
+    def state_len(self, params):
+        return 2 * params + 4
+
+    def write_state(self, o):
+        for l in range(len(self.HW)):
+            o.values(self.HW[l], 2)
+            o.values(self.HB[l], 2)
+        o.u32(self.n)
+
+    def read_state(self, src):
+        # the running curvatures (int16 within 0..32767) and their sample count: with no
+        # sample in the estimate yet, every curvature is still 0 (ValueError otherwise)
+        got = 0
+        for l in range(2 * len(self.HW)):
+            a = self.HB[l >> 1] if l & 1 else self.HW[l >> 1]
+            for i in range(len(a)):
+                v = src.byte() | (src.byte() << 8)
+                if v > 32767:
+                    raise ValueError("SDLM curvature %d outside 0..32767" % (v - 65536))
+                a[i] = v
+                got |= v
+        n = src.u32()
+        if n < 0 or (n == 0 and got):
+            raise ValueError("SDLM sample count %d: beyond 2**30, or no sample for its "
+                             "curvature" % n)
+        self.n = n
+
+
+def parse(h, o, L):
+    # the SDLM block of a .ebp header at h[o:] (edgebp/ebp.py): (mu_m, mu_e, gamma, fc, fh),
+    # checked before anything of the net is allocated
+    fc = []
+    fh = []
+    for l in range(L):
+        fc.append(h[o + 4 + 2 * l])
+        fh.append(h[o + 5 + 2 * l])
+    mu_m = h[o]
+    mu_e = h[o + 1]
+    gamma = h[o + 2] | (h[o + 3] << 8)
+    check(L, mu_m, mu_e, gamma, fc, fh)
+    for l in range(L):
+        mu_in(mu_m, mu_e, fh[l], l)
+    return mu_m, mu_e, gamma, fc, fh
 
 
 def mu_in(mu_m, mu_e, fh, l):

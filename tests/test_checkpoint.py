@@ -713,7 +713,7 @@ def _sdlm_mutations(raw, h_at, n_at):
     flags = raw[5]
     yield "no SDLM flag", _put(raw, 5, "B", flags & ~ckpt.F_SDLM), "no SDLM state"
     yield "SDLM and momentum", _put(raw, 5, "B", flags | ckpt.F_MOMENTUM), "momentum"
-    yield "SDLM and Adam", _put(raw, 5, "B", flags | ckpt.F_ADAM), "momentum or Adam state"
+    yield "SDLM and Adam", _put(raw, 5, "B", flags | ckpt.F_ADAM), "state of two optimisers"
     yield "HW -1", _put(raw, h_at, "<h", -1), "SDLM curvature -1 outside 0..32767"
     yield "HB -32768", _put(raw, n_at - 2, "<h", -32768), "SDLM curvature"
     yield "n 2**30", _put(raw, n_at, "<I", 1 << 30), "sample count -1: beyond 2**30"

@@ -579,7 +579,7 @@ def test_sdlm_block_is_under_the_header_crc():
 def test_sdlm_with_momentum_or_adam_is_refused():
     b = sdlm_good()
     b[7] |= ebp.FLAG_MOMENTUM
-    expect(refresh_sdlm_crc(b), "SDLM and momentum buffers or Adam together")
+    expect(refresh_sdlm_crc(b), "SDLM and momentum together: a net has one optimiser")
     q = sdlm_qnet()
     q.momentum = True
     with pytest.raises(EbpError, match="SDLM and momentum"):
@@ -599,7 +599,7 @@ def test_sdlm_with_momentum_or_adam_is_refused():
     n = ebp.head_len(2, True, True) - 2
     b[n:n + 2] = struct.pack("<H", crc16(b, 0, n))
     b[-2:] = struct.pack("<H", crc16(b, 0, len(b) - 2))
-    expect(b, "SDLM and momentum buffers or Adam together")
+    expect(b, "Adam and SDLM together: a net has one optimiser")
 
 
 def test_sdlm_memory_check_counts_its_curvatures():

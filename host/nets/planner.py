@@ -84,7 +84,7 @@ LOADER_ATTRIBUTES = 16
 # Bytes of the heap edgebp.adam's code takes once imported, by word size (measured on the
 # emulated boards and the unix port: heap.measure_import, tests/test_planner.py), placed as
 # allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are
-ADAM_CODE = {4: 3328, 8: 8192}
+ADAM_CODE = {4: 4480, 8: 9216}
 ADAM_CODE_PIECE = 64
 # ... and with the native kernels, Adam's native module (adam_native.mpy, which edgebp.adam
 # imports for them): on a 32-bit board its code is one block of the heap (about its .mpy's
@@ -93,10 +93,10 @@ ADAM_CODE_PIECE = 64
 # bytes)
 ADAM_NATIVE_CODE = {4: 2304, 8: 512}
 # the same of edgebp.sdlm (its kernels' own module, edgebp.sdlm_viper, comes on top where
-# viper runs), and of sdlm_native.mpy (3,392 bytes measured on the emulated rv32, 4,064 on
-# the unix port, whose module keeps its constant tables on the heap)
-SDLM_CODE = {4: 3840, 8: 8448}
-SDLM_NATIVE_CODE = {4: 3584, 8: 4608}
+# viper runs), and of sdlm_native.mpy (3,392 bytes measured on the emulated rv32; on the unix
+# port, as Adam's, the module object and its globals: 352 to 544 bytes measured)
+SDLM_CODE = {4: 4736, 8: 9600}
+SDLM_NATIVE_CODE = {4: 3584, 8: 640}
 SDLM_GARBAGE = 4
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
 FUSED_LISTS = 10
