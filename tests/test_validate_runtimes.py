@@ -84,7 +84,11 @@ def test_gradients_on_every_runtime(runtime, expected):
     # one script, the routine in it once (core_gradient_script per net, 70 times over, is
     # 77 KB compiled: more than a 192 KiB board holds beside the core)
     script = V.core_gradient_script_many([(q, Xq, Tq) for _, q, Xq, Tq in CASES])
-    result = mprun.run(runtime, script, mprun.core_files(), timeout=300)
+    # the kernels first, as the firmware imports them (edgebp/imports.py): the native
+    # module's one block of 23 KB comes before the script's 28 KB, not into what that leaves
+    files = {**mprun.core_files(), "gradnets.py": script}
+    main = "from edgebp import kern\nkern.select()\nimport gradnets\n"
+    result = mprun.run(runtime, main, files, timeout=300)
     assert result.ok, f"{runtime} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     blocks = _blocks(result.stdout)
     assert len(blocks) == len(CASES), result.stdout[-2000:]

@@ -29,12 +29,16 @@ from edgebp.host.boards import mprun
 # taken; LIVE is not measured.
 _MEASURE = """
 import gc, sys
-from edgebp import kern
+from edgebp import imports, kern
 
-# chosen once: where viper is missing, each failed import of it leaves a few blocks behind
-# the first time or two, which are no part of the net. First, as the firmware does: the
-# native module is the largest single block, which the heap has before anything else is
-# imported (the net file's source below is compiled in pieces of its own)
+# as the firmware imports them on a board of fixed heap (edgebp/imports.py): the kernels
+# first (chosen once: where viper is missing, each failed import of it leaves a few blocks
+# behind the first time or two, which are no part of the net; the native module is the
+# largest single block, which the heap has before anything else is imported), then each
+# module packed beside a ballast (the net file's source below is compiled in pieces of its
+# own; the WebAssembly port, whose collection frees nothing, imports them plainly)
+if sys.platform != "webassembly":
+    imports.packed([None, "edgebp.fixed", "edgebp.luts", "edgebp.net", "edgebp.ebp"])
 K = kern.select()
 
 from edgebp import ebp
