@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from edgebp.host.bench.kernels import _table
 from edgebp.host.boards import mprun, qemu
@@ -170,15 +171,7 @@ def device_script() -> str:
 def measure(kind: str, timeout: float = 1800) -> dict:
     """{"sets": [...], "kernels": {i: [kilo-instructions per call per set]}, "steps":
     {(hidden, batch): [...]}} measured on a fresh `kind` board with icount."""
-    files: dict[str, str | bytes] = {**mprun.core_files(False)}
-    native = mprun.native_module(kind)
-    if native is not None:
-        files[mprun.NATIVE_DEST] = native
-    with qemu.QemuBoard(kind, icount=True) as board:
-        code, out, timed_out = qemu.run_on(board, device_script(), files, timeout)
-    if code != 0 or timed_out:
-        why = "timed out" if timed_out else f"exit {code}"
-        raise RuntimeError(f"benchmark on {kind} failed ({why}):\n{out[-3000:]}")
+    out = run_icount(kind, device_script(), timeout=timeout)
     result: dict = {"sets": [], "kernels": {}, "steps": {}, "inner": {}}
     for line in out.splitlines():
         f = line.split()
@@ -235,23 +228,47 @@ def report(kind: str, r: dict) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_icount(kind: str, script: str, native: tuple[str, ...] = (),
+               timeout: float = 1800) -> str:
+    """The output of `script` on a fresh `kind` board with icount, the core beside it and
+    the native kernels, with the native modules `native` (e.g. "adam_native") too where the
+    board loads them. RuntimeError if it fails or times out."""
+    files: dict[str, str | bytes] = {**mprun.core_files(False)}
+    for module in ("kernels_native", *native):
+        data = mprun.native_module(kind, module)
+        if data is not None:
+            files[f"edgebp/{module}.mpy"] = data
+    with qemu.QemuBoard(kind, icount=True) as board:
+        code, out, timed_out = qemu.run_on(board, script, files, timeout)
+    if code != 0 or timed_out:
+        why = "timed out" if timed_out else f"exit {code}"
+        raise RuntimeError(f"benchmark on {kind} failed ({why}):\n{out[-3000:]}")
+    return out
+
+
+def board_main(prog: str, doc: str | None, table: Callable[[str], str],
+               argv: list[str] | None = None) -> int:
+    """The command line of a board benchmark: `table(kind)` printed for each --board."""
+    parser = argparse.ArgumentParser(description=(doc or prog).split("\n")[0])
     parser.add_argument("--board", action="append", choices=qemu.KINDS,
                         help="emulated board (repeatable; default: cortex-m3)")
     args = parser.parse_args(argv)
     for kind in args.board or ["cortex-m3"]:
         reason = qemu.find(kind)
         if reason is not None:
-            print(f"bench.mcu: {kind}: {reason}", file=sys.stderr)
+            print(f"{prog}: {kind}: {reason}", file=sys.stderr)
             return 2
         try:
-            print(report(kind, measure(kind)))
+            print(table(kind))
         except (RuntimeError, qemu.QemuError) as e:
-            print(f"bench.mcu: {e}", file=sys.stderr)
+            print(f"{prog}: {e}", file=sys.stderr)
             return 1
         print()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return board_main("bench.mcu", __doc__, lambda kind: report(kind, measure(kind)), argv)
 
 
 if __name__ == "__main__":

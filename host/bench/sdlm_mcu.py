@@ -16,11 +16,10 @@ and per parameter.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from edgebp.host.bench.kernels import _table
-from edgebp.host.boards import mprun, qemu
+from edgebp.host.bench.mcu import board_main, run_icount
 from edgebp.host.nets.qnet import sdlm_q
 
 SIZES = (64, 32, 10)
@@ -96,18 +95,7 @@ def script() -> str:
 def measure(kind: str, timeout: float = 1800) -> list[tuple[str, int, int, int, int]]:
     """[(kernel set, SGD backward, SGD step, SDLM curvature, SDLM step)] in kilo-instructions
     on a fresh board."""
-    files: dict[str, str | bytes] = {**mprun.core_files(False)}
-    native = mprun.native_module(kind)
-    if native is not None:
-        files[mprun.NATIVE_DEST] = native
-    extra = mprun.native_module(kind, "sdlm_native")
-    if extra is not None:
-        files["edgebp/sdlm_native.mpy"] = extra
-    with qemu.QemuBoard(kind, icount=True) as board:
-        code, out, timed_out = qemu.run_on(board, script(), files, timeout)
-    if code != 0 or timed_out:
-        why = "timed out" if timed_out else f"exit {code}"
-        raise RuntimeError(f"benchmark on {kind} failed ({why}):\n{out[-3000:]}")
+    out = run_icount(kind, script(), ("sdlm_native",), timeout)
     rows = []
     for line in out.splitlines():
         f = line.split()
@@ -129,22 +117,7 @@ def report(kind: str, rows: list[tuple[str, int, int, int, int]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--board", action="append", choices=qemu.KINDS,
-                        help="emulated board (repeatable; default: cortex-m3)")
-    args = parser.parse_args(argv)
-    for kind in args.board or ["cortex-m3"]:
-        reason = qemu.find(kind)
-        if reason is not None:
-            print(f"bench.sdlm_mcu: {kind}: {reason}", file=sys.stderr)
-            return 2
-        try:
-            print(report(kind, measure(kind)))
-        except (RuntimeError, qemu.QemuError) as e:
-            print(f"bench.sdlm_mcu: {e}", file=sys.stderr)
-            return 1
-        print()
-    return 0
+    return board_main("bench.sdlm_mcu", __doc__, lambda kind: report(kind, measure(kind)), argv)
 
 
 if __name__ == "__main__":
