@@ -30,7 +30,9 @@
 #   36  4  length of the whole file
 #   40  4  length of the .ebp part
 #   44  ..  the net as an .ebp board part (edgebp/ebp.py) with its hyper-parameters, its
-#           Adam or SDLM block if it has either and its input map if it has one; its seed
+#           Adam or SDLM block if it has either, its window of weight formats if they
+#           follow the weights (its layer records then hold the formats of now) and its
+#           input map if it has one; its seed
 #           field holds the live state of the rounding generator
 #   then VW, VB of each layer (int32) if F_MOMENTUM; if F_ADAM, Adam's MW, MB of each layer,
 #   then its VW, VB of each layer (int32), then t, p1, p2 (u32 each: edgebp/adam.py); if
@@ -203,7 +205,8 @@ def _write_ebp(o, net, momentum, opt):
     inmap = net.inmap
     kind = _kind(net)
     o.byte((ebp.FLAG_MOMENTUM if momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
-           | (ebp.FLAG_INMAP if inmap is not None else 0) | (opt.flag if opt else 0))
+           | (ebp.FLAG_INMAP if inmap is not None else 0) | (opt.flag if opt else 0)
+           | (net.dyn.flag if net.dyn else 0))
     o.u16(net.batch_max)
     o.u16(net.alpha)
     if hyper:
@@ -218,7 +221,8 @@ def _write_ebp(o, net, momentum, opt):
     else:
         for _ in range(ebp.HYPER_LEN):
             o.byte(0)
-    o.u32(ebp.file_len(sizes, inmap is not None, kind == F_ADAM, kind == F_SDLM))
+    o.u32(ebp.file_len(sizes, inmap is not None, kind == F_ADAM, kind == F_SDLM,
+                       net.dyn is not None))
     o.u16(sizes[0])
     o.byte(net.shift_a[0])
     o.byte(0)
@@ -230,6 +234,8 @@ def _write_ebp(o, net, momentum, opt):
         o.byte(net.shift_d[l])
     if opt:
         opt.write_block(o)
+    if net.dyn:
+        net.dyn.write_block(o)
     o.flush()
     o.u16(o.part)
     for l in range(L):
@@ -286,7 +292,8 @@ def save(net, root="", every=0, samples=0, updates=0):
     kind = _kind(net)
     pending = net.count > 0
     params = _params(net)
-    ebp_len = ebp.file_len(net.sizes, net.inmap is not None, kind == F_ADAM, kind == F_SDLM)
+    ebp_len = ebp.file_len(net.sizes, net.inmap is not None, kind == F_ADAM, kind == F_SDLM,
+                           net.dyn is not None)
     total = HEAD + ebp_len + 2 + (opt.state_len(params) if opt else 0)
     if momentum:
         total += 4 * params

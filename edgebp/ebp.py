@@ -8,7 +8,8 @@
 #   6       1     loss code (fixed.LOSS_NAMES)
 #   7       1     flags: bit 0 momentum buffers, bit 1 hyper-parameters present, bit 2 input
 #                 map present, bit 3 Adam (edgebp/adam.py) in place of SGD, bit 4 SDLM
-#                 (edgebp/sdlm.py) in place of SGD
+#                 (edgebp/sdlm.py) in place of SGD, bit 5 weight formats that follow the
+#                 weights (edgebp/dynfmt.py; SGD only)
 #   8       2     batch_max (1..32768)
 #   10      2     alpha_q, leaky-ReLU slope in Q12 (int16)
 #   12      12    hyper block: lr_m u8, lr_e u8, mu u8 (Q8), c_m u8, c_e u8, rounding u8,
@@ -24,6 +25,9 @@
 #                 2**-mu_e), gamma u16 (Q14, 1..16384), then per layer fc u8 (Q of its
 #                 units' curvature C), fh u8 (Q of its parameters' curvature HW, HB);
 #                 a = 4 + 2L with it (a file never has both blocks)
+#   32+6L   2L    only with flag bit 5: per layer the window of its weight format, lo u8,
+#                 hi u8 (lo <= shift_w <= hi <= 24); a = 2L with it (never beside Adam or
+#                 SDLM). shift_w in the layer record is the format the weights are in now.
 #   32+6L+a 2     CRC-16 of every header byte before it (checked before anything is allocated)
 #   34+6L+a ...   per layer: W (n_(l+1) x n_l int16, row-major), then B (n_(l+1) int16)
 #   ...     21n_0+2  only with flag bit 2: the input map, per input i (of n_0)
@@ -61,6 +65,7 @@ FLAG_HYPER = 2
 FLAG_INMAP = 4
 FLAG_ADAM = 8
 FLAG_SDLM = 16
+FLAG_DYNFMT = 32
 ADAM_LEN = 4  # the Adam block: c1, c2
 SDLM_LEN = 4  # the SDLM block before its per-layer formats: mu_m, mu_e, gamma
 INMAP_REC = 21  # bytes per input in the input map
@@ -132,16 +137,17 @@ def inmap_check(lo, hi, o, m, c, s):
     return None
 
 
-def head_len(L, adam=False, sdlm=False):
-    return FIXED + 6 * L + (ADAM_LEN if adam else 0) + (SDLM_LEN + 2 * L if sdlm else 0) + 2
+def head_len(L, adam=False, sdlm=False, dyn=False):
+    return (FIXED + 6 * L + (ADAM_LEN if adam else 0) + (SDLM_LEN + 2 * L if sdlm else 0)
+            + (2 * L if dyn else 0) + 2)
 
 
 def inmap_len(n_in):
     return INMAP_REC * n_in + 2
 
 
-def file_len(sizes, inmap=False, adam=False, sdlm=False):
-    n = head_len(len(sizes) - 1, adam, sdlm) + 2 + (inmap_len(sizes[0]) if inmap else 0)
+def file_len(sizes, inmap=False, adam=False, sdlm=False, dyn=False):
+    n = head_len(len(sizes) - 1, adam, sdlm, dyn) + 2 + (inmap_len(sizes[0]) if inmap else 0)
     for l in range(len(sizes) - 1):
         n += 2 * sizes[l + 1] * (sizes[l] + 1)
     return n
@@ -242,7 +248,7 @@ class Loader:
         self.total = total
         self.kernels = kernels
         self.mem_free = mem_free if mem_free is not None else getattr(gc, "mem_free", None)
-        self.head = bytearray(head_len(MAX_LAYERS, True, True))
+        self.head = bytearray(head_len(MAX_LAYERS, True, True, True))
         self.need = FIXED  # header bytes needed (known in full once L is)
         self.got = 0  # bytes consumed
         self.net = None
@@ -300,7 +306,7 @@ class Loader:
                 raise EbpError("%d layers: a net has 1 to %d" % (L, MAX_LAYERS))
         if g >= 8 and self.need == FIXED:
             # the flags say whether the Adam or SDLM block lengthens the header
-            self.need = head_len(h[5], h[7] & FLAG_ADAM, h[7] & FLAG_SDLM)
+            self.need = head_len(h[5], h[7] & FLAG_ADAM, h[7] & FLAG_SDLM, h[7] & FLAG_DYNFMT)
         if g == self.need and self.need > FIXED:
             self._parse_head()
         return i
@@ -312,7 +318,8 @@ class Loader:
         n = self.need - 2
         if crc16(h, 0, n) != u16(h, n):
             raise EbpError("header CRC mismatch")
-        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP | FLAG_ADAM | FLAG_SDLM):
+        if flags & ~(FLAG_MOMENTUM | FLAG_HYPER | FLAG_INMAP | FLAG_ADAM | FLAG_SDLM
+                     | FLAG_DYNFMT):
             raise EbpError("unknown flags 0x%02x" % flags)
         batch_max = u16(h, 8)
         if batch_max < 1 or batch_max > MAX_BATCH:
@@ -341,7 +348,8 @@ class Loader:
         n_bytes = u32(h, 24)
         adam = flags & FLAG_ADAM
         sdlm = flags & FLAG_SDLM
-        expect = file_len(sizes, flags & FLAG_INMAP, adam, sdlm)
+        dyn = flags & FLAG_DYNFMT
+        expect = file_len(sizes, flags & FLAG_INMAP, adam, sdlm, dyn)
         if n_bytes != expect:
             raise EbpError("header says %d bytes but the layer sizes need %d"
                            % (n_bytes, expect))
@@ -360,12 +368,24 @@ class Loader:
                 args = mod.parse(h, FIXED + 6 * L, L)
             except ValueError as e:
                 raise EbpError(str(e)) from None
+        if dyn:
+            if adam or sdlm:
+                raise EbpError("dynamic weight formats are for SGD, not %s"
+                               % ("Adam" if adam else "SDLM"))
+            try:
+                from edgebp import dynfmt
+            except ImportError:
+                raise EbpError("a net with dynamic weight formats, and this board has no "
+                               "edgebp/dynfmt") from None
+            window = dynfmt.parse(h, FIXED + 6 * L, L)
         self._check_memory(sizes, momentum, adam, sdlm)
         try:
             net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
                       alpha, self.kernels)
             if mod is not None:
                 mod.attach(net, *args)
+            if dyn:
+                dynfmt.attach(net, *window)
         except MemoryError:
             raise NoRoom("out of memory building a net of %d parameters" % (expect // 2),
                          ram_need(sizes, momentum, adam, sdlm), -1) from None

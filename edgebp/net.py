@@ -221,6 +221,7 @@ class Net:
         self.frozen = 0  # layers 0..frozen-1 learn nothing (freeze)
         self.inmap = None  # the net file's input map (edgebp/ebp.py), set by its loader
         self.opt = None  # an optimiser in place of SGD (edgebp.adam, edgebp.sdlm), or None
+        self.dyn = None  # weight formats that follow the weights (edgebp.dynfmt), or None
         self.reset_stats()
         self._fuse()
 
@@ -231,7 +232,9 @@ class Net:
         if m < 128 or m > 255:
             raise ValueError("learning-rate mantissa %d outside 128..255" % m)
         for l in range(self.frozen, self.L if self.opt is None or self.opt.sgd_lr else 0):
-            u = e + self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
+            # a format that follows the weights is checked at the highest it may reach
+            sw = self.shift_w[l] if self.dyn is None else self.dyn.hi[l]
+            u = e + self.shift_d[l] + self.shift_a[l] - self.kg - sw - 16
             if u < 0:
                 raise ValueError("learning rate too large for the formats of layer %d" % (l + 1))
         self.lr_m = m
@@ -425,7 +428,8 @@ class Net:
 
     def learn(self, x, t):
         # online (batch 1) or mini-batch learning: update after `batch` samples
-        if self._fused is not None and self.frozen == 0 and self.opt is None:
+        if (self._fused is not None and self.frozen == 0 and self.opt is None
+                and self.dyn is None):
             return self.k.learn_net(self, x, t)
         self.forward(x)
         loss = self.backward(t)
@@ -445,6 +449,8 @@ class Net:
         if self._fused is not None and self.frozen == 0:
             self.k.update_net(self)
             self.count = 0
+            if self.dyn is not None:
+                self.dyn.follow(self)
             return
         q = (self.lr_m << 22) // count
         t = mean_lr_shift(q)
@@ -460,6 +466,8 @@ class Net:
             k.update(self.B[l], self.GB[l], self.VB[l], sizes[l + 1], m, u,
                      self.mu, self.c_m, self.c_s, self.mode, self.rng)
         self.count = 0
+        if self.dyn is not None:
+            self.dyn.follow(self)
 
     def predict(self, x, out):
         # forward only; copies the output activations into `out`, returns the argmax

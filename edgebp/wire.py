@@ -38,7 +38,8 @@
 #   LOAD_COMMIT  []                                   -> ACK
 #   TRAIN        [n u8][flags u8] n x (x i16*n_in, t i16*n_t)   -> ACK
 #   EVAL         [n u8][flags u8] n x (x, t)          -> COUNTS (evaluation totals so far)
-#   GET_WEIGHTS  [layer u8][part u8][offset u32][count u16]     -> DATA (int16 values)
+#   GET_WEIGHTS  [layer u8][part u8][offset u32][count u16]     -> DATA (int16 values; part
+#                PART_F: the weight format of each layer, of any layer's request)
 #   GET_GRADS    [layer u8][part u8][offset u32][count u16]     -> DATA (int32 values)
 #   SET_HYPER    [12-byte hyper block, as in the .ebp header]   -> ACK
 #   STATS        [reset u8]                           -> COUNTS
@@ -143,6 +144,7 @@ CK_EVERY = const(2)
 # GET_WEIGHTS / GET_GRADS part
 PART_W = const(0)
 PART_B = const(1)
+PART_F = const(2)  # GET_WEIGHTS only: shift_w of layers 0..L-1
 
 # error codes; below LINK_ERRORS the frame was not processed (a request to resend)
 E_CRC = const(1)

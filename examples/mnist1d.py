@@ -18,6 +18,7 @@ core (bit-identical, about 60 times slower here).
 
     python examples/mnist1d.py [--act relu|tanh] [--hidden 100] [--rounding stochastic|nearest]
                                [--seeds 5] [--epochs 100] [--lr 0.1] [--momentum 0.9]
+                               [--weight-growth 32 | --dynamic]
                                [--core | --sim [micropython] | --port PORT]
 
 --sim trains the fixed-point net on a simulated board instead (micropython: the unix port
@@ -56,7 +57,9 @@ def spec_for(args, seed):
         input_range={"min": -6, "max": 6},
         optimizer={"lr": args.lr, "momentum": args.momentum, "batch": 16,
                    "rounding": args.rounding, "seed": seed},
-        batch_max=16, init_seed=seed, weight_growth=args.weight_growth)
+        batch_max=16, init_seed=seed,
+        **({"weight_formats": "dynamic"} if args.dynamic else
+           {"weight_growth": args.weight_growth}))
 
 
 def where(args):
@@ -74,6 +77,9 @@ def main():
     p.add_argument("--weight-growth", type=float, default=WEIGHT_GROWTH,
                    help="room in the weight formats, in multiples of the largest initial "
                    f"weight (default {WEIGHT_GROWTH:g})")
+    p.add_argument("--dynamic", action="store_true",
+                   help="weight formats that follow the weights (edgebp/dynfmt.py) in place "
+                   "of a fixed room for growth")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--core", action="store_true", help="train with the pure-Python core")
     add_board_options(p)

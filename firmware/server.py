@@ -687,13 +687,15 @@ class Server:
         part = f[HEADER + 1]
         off = _get32(f, HEADER + 2)
         count = f[HEADER + 6] | (f[HEADER + 7] << 8)
-        if layer >= net.L or part > 1:
+        if layer >= net.L or part > (1 if grads else 2):
             return self.fail(seq, E_RANGE, b"no such layer or part")
         if grads:
             arr = net.GB[layer] if part else net.GW[layer]
             size = 4
         else:
-            arr = net.B[layer] if part else net.W[layer]
+            # part 2: the weight format of every layer now (they move where they follow
+            # the weights, edgebp/dynfmt.py)
+            arr = net.shift_w if part == 2 else net.B[layer] if part else net.W[layer]
             size = 2
         if off < 0 or off + count > len(arr):
             return self.fail(seq, E_RANGE, b"values beyond the end of the tensor")

@@ -132,4 +132,20 @@ def edge_cases() -> list[Case]:
         c.hyper = Hyper(lr=2.0 if i % 2 else 0.5, batch=4 if i % 2 else 1,
                         rounding="stochastic", seed=9)
         out.append(c)
+    for i, (loss, o) in enumerate(OUTPUTS):
+        # weight formats that follow the weights (edgebp/dynfmt.py), with momentum: weights
+        # at the int16 limit, halved at each update down to the window's floor; or at
+        # 1/16 of it in a format 3 below the window's top, doubled back up
+        c = make_case("relu" if i % 2 else "tanh", loss, o, "minibatch", seed=400 + i,
+                      sizes=(40, 24, 3), n=12, edge=True)
+        c.name += "-dyn-edge"
+        q = c.qnet
+        if i % 2:
+            q.shift_w = [9] * q.L
+            q.W = [(w // 16).astype(np.int16) for w in q.W]
+            q.B = [(b // 16).astype(np.int16) for b in q.B]
+            q.dyn = ((6,) * q.L, (12,) * q.L)
+        else:
+            q.dyn = ((10,) * q.L, (12,) * q.L)
+        out.append(c)
     return out

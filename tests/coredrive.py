@@ -40,7 +40,8 @@ def state_line(name: str, net) -> str:
                       else (o.C[l], o.HW[l], o.HB[l])):
                 parts.append(" ".join(str(int(v)) for v in np.ravel(a)))
         parts.append(f"{o.t} {o.p1} {o.p2}" if adam else f"{o.n}")
-    parts.append(f"{int(net.rng[0])} {net.loss_sum} {net.correct} {net.seen}")
+    parts.append(f"{int(net.rng[0])} {net.loss_sum} {net.correct} {net.seen} "
+                 + " ".join(str(int(v)) for v in net.shift_w))
     return STATE_PREFIX + "|".join(parts)
 
 
@@ -88,6 +89,7 @@ def _record(c: Case) -> bytes:
     if q.adam is not None:  # 1 - beta in Q15 up to 32768: its int16 is read back as uint16
         i = len(head) - 2 - (4 + 2 * q.L)  # the pair after len(name)
         head[i:i + 2] = [v - 65536 if v >= 32768 else v for v in head[i:i + 2]]
+    head += (1, *q.dyn[0], *q.dyn[1]) if q.dyn is not None else (0, *[0] * (2 * q.L))
     if not all(-32768 <= v < 32768 for v in head):
         raise ValueError(f"{c.name}: a header value does not fit in int16: {head}")
     out = [np.array([len(head), *head], "<i2").tobytes(), name]
@@ -149,7 +151,10 @@ def put_state(name, net):
             put("h", o.HW[l])
             put("h", o.HB[l])
         print("|%%d" %% o.n, end="")
-    print("|%%d %%d %%d %%d" %% (net.rng[0], net.loss_sum, net.correct, net.seen))
+    print("|%%d %%d %%d %%d" %% (net.rng[0], net.loss_sum, net.correct, net.seen), end="")
+    for v in net.shift_w:
+        print(" %%d" %% v, end="")
+    print()
 
 def fill(f, buf):
     # int16 arrays only; a stream's readinto reads until the buffer is full or the data ends
@@ -192,6 +197,11 @@ def case(f, n_head):
         fc = [h[p + 21 + l] for l in range(L)]
         fh = [h[p + 21 + L + l] for l in range(L)]
         sdlm.attach(net, h[p + 18], h[p + 19], h[p + 20], fc, fh)
+    q = p + 21 + 2 * L
+    if h[q]:
+        from edgebp import dynfmt
+        dynfmt.attach(net, [h[q + 1 + l] for l in range(L)],
+                      [h[q + 1 + L + l] for l in range(L)])
     net.set_lr(lr_m, lr_e)
     net.set_batch(batch)
     net.set_momentum(mu)
@@ -298,7 +308,8 @@ def state_line(name, net):
                       else (o.MW[l], o.MB[l], o.VW[l], o.VB[l])):
                 parts.append(" ".join(str(v) for v in a))
         parts.append(("%d" % o.n) if o.curv else ("%d %d %d" % (o.t, o.p1, o.p2)))
-    parts.append("%d %d %d %d" % (net.rng[0], net.loss_sum, net.correct, net.seen))
+    parts.append("%d %d %d %d" % (net.rng[0], net.loss_sum, net.correct, net.seen) + "".join(
+        " %d" % v for v in net.shift_w))
     return "STATE " + "|".join(parts)
 
 def drive(name, make, X, T, n_in, n_t, n):

@@ -98,7 +98,19 @@ def test_restored_state_is_the_saved_state(kind, tmp_path):
     assert state(back) == state(net)
 
 
-@pytest.mark.parametrize("optimizer", ["momentum", "adam", "sdlm"])
+def dyn_qnet(kind, sizes, batch_max=4):
+    """A net with momentum whose weight formats follow the weights (edgebp/dynfmt.py): two
+    formats below the top of their windows, its weights small enough to be doubled."""
+    q = make_qnet(kind, sizes, momentum=True, batch_max=batch_max)
+    hi = tuple(q.shift_w)
+    q.shift_w = [s - 2 for s in hi]
+    q.W = [(w // 4).astype(w.dtype) for w in q.W]
+    q.B = [(b // 4).astype(b.dtype) for b in q.B]
+    q.dyn = (tuple(s - 4 for s in hi), hi)
+    return q
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam", "sdlm", "dyn"])
 def test_device_resume_and_torn_files(runtime, optimizer):
     """The same checkpoint code on the device: resumed training matches the host's reference,
     a torn new file is never taken."""
@@ -113,10 +125,14 @@ def test_device_resume_and_torn_files(runtime, optimizer):
         q, hyper = adam_qnet("ce", (5, 6, 3)), ADAM_HYPER
     elif optimizer == "sdlm":
         q, hyper = sdlm_qnet("ce", (5, 6, 3)), SDLM_HYPER
+    elif optimizer == "dyn":
+        q, hyper = dyn_qnet("ce", (5, 6, 3)), HYPER
     else:
         q, hyper = make_qnet("ce", (5, 6, 3), momentum=True, batch_max=4), HYPER
     X, T = make_data(q, 17)
     final = reference_train(q, hyper, X, T)
+    if optimizer == "dyn":
+        assert final.dyn.moves > 0 and final.shift_w != q.shift_w
     fixture = "\n".join([
         f"NET = {ebpfile.board_part(q, hyper)!r}",
         f"N_IN = {X.shape[1]}",

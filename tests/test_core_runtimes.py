@@ -27,8 +27,8 @@ def test_cases_cover_every_combination():
     names = {c.name for c in CASES}
     assert len(names) == len(CASES)
     # 7 hidden activations x 6 (loss, output) pairs x 7 optimisers, plus 42 edge nets and 6
-    # each for Adam and SDLM
-    assert len(CASES) == 7 * 6 * 7 + 7 * 6 + 6 + 6
+    # each for Adam, SDLM and weight formats that follow the weights
+    assert len(CASES) == 7 * 6 * 7 + 7 * 6 + 6 + 6 + 6
 
 
 def test_twin_equals_core_on_every_case(expected):

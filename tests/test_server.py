@@ -267,7 +267,10 @@ def test_tensor_requests_are_bounded():
     b.load(make_qnet(sizes=(4, 8, 3)))
     head = struct.Struct("<BBIH")
     b.refused(wire.GET_WEIGHTS, head.pack(2, 0, 0, 1), wire.E_RANGE, "no such layer")
-    b.refused(wire.GET_WEIGHTS, head.pack(0, 2, 0, 1), wire.E_RANGE, "no such layer")
+    b.refused(wire.GET_WEIGHTS, head.pack(0, 3, 0, 1), wire.E_RANGE, "no such layer")
+    b.refused(wire.GET_GRADS, head.pack(0, 2, 0, 1), wire.E_RANGE, "no such layer")
+    # part 2 of the weights: the formats of the L layers, no more
+    b.refused(wire.GET_WEIGHTS, head.pack(0, wire.PART_F, 0, 3), wire.E_RANGE, "beyond the end")
     b.refused(wire.GET_WEIGHTS, head.pack(0, 0, 30, 3), wire.E_RANGE, "beyond the end")
     b.refused(wire.GET_WEIGHTS, head.pack(0, 0, 0xFFFFFFFF, 1), wire.E_RANGE, "beyond the end")
     b.refused(wire.GET_GRADS, head.pack(0, 0, 0, 32), wire.E_RANGE, "more values than a frame")

@@ -35,7 +35,8 @@ MPY_ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7e
 # the .mpy format mpy-cross writes (MicroPython 1.23 and later read it)
 MPY_VERSION = (6, 3)
 # needs a native emitter: without one the pure-Python kernels run (edgebp/kern.py)
-NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py", "edgebp/sdlm_viper.py"}
+NATIVE_ONLY = {"edgebp/kernels_viper.py", "edgebp/adam_viper.py", "edgebp/sdlm_viper.py",
+               "edgebp/dynfmt_viper.py"}
 # The build of the native kernels (edgebp/native/<build>/) a board of each .mpy architecture
 # loads: MicroPython takes any ARM Thumb build up to its own core's (armv7em boards: armv7m).
 # xtensawin (esp32) has no build, for want of a toolchain: the viper kernels run there.
@@ -53,8 +54,10 @@ DIRS = ("edgebp", "edgebp/firmware")
 # nor the wire codec. (A test imports each set alone on a board.) A net file with Adam or
 # SDLM needs edgebp/adam.py or edgebp/sdlm.py (and its viper kernels where viper runs) to
 # load, even to predict: the loader attaches the optimiser; an SGD net never imports them.
+# Likewise a net whose weight formats follow the weights, edgebp/dynfmt.py.
 PREDICT = ("edgebp/__init__.py", "edgebp/adam.py", "edgebp/adam_viper.py", "edgebp/crc.py",
-           "edgebp/ebp.py", "edgebp/fixed.py", "edgebp/kern.py", "edgebp/kernels.py",
+           "edgebp/dynfmt.py", "edgebp/dynfmt_viper.py", "edgebp/ebp.py", "edgebp/fixed.py",
+           "edgebp/kern.py", "edgebp/kernels.py",
            "edgebp/kernels_viper.py", "edgebp/learner.py", "edgebp/luts.py",
            "edgebp/luts_act.py", "edgebp/net.py", "edgebp/sdlm.py", "edgebp/sdlm_viper.py")
 LEARN = PREDICT + ("edgebp/ckpt.py",)

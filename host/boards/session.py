@@ -744,7 +744,12 @@ class Session:
         if self.qnet is None:
             raise SessionError("pull: no net was loaded in this session")
         Ws, Bs = self.get_weights()
-        return replace(self.qnet, W=Ws, B=Bs)
+        if self.qnet.dyn is None:
+            return replace(self.qnet, W=Ws, B=Bs)
+        # formats that follow the weights: the board's now
+        with self._errors("get weight formats"):
+            sw = self._tensor(wire.GET_WEIGHTS, 0, wire.PART_F, self.qnet.L, 2)
+        return replace(self.qnet, W=Ws, B=Bs, shift_w=[int(v) for v in sw])
 
     def bye(self) -> bool:
         """End the session: the board leaves the server and its REPL is back.

@@ -96,10 +96,21 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
         for l in range(L):
             _field(sdlm[3][l], 0, 255, f"layer {l + 1} SDLM fc")
             _field(sdlm[4][l], 0, 255, f"layer {l + 1} SDLM fh")
+    dyn = qnet.dyn
+    if dyn is not None:
+        if adam is not None or sdlm is not None:
+            raise EbpError("dynamic weight formats are for SGD, not "
+                           f"{'Adam' if adam is not None else 'SDLM'}")
+        if len(dyn) != 2 or len(dyn[0]) != L or len(dyn[1]) != L:
+            raise EbpError(f"weight format windows {dyn!r} are not (lo, hi) for {L} layers")
+        for l in range(L):
+            _field(dyn[0][l], 0, 255, f"layer {l + 1} lowest weight format")
+            _field(dyn[1][l], 0, 255, f"layer {l + 1} highest weight format")
     flags = ((ebp.FLAG_MOMENTUM if qnet.momentum else 0) | (ebp.FLAG_HYPER if hyper else 0)
              | (ebp.FLAG_INMAP if imap is not None else 0)
              | (ebp.FLAG_ADAM if adam is not None else 0)
-             | (ebp.FLAG_SDLM if sdlm is not None else 0))
+             | (ebp.FLAG_SDLM if sdlm is not None else 0)
+             | (ebp.FLAG_DYNFMT if dyn is not None else 0))
     head = bytearray()
     head += ebp.MAGIC
     head += struct.pack(
@@ -109,7 +120,7 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
     )
     head += hyper_block(hyper) if hyper else bytes(ebp.HYPER_LEN)
     head += struct.pack("<I", ebp.file_len(sizes, imap is not None, adam is not None,
-                                           sdlm is not None))
+                                           sdlm is not None, dyn is not None))
     head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"), 0)
     for l in range(L):
         head += struct.pack(
@@ -127,6 +138,10 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
         head += struct.pack("<BBH", sdlm[0], sdlm[1], sdlm[2])
         for l in range(L):
             head += struct.pack("<BB", sdlm[3][l], sdlm[4][l])
+    if dyn is not None:
+        # edgebp.dynfmt.check says whether the formats lie in their windows
+        for l in range(L):
+            head += struct.pack("<BB", dyn[0][l], dyn[1][l])
     head += struct.pack("<H", crc16(head, 0, len(head)))
     out = head
     for l in range(L):
@@ -281,6 +296,7 @@ def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
         adam=None if net.opt is None or net.opt.curv else (net.opt.c1, net.opt.c2),
         sdlm=None if net.opt is None or not net.opt.curv else (
             net.opt.mu_m, net.opt.mu_e, net.opt.gamma, tuple(net.opt.fc), tuple(net.opt.fh)),
+        dyn=None if net.dyn is None else (tuple(net.dyn.lo), tuple(net.dyn.hi)),
     )
     hyper = None
     if loader.hyper is not None:

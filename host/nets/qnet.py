@@ -134,6 +134,9 @@ class QuantNet:
     # gamma, fc, fh) = mu as mantissa and exponent, gamma in Q14, the curvature formats of
     # units and parameters per layer (sdlm_q), or None
     sdlm: tuple[int, int, int, tuple[int, ...], tuple[int, ...]] | None = None
+    # weight formats that follow the weights (edgebp/dynfmt.py): per layer the lowest and
+    # the highest format shift_w may take, (lo, hi), or None for fixed formats
+    dyn: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def L(self) -> int:
@@ -156,6 +159,10 @@ class QuantNet:
             from edgebp import sdlm
 
             sdlm.attach(net, *self.sdlm)
+        if self.dyn is not None:
+            from edgebp import dynfmt
+
+            dynfmt.attach(net, *self.dyn)
         if hyper is not None:
             apply_hyper(net, hyper)
         return net
@@ -188,6 +195,9 @@ class QuantNet:
             mu_m, mu_e, gamma, fc, fh = self.sdlm
             lines += ["    from edgebp import sdlm",
                       f"    sdlm.attach(net, {mu_m}, {mu_e}, {gamma}, {list(fc)}, {list(fh)})"]
+        if self.dyn is not None:
+            lines += ["    from edgebp import dynfmt",
+                      f"    dynfmt.attach(net, {list(self.dyn[0])}, {list(self.dyn[1])})"]
         if hyper is not None:
             h = hyper.fixed()
             lines += [
@@ -273,7 +283,8 @@ class QuantNet:
         Ws = [np.frombuffer(bytes(net.W[l]), "<i2").reshape(self.sizes[l + 1], self.sizes[l])
               .copy() for l in range(self.L)]
         Bs = [np.frombuffer(bytes(net.B[l]), "<i2").copy() for l in range(self.L)]
-        q = QuantNet(**{**self.__dict__, "W": Ws, "B": Bs})
+        # formats that follow the weights are where the net's are now
+        q = QuantNet(**{**self.__dict__, "W": Ws, "B": Bs, "shift_w": list(net.shift_w)})
         return q
 
 

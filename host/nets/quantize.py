@@ -55,6 +55,7 @@ from edgebp.host.nets.ranges import MSE_MIN_SHIFT, RangeError, check_ranges, cor
 from edgebp.host.nets.reference import FloatNet
 from edgebp.host.nets.second_order import curvature_maxima
 from edgebp.host.nets.spec import Spec
+from edgebp.net import Net
 
 __all__ = [
     "RangeError", "check_ranges", "declared_input_range", "dequantize", "formats_table",
@@ -68,6 +69,9 @@ A_HEADROOM = 4
 OUT_HEADROOM = 2
 D_HEADROOM = 2
 MAX_SHIFT = 24  # the core's limit for shift_w and shift_d
+# dynamic weight formats (edgebp/dynfmt.py) start with room for 2x, just below the rule's
+# HIGH, and go down as far as the layer's requant shifts allow
+DYN_GROWTH = 2.0
 CALIB_SAMPLES = 256
 
 _SQUASH = (fixed.SIGMOID, fixed.TANH, fixed.SOFTMAX)
@@ -198,7 +202,8 @@ def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float, t_bound: float | Non
             sa[L] = _shift_for(mag, OUT_HEADROOM, MSE_MIN_SHIFT, 14)
     w_mag = [max(float(np.abs(Ws[l]).max()), float(np.abs(Bs[l]).max()),
                  1 / math.sqrt(sizes[l])) for l in range(L)]
-    sw = [_shift_for(w_mag[l], spec.weight_growth, 0, MAX_SHIFT) for l in range(L)]
+    growth = DYN_GROWTH if spec.weight_formats == "dynamic" else spec.weight_growth
+    sw = [_shift_for(w_mag[l], growth, 0, MAX_SHIFT) for l in range(L)]
     sw_mag = list(sw)
     sd = [_shift_for(float(np.abs(D[l]).max()), D_HEADROOM, 0, MAX_SHIFT) for l in range(L)]
     kf = [ceil_log2(sizes[l] + 1) for l in range(L)]
@@ -301,6 +306,8 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
     if spec.optimizer == "sdlm":
         fnet = FloatNet(spec.sizes, spec.acts, spec.loss_code, Ws, Bs, spec.alpha_q / 4096)
         q.sdlm = sdlm_settings(fnet, Xn, T, spec.mu, spec.gamma)
+    if spec.weight_formats == "dynamic":
+        q.dyn = dyn_windows(q)
     x_range = declared_input_range(q, spec)
     if spec.integer_inputs:
         from edgebp.host.nets.inmap import derive
@@ -312,6 +319,17 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         x_range = (min(x_range[0], int(ends.min())), max(x_range[1], int(ends.max())))
     check_ranges(q, hyper, x_range=x_range)
     return q
+
+
+def dyn_windows(q: QuantNet) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The window of each layer's weight format when formats follow the weights: from its
+    format now up, down to the lowest that leaves its forward and backward requant shifts
+    at zero or above (a lower one would claim fractional bits the products lack)."""
+    net = Net(list(q.sizes), list(q.acts), list(q.shift_a), list(q.shift_w), list(q.shift_d),
+              q.loss, q.batch_max)
+    lo = tuple(max(0, sw - net.s_f[l], sw - net.s_b[l] if l else 0)
+               for l, sw in enumerate(q.shift_w))
+    return lo, tuple(q.shift_w)
 
 
 SDLM_HEADROOM = 4.0  # room in SDLM's curvature formats over the calibration's largest

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgebp import adam as adam_core, fixed, kernels, sdlm as sdlm_core
 from edgebp.fixed import (
@@ -572,6 +572,25 @@ def _sdlm_settings(qnet: QuantNet, hyper: Hyper | None, c: _Bounds) -> list[int]
     return mus
 
 
+def _check_windows(qnet: QuantNet, hyper: Hyper | None, x_range: Interval | None,
+                   t_range: Interval | None) -> RangeReport:
+    assert qnet.dyn is not None
+    lo, hi = qnet.dyn
+    L = qnet.L
+    if len(lo) != L or len(hi) != L:
+        raise RangeError([f"weight format windows for {len(lo)}, {len(hi)} layers, not {L}"])
+    for l in range(L):
+        if not 0 <= lo[l] <= qnet.shift_w[l] <= hi[l] <= 24:
+            raise RangeError([f"layer {l + 1}: weight format Q{qnet.shift_w[l]} outside its "
+                              f"window Q{lo[l]}..Q{hi[l]} (at most Q24)"])
+    for j in range(max(h - w for w, h in zip(lo, hi, strict=True)) + 1):
+        sw = [max(lo[l], hi[l] - j) for l in range(L)]
+        if sw != list(qnet.shift_w):
+            check_ranges(replace(qnet, shift_w=sw, dyn=None), hyper, x_range=x_range,
+                         t_range=t_range)
+    return check_ranges(replace(qnet, dyn=None), hyper, x_range=x_range, t_range=t_range)
+
+
 def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
                  x_range: Interval | None = None, t_range: Interval | None = None,
                  layout: Layout | None = None) -> RangeReport:
@@ -597,7 +616,14 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
 
     hyper=None bounds the update for every setting the core accepts. Raises RangeError with
     the report attached when anything is refused; returns the report otherwise.
+
+    A net whose weight formats follow the weights (qnet.dyn, edgebp/dynfmt.py) is proved at
+    every format of each layer's window (each layer's bounds depend on its own format only,
+    so one proof per step down the widest window visits them all); the report returned is
+    that of its formats now, and the learning rate is checked at the highest (Net.set_lr).
     """
+    if qnet.dyn is not None and layout is None:
+        return _check_windows(qnet, hyper, x_range, t_range)
     lay = layout or core_layout(qnet)
     c = _Bounds()
     L = len(lay.layers)

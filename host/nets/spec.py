@@ -41,6 +41,10 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
                                                 largest initial one before they saturate (the
                                                 weight formats leave that much room, at the
                                                 cost of log2(growth) bits of resolution)
+      "weight_formats": "fixed",                optional: "dynamic" lets each layer's weight
+                                                format follow its weights during training
+                                                (edgebp/dynfmt.py; SGD only), with no
+                                                weight_growth to choose
       "classes": ["0", "1", ...]                optional output names
     }
 
@@ -65,7 +69,8 @@ from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 
 _TOP_KEYS = ("sizes", "activations", "loss", "input_range", "integer_inputs", "target_range",
              "normalise_targets",
-             "optimizer", "batch_max", "init_seed", "leaky_alpha", "weight_growth", "classes")
+             "optimizer", "batch_max", "init_seed", "leaky_alpha", "weight_growth",
+             "weight_formats", "classes")
 _OPT_KEYS = ("name", "lr", "momentum", "weight_decay", "batch", "rounding", "seed", "beta1",
              "beta2", "mu", "gamma")
 OPTIMIZERS = ("sgd", "adam", "sdlm")
@@ -103,6 +108,7 @@ class Spec:
     init_seed: int = 0
     leaky_alpha: float = 0.01
     weight_growth: float = 4.0
+    weight_formats: str = "fixed"
     target_min: list[float] | None = None
     target_max: list[float] | None = None
     normalise_targets: bool = False
@@ -178,6 +184,8 @@ class Spec:
         d["leaky_alpha"] = self.leaky_alpha
         if self.weight_growth != Spec.weight_growth:
             d["weight_growth"] = self.weight_growth
+        if self.weight_formats != Spec.weight_formats:
+            d["weight_formats"] = self.weight_formats
         if self.classes:
             d["classes"] = list(self.classes)
         return d
@@ -361,6 +369,15 @@ def parse_spec(d: Any) -> Spec:
     growth = _num(d.get("weight_growth", Spec.weight_growth), "weight_growth")
     if not 1 <= growth <= 1024:
         raise SpecError("weight_growth", f"{growth} outside [1, 1024]")
+    formats = d.get("weight_formats", Spec.weight_formats)
+    if formats not in ("fixed", "dynamic"):
+        raise SpecError("weight_formats", f"{formats!r}: expected \"fixed\" or \"dynamic\"")
+    if formats == "dynamic":
+        if "weight_growth" in d:
+            raise SpecError("weight_growth", "is for fixed weight formats: dynamic ones "
+                            "follow the weights")
+        if name in ("adam", "sdlm"):
+            raise SpecError("weight_formats", f"dynamic formats are for SGD, not {name}")
 
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -372,7 +389,7 @@ def parse_spec(d: Any) -> Spec:
     return Spec(sizes=sizes, activations=acts, loss=loss, input_min=in_lo, input_max=in_hi,
                 lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
                 seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
-                weight_growth=growth, target_min=t_lo, target_max=t_hi,
+                weight_growth=growth, weight_formats=formats, target_min=t_lo, target_max=t_hi,
                 normalise_targets=normalise, classes=classes, integer_inputs=integer,
                 optimizer=name, beta1=betas[0], beta2=betas[1], mu=damping[0],
                 gamma=damping[1])

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgebp import adam as core_adam, luts, luts_act, sdlm as core_sdlm
+from edgebp import adam as core_adam, dynfmt as core_dynfmt, luts, luts_act, sdlm as core_sdlm
 from edgebp.fixed import (
     BCE,
     IDENTITY,
@@ -512,6 +512,9 @@ class TwinNet:
         self.frozen = 0
         # Adam or SDLM in place of SGD (attach_adam, attach_sdlm), or None
         self.opt: TwinAdam | TwinSdlm | None = None
+        # the windows (lo, hi) of weight formats that follow the weights, or None
+        self.dyn: tuple[list[int], list[int]] | None = None
+        self.moves = 0
         self.reset_stats()
 
     def attach_adam(self, c1: int, c2: int) -> TwinAdam:
@@ -526,6 +529,42 @@ class TwinNet:
         core_sdlm.attach(self._spec, mu_m, mu_e, gamma, fc, fh)  # the core's checks
         self.opt = TwinSdlm(self, mu_m, mu_e, gamma, fc, fh)
         return self.opt
+
+    def attach_dynfmt(self, lo, hi) -> None:
+        """edgebp.dynfmt.attach: weight formats that follow the weights, layer l's within
+        lo[l]..hi[l]."""
+        core_dynfmt.attach(self._spec, lo, hi)  # the core's checks; its set_lr checks at hi
+        self.dyn = (list(lo), list(hi))
+
+    def _follow(self) -> None:
+        # edgebp.dynfmt.Formats.follow
+        assert self.dyn is not None
+        lo, hi = self.dyn
+        for l in range(self.frozen, self.L):
+            a, _, c = self._spans[l]
+            th = self.theta[a:c]
+            m = int(np.abs(th).max())
+            sw = self.shift_w[l]
+            vel = None if self.vel is None else self.vel[a:c]
+            if m >= core_dynfmt.HIGH and sw > lo[l]:
+                d = -1
+                th[...] = (th + 1) >> 1
+                if vel is not None:
+                    vel[...] = (vel + 1) >> 1
+            elif m < core_dynfmt.LOW and sw < hi[l]:
+                d = 1
+                th[...] = np.clip(th << 1, -Q_MAX, Q_MAX)
+                if vel is not None:
+                    vel[...] = np.clip(vel << 1, -V_MAX, V_MAX)
+            else:
+                continue
+            self.shift_w[l] = sw + d
+            self.s_f[l] += d
+            if l:
+                self.s_b[l] += d
+            self._u_layer[a:c] -= d
+            self._step_key = None
+            self.moves += 1
 
     def _views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         Ws = [flat[a:b].reshape(self.sizes[l + 1], self.sizes[l])
@@ -547,6 +586,8 @@ class TwinNet:
             net.attach_adam(*qnet.adam)
         if qnet.sdlm is not None:
             net.attach_sdlm(*qnet.sdlm)
+        if qnet.dyn is not None:
+            net.attach_dynfmt(*qnet.dyn)
         if hyper is not None:
             h = hyper.fixed()
             net.set_lr(h["lr_m"], h["lr_e"])
@@ -582,6 +623,8 @@ class TwinNet:
             for l in range(net.L):
                 ts.C[l][...] = o.C[l]
             ts.n = o.n
+        if core.dyn is not None:
+            net.attach_dynfmt(core.dyn.lo, core.dyn.hi)
         for l in range(net.L):
             net.Z[l][...] = core.Z[l]
             net.D[l][...] = core.D[l]
@@ -599,7 +642,7 @@ class TwinNet:
     def to_qnet(self, qnet):
         """A copy of `qnet` carrying this net's current weights (int16)."""
         return replace(qnet, W=[w.astype(np.int16) for w in self.W],
-                       B=[b.astype(np.int16) for b in self.B])
+                       B=[b.astype(np.int16) for b in self.B], shift_w=list(self.shift_w))
 
     # -- settings: validated by the core's own setters --
 
@@ -804,6 +847,8 @@ class TwinNet:
         v = clip_v(((g >> 8) * m) >> u, -V_MAX, V_MAX)
         g[...] = 0
         self._apply(p0, v)
+        if self.dyn is not None:
+            self._follow()
 
     def _apply(self, p0: int, v: np.ndarray) -> None:
         # the update's common tail (kernels.update, adam.adam): the step v of parameters p0..

@@ -117,7 +117,7 @@ def test_fields_beyond_the_contract_are_refused():
     raw = _read(cur)
     sdlm = net.opt is not None and net.opt.curv
     v_at = ckpt.HEAD + ebp.file_len(net.sizes, adam=net.opt is not None and not sdlm,
-                                    sdlm=sdlm)
+                                    sdlm=sdlm, dyn=net.dyn is not None)
     cases = (
         (32, ((65535, 2), (65535, 2)), "batch_max"),
         (5, ((0xFF, 1),), "flags"),
