@@ -150,26 +150,50 @@ def measure(runtime: str, data: bytes, timeout: float = 60) -> tuple[int, int]:
 
 
 _IMPORT = """
-import gc
-from edgebp import ebp, kern, net
+import gc, sys
+import micropython
+from edgebp.firmware import main
+main._import_packed()
+from edgebp.firmware import server
+from edgebp import kern
 K = kern.select()
+
+
 gc.collect()
+micropython.qstr_info()
 a = gc.mem_alloc()
 import {module}
 gc.collect()
-print("IMPORT", gc.mem_alloc() - a)
+b = gc.mem_alloc()
+micropython.qstr_info()
+print("IMPORT", b - a)
 print("WORD", 8 if sys.maxsize > 0x7FFFFFFF else 4)
 """
 
 
+def _qstr_tables(line: str) -> int:
+    # "qstr pool: n_pool=5, n_qstr=504, n_str_data_bytes=4142, n_total_bytes=8638"
+    fields = dict(f.strip().split("=") for f in line.split(":", 1)[1].split(","))
+    return int(fields["n_total_bytes"]) - int(fields["n_str_data_bytes"])
+
+
 def measure_import(runtime: str, module: str, timeout: float = 60) -> tuple[int, int]:
     """(bytes, word): what importing `module` (e.g. "edgebp.adam") keeps on the heap of a
-    MicroPython runtime, after the modules a load imports anyway. (The WebAssembly port's
-    gc.collect() frees nothing: there the compiler's garbage is counted too.)"""
-    r = mprun.run(runtime, "import sys\n" + _IMPORT.format(module=module),
-                  mprun.core_files(False), timeout=timeout)
+    MicroPython runtime in the firmware's own state (its modules imported as a board of
+    fixed heap imports them, the kernels selected), and the bytes per word of that
+    runtime's heap. A new qstr pool that the import happens to start is not counted: the
+    pools' tables are shared by every string interned before and after, and which import
+    starts the next one depends on all of them (a pool holds twice the entries of the one
+    before: 20, 40, ... 320, 640; on the emulated boards the firmware's state has 504 of the
+    first 620 taken, and edgebp.adam and edgebp.sdlm add about 30). The module's own strings
+    are counted. (The WebAssembly port's gc.collect() frees nothing: there the compiler's
+    garbage is counted too.)"""
+    r = mprun.run(runtime, _IMPORT.format(module=module), mprun.core_files(True),
+                  timeout=timeout)
     if not r.ok:
         raise RuntimeError(f"measuring on {runtime} failed:\n{r.stdout}{r.stderr}")
-    words = dict(line.split()[:2] for line in r.stdout.split("\n")
-                 if line.startswith(("IMPORT ", "WORD ")))
-    return int(words["IMPORT"]), int(words["WORD"])
+    lines = r.stdout.split("\n")
+    words = dict(line.split()[:2] for line in lines if line.startswith(("IMPORT ", "WORD ")))
+    tables = [_qstr_tables(line) for line in lines if line.startswith("qstr pool:")]
+    grown = tables[-1] - tables[0] if len(tables) == 2 else 0
+    return int(words["IMPORT"]) - grown, int(words["WORD"])

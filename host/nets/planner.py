@@ -83,23 +83,21 @@ HOLE_LEAST = 256
 LOADER_ATTRIBUTES = 16
 # Bytes of the heap edgebp.adam's code takes once imported, by word size (measured on the
 # emulated boards and the unix port: heap.measure_import, tests/test_planner.py), placed as
-# allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are. On
-# the boards it moves with the modules resident before it: 4,480 bytes until net.py and
-# ebp.py learned of edgebp.dynfmt, 6,720 to 6,736 since (measured: 2.2 KB more for the same
-# code)
-ADAM_CODE = {4: 6784, 8: 9216}
+# allocations of up to ADAM_CODE_PIECE words, as its functions' code and constants are (in
+# the firmware's state, without the qstr pool an import may happen to start: see
+# measure_import)
+ADAM_CODE = {4: 4480, 8: 5632}
 ADAM_CODE_PIECE = 64
 # ... and with the native kernels, Adam's native module (adam_native.mpy, which edgebp.adam
 # imports for them): on a 32-bit board its code is one block of the heap (about its .mpy's
 # 1,734 to 1,945 bytes: 2,144 measured on the emulated Cortex-M3, rounded up); the unix port
-# keeps native code outside its heap, where the module object alone is left (measured 320
+# keeps native code outside its heap, where the module object alone is left (measured 352
 # bytes)
 ADAM_NATIVE_CODE = {4: 2304, 8: 512}
 # the same of edgebp.sdlm (its kernels' own module, edgebp.sdlm_viper, comes on top where
 # viper runs), and of sdlm_native.mpy (3,392 bytes measured on the emulated rv32; on the unix
-# port, as Adam's, the module object and its globals: 352 to 544 bytes measured). On the
-# boards 6,944 to 6,960 bytes measured since edgebp.dynfmt, as Adam's
-SDLM_CODE = {4: 7040, 8: 9600}
+# port, as Adam's, the module object and its globals: 384 bytes measured)
+SDLM_CODE = {4: 4736, 8: 6016}
 SDLM_NATIVE_CODE = {4: 3584, 8: 640}
 SDLM_GARBAGE = 4
 # Net._fuse (native kernels): the tuple of buffer lists, and P's items per net and per layer
