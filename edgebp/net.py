@@ -232,9 +232,7 @@ class Net:
         if m < 128 or m > 255:
             raise ValueError("learning-rate mantissa %d outside 128..255" % m)
         for l in range(self.frozen, self.L if self.opt is None or self.opt.sgd_lr else 0):
-            # a format that follows the weights is checked at the highest it may reach
-            sw = self.shift_w[l] if self.dyn is None else self.dyn.hi[l]
-            u = e + self.shift_d[l] + self.shift_a[l] - self.kg - sw - 16
+            u = e + self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
             if u < 0:
                 raise ValueError("learning rate too large for the formats of layer %d" % (l + 1))
         self.lr_m = m

@@ -7,7 +7,7 @@ and the stochastic rounding). Fixed point runs on the integer twin, or with --co
 pure-Python core (bit-identical, about 45 times slower here).
 
     python examples/digits.py [--act tanh|relu] [--rounding stochastic|nearest] [--seeds 5]
-                              [--epochs 30] [--lr 0.05] [--momentum 0.9]
+                              [--epochs 30] [--lr 0.05] [--momentum 0.9] [--dynamic]
                               [--core | --sim [micropython] | --port PORT]
 
 --sim trains the fixed-point net on a simulated board instead (micropython: the unix port
@@ -36,7 +36,7 @@ def spec_for(args, seed):
         input_range={"min": 0, "max": 16},  # pixel intensities 0..16
         optimizer={"lr": args.lr, "momentum": args.momentum, "batch": 16, "rounding": args.rounding,
                    "seed": seed},
-        batch_max=16, init_seed=seed)
+        batch_max=16, init_seed=seed, **({"weight_formats": "dynamic"} if args.dynamic else {}))
 
 
 def where(args):
@@ -51,6 +51,8 @@ def main():
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--dynamic", action="store_true",
+                   help="weight formats that follow the weights (edgebp/dynfmt.py)")
     p.add_argument("--core", action="store_true", help="train with the pure-Python core")
     add_board_options(p)
     args = p.parse_args()

@@ -7,7 +7,8 @@ and the stochastic rounding). Fixed point runs on the integer twin, or with --co
 pure-Python core (bit-identical, slower).
 
     python examples/iris.py [--act relu|tanh] [--rounding stochastic|nearest] [--seeds 5]
-                            [--epochs 100] [--core | --sim [micropython] | --port PORT]
+                            [--epochs 100] [--dynamic]
+                            [--core | --sim [micropython] | --port PORT]
 
 --sim trains the fixed-point net on a simulated board instead (micropython: the unix port
 behind a pseudo-terminal), --port on a real one with edgebp deployed; the board measures the
@@ -36,7 +37,7 @@ def spec_for(args, seed, X):
         input_range={"min": X.min(axis=0).tolist(), "max": X.max(axis=0).tolist()},
         optimizer={"lr": 0.05, "momentum": 0.9, "batch": 8, "rounding": args.rounding,
                    "seed": seed},
-        batch_max=8, init_seed=seed)
+        batch_max=8, init_seed=seed, **({"weight_formats": "dynamic"} if args.dynamic else {}))
 
 
 def where(args):
@@ -49,6 +50,8 @@ def main():
     p.add_argument("--rounding", choices=("stochastic", "nearest"), default="stochastic")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--dynamic", action="store_true",
+                   help="weight formats that follow the weights (edgebp/dynfmt.py)")
     p.add_argument("--core", action="store_true", help="train with the pure-Python core")
     add_board_options(p)
     args = p.parse_args()

@@ -5,7 +5,8 @@ Same start (the float net begins at the dequantised initial weights), same hyper
 same sample order; one row per seed (the seed picks the initial weights and the order).
 Fixed point runs on the integer twin, or with --core on the pure-Python core.
 
-    python examples/xor.py [--seeds 5] [--epochs 500] [--core | --sim [micropython] | --port PORT]
+    python examples/xor.py [--seeds 5] [--epochs 500] [--dynamic]
+                           [--core | --sim [micropython] | --port PORT]
 
 --sim trains the fixed-point net on a simulated board instead (micropython: the unix port
 behind a pseudo-terminal), --port on a real one with edgebp deployed; the board measures the
@@ -26,10 +27,10 @@ X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
 T = np.array([[0], [1], [1], [0]], dtype=float)
 
 
-def spec_for(seed):
+def spec_for(seed, dynamic=False):
     return make_spec(sizes=[2, 4, 1], activations=["tanh", "sigmoid"], loss="bce",
                      input_range={"min": 0, "max": 1}, optimizer={"lr": 0.5, "seed": seed},
-                     init_seed=seed)
+                     init_seed=seed, **({"weight_formats": "dynamic"} if dynamic else {}))
 
 
 def where(args):
@@ -40,6 +41,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=500)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--dynamic", action="store_true",
+                   help="weight formats that follow the weights (edgebp/dynfmt.py)")
     p.add_argument("--core", action="store_true", help="train with the pure-Python core")
     add_board_options(p)
     args = p.parse_args()
@@ -48,7 +51,7 @@ def main():
     results = []
     start = time.perf_counter()
     for seed in seeds:
-        spec = spec_for(seed)
+        spec = spec_for(seed, args.dynamic)
         W, B = init_float_weights(spec)
         qnet = quantize(spec, W, B, X, T)
         if seed == seeds[0]:

@@ -135,7 +135,9 @@ def edge_cases() -> list[Case]:
     for i, (loss, o) in enumerate(OUTPUTS):
         # weight formats that follow the weights (edgebp/dynfmt.py), with momentum: weights
         # at the int16 limit, halved at each update down to the window's floor; or at
-        # 1/16 of it in a format 3 below the window's top, doubled back up
+        # 1/16 of it in a format 3 below the window's top, doubled back up (relu: its z and
+        # the output layer's input follow, from Q11, up to Q14 at the top; the hidden
+        # delta follows the output layer's weights)
         c = make_case("relu" if i % 2 else "tanh", loss, o, "minibatch", seed=400 + i,
                       sizes=(40, 24, 3), n=12, edge=True)
         c.name += "-dyn-edge"
@@ -144,6 +146,7 @@ def edge_cases() -> list[Case]:
             q.shift_w = [9] * q.L
             q.W = [(w // 16).astype(np.int16) for w in q.W]
             q.B = [(b // 16).astype(np.int16) for b in q.B]
+            q.shift_a[1] = 11
             q.dyn = ((6,) * q.L, (12,) * q.L)
         else:
             q.dyn = ((10,) * q.L, (12,) * q.L)

@@ -41,7 +41,7 @@ def state_line(name: str, net) -> str:
                 parts.append(" ".join(str(int(v)) for v in np.ravel(a)))
         parts.append(f"{o.t} {o.p1} {o.p2}" if adam else f"{o.n}")
     parts.append(f"{int(net.rng[0])} {net.loss_sum} {net.correct} {net.seen} "
-                 + " ".join(str(int(v)) for v in net.shift_w))
+                 + " ".join(str(int(v)) for v in [*net.shift_w, *net.shift_a, *net.shift_d]))
     return STATE_PREFIX + "|".join(parts)
 
 
@@ -152,8 +152,9 @@ def put_state(name, net):
             put("h", o.HB[l])
         print("|%%d" %% o.n, end="")
     print("|%%d %%d %%d %%d" %% (net.rng[0], net.loss_sum, net.correct, net.seen), end="")
-    for v in net.shift_w:
-        print(" %%d" %% v, end="")
+    for f in (net.shift_w, net.shift_a, net.shift_d):
+        for v in f:
+            print(" %%d" %% v, end="")
     print()
 
 def fill(f, buf):
@@ -309,7 +310,7 @@ def state_line(name, net):
                 parts.append(" ".join(str(v) for v in a))
         parts.append(("%d" % o.n) if o.curv else ("%d %d %d" % (o.t, o.p1, o.p2)))
     parts.append("%d %d %d %d" % (net.rng[0], net.loss_sum, net.correct, net.seen) + "".join(
-        " %d" % v for v in net.shift_w))
+        " %d" % v for f in (net.shift_w, net.shift_a, net.shift_d) for v in f))
     return "STATE " + "|".join(parts)
 
 def drive(name, make, X, T, n_in, n_t, n):

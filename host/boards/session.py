@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebp import fixed, wire
+from edgebp import dynfmt as core_dynfmt, fixed, wire
 from edgebp.ebp import EbpError
 from edgebp.host.boards.link import (
     DeviceError,
@@ -748,8 +748,12 @@ class Session:
             return replace(self.qnet, W=Ws, B=Bs)
         # formats that follow the weights: the board's now
         with self._errors("get weight formats"):
-            sw = self._tensor(wire.GET_WEIGHTS, 0, wire.PART_F, self.qnet.L, 2)
-        return replace(self.qnet, W=Ws, B=Bs, shift_w=[int(v) for v in sw])
+            now = self._tensor(wire.GET_WEIGHTS, 0, wire.PART_F, self.qnet.L, 2)
+        q = self.qnet
+        sw = [int(v) for v in now]
+        # the formats that follow them (edgebp.dynfmt.derived, from the formats loaded)
+        sa, sd = core_dynfmt.derived(q.acts, q.shift_a, q.shift_d, q.shift_w, sw)
+        return replace(q, W=Ws, B=Bs, shift_w=sw, shift_a=sa, shift_d=sd)
 
     def bye(self) -> bool:
         """End the session: the board leaves the server and its REPL is back.

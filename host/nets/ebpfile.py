@@ -139,7 +139,7 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
         for l in range(L):
             head += struct.pack("<BB", sdlm[3][l], sdlm[4][l])
     if dyn is not None:
-        # edgebp.dynfmt.check says whether the formats lie in their windows
+        # edgebp.dynfmt.check says whether the windows keep every format in the core's limits
         for l in range(L):
             head += struct.pack("<BB", dyn[0][l], dyn[1][l])
     head += struct.pack("<H", crc16(head, 0, len(head)))

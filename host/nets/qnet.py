@@ -135,7 +135,8 @@ class QuantNet:
     # units and parameters per layer (sdlm_q), or None
     sdlm: tuple[int, int, int, tuple[int, ...], tuple[int, ...]] | None = None
     # weight formats that follow the weights (edgebp/dynfmt.py): per layer the lowest and
-    # the highest format shift_w may take, (lo, hi), or None for fixed formats
+    # the highest format shift_w may take, (lo, hi), or None for fixed formats (the hidden
+    # activation and delta formats follow them: shift_w, shift_a, shift_d are those of now)
     dyn: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
@@ -284,8 +285,8 @@ class QuantNet:
               .copy() for l in range(self.L)]
         Bs = [np.frombuffer(bytes(net.B[l]), "<i2").copy() for l in range(self.L)]
         # formats that follow the weights are where the net's are now
-        q = QuantNet(**{**self.__dict__, "W": Ws, "B": Bs, "shift_w": list(net.shift_w)})
-        return q
+        return QuantNet(**{**self.__dict__, "W": Ws, "B": Bs, "shift_w": list(net.shift_w),
+                           "shift_a": list(net.shift_a), "shift_d": list(net.shift_d)})
 
 
 def apply_hyper(net: Net, hyper: Hyper) -> None:

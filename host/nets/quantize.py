@@ -70,8 +70,10 @@ OUT_HEADROOM = 2
 D_HEADROOM = 2
 MAX_SHIFT = 24  # the core's limit for shift_w and shift_d
 # dynamic weight formats (edgebp/dynfmt.py) start with room for 2x, just below the rule's
-# HIGH, and go down as far as the layer's requant shifts allow
+# HIGH, and may go DYN_ROOM bits down (fewer where the formats that follow them would leave
+# the core's limits: dyn_windows)
 DYN_GROWTH = 2.0
+DYN_ROOM = 8
 CALIB_SAMPLES = 256
 
 _SQUASH = (fixed.SIGMOID, fixed.TANH, fixed.SOFTMAX)
@@ -306,8 +308,6 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
     if spec.optimizer == "sdlm":
         fnet = FloatNet(spec.sizes, spec.acts, spec.loss_code, Ws, Bs, spec.alpha_q / 4096)
         q.sdlm = sdlm_settings(fnet, Xn, T, spec.mu, spec.gamma)
-    if spec.weight_formats == "dynamic":
-        q.dyn = dyn_windows(q)
     x_range = declared_input_range(q, spec)
     if spec.integer_inputs:
         from edgebp.host.nets.inmap import derive
@@ -317,19 +317,60 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         # LSB of the float's (inmap.error_bound)
         ends = q.in_map.apply(np.array([spec.input_min, spec.input_max]))
         x_range = (min(x_range[0], int(ends.min())), max(x_range[1], int(ends.max())))
+    if spec.weight_formats == "dynamic":
+        q.dyn = dyn_windows(q, lambda qd: check_ranges(qd, hyper, x_range=x_range))
     check_ranges(q, hyper, x_range=x_range)
     return q
 
 
-def dyn_windows(q: QuantNet) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def dyn_windows(q: QuantNet, prove=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The window of each layer's weight format when formats follow the weights: from its
-    format now up, down to the lowest that leaves its forward and backward requant shifts
-    at zero or above (a lower one would claim fractional bits the products lack)."""
+    format now up, and at most DYN_ROOM bits down (room for DYN_ROOM doublings beyond the
+    start), as wide as the formats that follow them allow within the core's limits
+    (edgebp.dynfmt.check) with at most ranges.MAX_COMBINATIONS combinations (narrowed where
+    needed, the widest first, then each widened again while it may be), and narrowed further,
+    the widest first, until `prove` (a function of the net with its windows that raises
+    RangeError, e.g. the range proof) accepts them."""
+    from edgebp import dynfmt
+    from edgebp.host.nets.ranges import MAX_COMBINATIONS
+
     net = Net(list(q.sizes), list(q.acts), list(q.shift_a), list(q.shift_w), list(q.shift_d),
               q.loss, q.batch_max)
-    lo = tuple(max(0, sw - net.s_f[l], sw - net.s_b[l] if l else 0)
-               for l, sw in enumerate(q.shift_w))
-    return lo, tuple(q.shift_w)
+    hi = list(q.shift_w)
+    lo = [max(0, sw - DYN_ROOM) for sw in hi]
+
+    def fits(low: list[int]) -> bool:
+        try:
+            dynfmt.check(net, low, hi)
+        except ValueError:
+            return False
+        return math.prod(h - w + 1 for w, h in zip(low, hi, strict=True)) <= MAX_COMBINATIONS
+
+    def narrow() -> bool:
+        width = [h - w for w, h in zip(lo, hi, strict=True)]
+        if max(width) == 0:
+            return False
+        lo[max(range(q.L), key=lambda j: (width[j], j))] += 1
+        return True
+
+    while not fits(lo):
+        if not narrow():
+            dynfmt.check(net, lo, hi)  # the formats now break the core's limits: say why
+    grown = True
+    while grown:
+        grown = False
+        for l in range(q.L):
+            if lo[l] > max(0, hi[l] - DYN_ROOM) and fits(lo[:l] + [lo[l] - 1] + lo[l + 1:]):
+                lo[l] -= 1
+                grown = True
+    while prove is not None:
+        try:
+            prove(replace(q, dyn=(tuple(lo), tuple(hi))))
+            break
+        except RangeError:
+            if not narrow():
+                raise
+    return tuple(lo), tuple(hi)
 
 
 SDLM_HEADROOM = 4.0  # room in SDLM's curvature formats over the calibration's largest

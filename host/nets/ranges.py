@@ -33,11 +33,12 @@ so it is not refused.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, field, replace
 
-from edgebp import adam as adam_core, fixed, kernels, sdlm as sdlm_core
+from edgebp import adam as adam_core, dynfmt as dynfmt_core, fixed, kernels, sdlm as sdlm_core
 from edgebp.fixed import (
     ALPHA_SHIFT,
     FV,
@@ -98,6 +99,9 @@ class Layout:
     kg: int
     batch_max: int
     alpha: int
+    # the least forward requant shift accepted: 0, or for formats that follow the weights
+    # -15 (a negative shift leaves low bits zero: exact, and requant(0) is 0 down to -15)
+    s_f_least: int = 0
 
 
 def core_layout(qnet: QuantNet) -> Layout:
@@ -572,6 +576,22 @@ def _sdlm_settings(qnet: QuantNet, hyper: Hyper | None, c: _Bounds) -> list[int]
     return mus
 
 
+# the most combinations of weight formats the proof of a net whose formats follow its
+# weights visits
+MAX_COMBINATIONS = 4096
+
+
+def window_formats(qnet: QuantNet):
+    """Every combination of weight formats the windows of qnet.dyn allow, as copies of qnet
+    (dyn None) in those formats and the formats that follow them (edgebp.dynfmt.derived)."""
+    assert qnet.dyn is not None
+    lo, hi = qnet.dyn
+    for sw in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True))):
+        sa, sd = dynfmt_core.derived(qnet.acts, qnet.shift_a, qnet.shift_d, qnet.shift_w,
+                                     list(sw))
+        yield replace(qnet, shift_w=list(sw), shift_a=sa, shift_d=sd, dyn=None)
+
+
 def _check_windows(qnet: QuantNet, hyper: Hyper | None, x_range: Interval | None,
                    t_range: Interval | None) -> RangeReport:
     assert qnet.dyn is not None
@@ -583,12 +603,36 @@ def _check_windows(qnet: QuantNet, hyper: Hyper | None, x_range: Interval | None
         if not 0 <= lo[l] <= qnet.shift_w[l] <= hi[l] <= 24:
             raise RangeError([f"layer {l + 1}: weight format Q{qnet.shift_w[l]} outside its "
                               f"window Q{lo[l]}..Q{hi[l]} (at most Q24)"])
-    for j in range(max(h - w for w, h in zip(lo, hi, strict=True)) + 1):
-        sw = [max(lo[l], hi[l] - j) for l in range(L)]
-        if sw != list(qnet.shift_w):
-            check_ranges(replace(qnet, shift_w=sw, dyn=None), hyper, x_range=x_range,
-                         t_range=t_range)
-    return check_ranges(replace(qnet, dyn=None), hyper, x_range=x_range, t_range=t_range)
+    n = math.prod(h - w + 1 for w, h in zip(lo, hi, strict=True))
+    if n > MAX_COMBINATIONS:
+        raise RangeError([f"net: the windows of weight formats make {n} combinations, more "
+                          f"than the {MAX_COMBINATIONS} the range proof visits: narrow them"])
+
+    def prove(q: QuantNet) -> RangeReport:
+        lay = core_layout(q)
+        lay.s_f_least = -15
+        return check_ranges(q, hyper, x_range=x_range, t_range=t_range, layout=lay)
+
+    kg = ceil_log2(qnet.batch_max)
+    lr_e = None if hyper is None else hyper.fixed()["lr_e"]
+
+    def reached(q: QuantNet) -> bool:
+        # the board makes no move that takes an update shift below zero at its learning rate
+        # (edgebp.dynfmt.allowed): with that rate known, the formats where one is are never
+        # reached
+        return lr_e is None or all(
+            lr_e + q.shift_d[l] + q.shift_a[l] - kg - q.shift_w[l] - 16 >= 0
+            for l in range(q.L))
+
+    for q in window_formats(qnet):
+        if q.shift_w != list(qnet.shift_w) and reached(q):
+            try:
+                prove(q)
+            except RangeError as err:
+                fmt = ", ".join(f"Q{w}" for w in q.shift_w)
+                raise RangeError([f"{p} (at weight formats {fmt} of the windows)"
+                                  for p in err.problems], err.report) from None
+    return prove(replace(qnet, dyn=None))
 
 
 def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
@@ -618,9 +662,10 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
     the report attached when anything is refused; returns the report otherwise.
 
     A net whose weight formats follow the weights (qnet.dyn, edgebp/dynfmt.py) is proved at
-    every format of each layer's window (each layer's bounds depend on its own format only,
-    so one proof per step down the widest window visits them all); the report returned is
-    that of its formats now, and the learning rate is checked at the highest (Net.set_lr).
+    every combination of its layers' formats the windows allow (window_formats: with the
+    activation and delta formats that follow them; at most MAX_COMBINATIONS) that the board
+    can reach at hyper's learning rate, where a forward shift may fall to -15; the report
+    returned is that of its formats now.
     """
     if qnet.dyn is not None and layout is None:
         return _check_windows(qnet, hyper, x_range, t_range)
@@ -748,8 +793,9 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
     # what the core would refuse, or would compute inexactly
     for l, y in enumerate(lay.layers):
         N = l + 1
-        if y.s_f < 0:
-            c.problem(f"layer {N}: forward requant shift {y.s_f} < 0: z in Q{y.sz} claims "
+        if y.s_f < lay.s_f_least:
+            c.problem(f"layer {N}: forward requant shift {y.s_f} < {lay.s_f_least}: z in "
+                      f"Q{y.sz} claims "
                       f"{-y.s_f} more fractional bits than W*x has (raise shift_w or lower "
                       "the output format)")
         if l > 0 and y.s_b < 0:

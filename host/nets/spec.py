@@ -42,9 +42,10 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
                                                 weight formats leave that much room, at the
                                                 cost of log2(growth) bits of resolution)
       "weight_formats": "fixed",                optional: "dynamic" lets each layer's weight
-                                                format follow its weights during training
-                                                (edgebp/dynfmt.py; SGD only), with no
-                                                weight_growth to choose
+                                                format follow its weights during training,
+                                                and the hidden activations' and deltas'
+                                                formats follow them (edgebp/dynfmt.py; SGD
+                                                only), with no weight_growth to choose
       "classes": ["0", "1", ...]                optional output names
     }
 

@@ -533,7 +533,7 @@ class TwinNet:
     def attach_dynfmt(self, lo, hi) -> None:
         """edgebp.dynfmt.attach: weight formats that follow the weights, layer l's within
         lo[l]..hi[l]."""
-        core_dynfmt.attach(self._spec, lo, hi)  # the core's checks; its set_lr checks at hi
+        core_dynfmt.attach(self._spec, lo, hi)  # the core's checks
         self.dyn = (list(lo), list(hi))
 
     def _follow(self) -> None:
@@ -546,12 +546,12 @@ class TwinNet:
             m = int(np.abs(th).max())
             sw = self.shift_w[l]
             vel = None if self.vel is None else self.vel[a:c]
-            if m >= core_dynfmt.HIGH and sw > lo[l]:
+            if m >= core_dynfmt.HIGH and sw > lo[l] and core_dynfmt.allowed(self, l, -1):
                 d = -1
                 th[...] = (th + 1) >> 1
                 if vel is not None:
                     vel[...] = (vel + 1) >> 1
-            elif m < core_dynfmt.LOW and sw < hi[l]:
+            elif m < core_dynfmt.LOW and sw < hi[l] and core_dynfmt.allowed(self, l, 1):
                 d = 1
                 th[...] = np.clip(th << 1, -Q_MAX, Q_MAX)
                 if vel is not None:
@@ -559,10 +559,20 @@ class TwinNet:
             else:
                 continue
             self.shift_w[l] = sw + d
-            self.s_f[l] += d
-            if l:
-                self.s_b[l] += d
             self._u_layer[a:c] -= d
+            m = l
+            while core_dynfmt.free(self.acts, m):
+                self.shift_z[m] += d
+                m += 1
+                self.shift_a[m] += d
+                self.one[m] = 1 << self.shift_a[m]
+                a2, _, c2 = self._spans[m]
+                self._u_layer[a2:c2] += d
+            self.s_f[m] += d
+            for j in range(l):
+                self.shift_d[j] += d
+                a2, _, c2 = self._spans[j]
+                self._u_layer[a2:c2] += d
             self._step_key = None
             self.moves += 1
 
@@ -640,14 +650,19 @@ class TwinNet:
         return net
 
     def to_qnet(self, qnet):
-        """A copy of `qnet` carrying this net's current weights (int16)."""
+        """A copy of `qnet` carrying this net's current weights (int16) and formats."""
         return replace(qnet, W=[w.astype(np.int16) for w in self.W],
-                       B=[b.astype(np.int16) for b in self.B], shift_w=list(self.shift_w))
+                       B=[b.astype(np.int16) for b in self.B], shift_w=list(self.shift_w),
+                       shift_a=list(self.shift_a), shift_d=list(self.shift_d))
 
     # -- settings: validated by the core's own setters --
 
     def set_lr(self, m, e):
-        self._spec.set_lr(m, e)
+        # checked at the formats now (they move where they follow the weights)
+        spec = self._spec
+        spec.shift_w[:], spec.shift_a[:], spec.shift_d[:] = (self.shift_w, self.shift_a,
+                                                              self.shift_d)
+        spec.set_lr(m, e)
         self.lr_m, self.lr_e = m, e
 
     def set_batch(self, n):
