@@ -104,7 +104,9 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("path,value,field", BAD_SPECS, ids=[f"{p}={v!r}" for p, v, _ in BAD_SPECS])
+@pytest.mark.parametrize("path,value,field", BAD_SPECS,
+                         ids=[f"{p}=deleted" if v is _DELETE else f"{p}={v!r}"
+                              for p, v, _ in BAD_SPECS])
 def test_spec_errors_name_the_field(path, value, field):
     with pytest.raises(SpecError) as err:
         parse_spec(_with(iris_like(), path, value))
