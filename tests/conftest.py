@@ -12,7 +12,8 @@ from edgebp.host.boards import mprun, qemu
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "tests" / "device"
 
-_device_runs: list[str] = []
+_device_runs: list[str] = []  # every device module run, for the summary
+_device_lines: list[str] = []  # of the running test, until its report carries them
 
 
 def in_ci() -> bool:
@@ -130,7 +131,7 @@ def run_device_module(
     result = mprun.run(runtime, script, files, timeout=timeout, heapsize=heapsize)
     lines = result.stdout.strip().splitlines()
     summary = lines[-1] if lines and lines[-1].startswith("DEVTEST") else "no summary"
-    _device_runs.append(f"[{runtime}] {module}: {summary}")
+    _device_lines.append(f"[{runtime}] {module}: {summary}")
     print(f"[{runtime}] {module}: {summary}")
     if not result.ok or summary == "no summary":
         why = "timed out" if result.timed_out else f"exit code {result.returncode}"
@@ -140,6 +141,23 @@ def run_device_module(
             pytrace=False,
         )
     return result
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    # the device modules' summaries travel with the test's report, so that the process
+    # that prints the summary has them when the tests ran in workers (pytest-xdist)
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and _device_lines:
+        report.user_properties.append(("device_runs", list(_device_lines)))
+        _device_lines.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, lines in report.user_properties:
+        if name == "device_runs":
+            _device_runs.extend(lines)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
