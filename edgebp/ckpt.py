@@ -225,7 +225,7 @@ def _write_ebp(o, net, momentum, opt):
                        net.dyn is not None))
     o.u16(sizes[0])
     o.byte(net.shift_a[0])
-    o.byte(0)
+    o.byte(net.logit_k)
     for l in range(L):
         o.u16(sizes[l + 1])
         o.byte(net.acts[l])

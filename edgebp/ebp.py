@@ -17,7 +17,8 @@
 #   24      4     n_bytes: length of the net file, header to final CRC inclusive
 #   28      2     n_0, the input width
 #   30      1     shift_a[0]
-#   31      1     0
+#   31      1     logit_k: a softmax output reads its z in Q(12 - logit_k), 0..3 (0 with any
+#                 other output)
 #   32+6l   6     layer l: n_(l+1) u16, activation u8, shift_a[l+1] u8, shift_w u8, shift_d u8
 #   32+6L   4     only with flag bit 3: the Adam block, c1 u16 = 1 - beta1 in Q15 (32..32768),
 #                 c2 u16 = 1 - beta2 in Q15 (1..32768); a = 4 with it, else 0
@@ -332,8 +333,7 @@ class Loader:
         shift_a = [h[30]]
         shift_w = []
         shift_d = []
-        if h[31]:
-            raise EbpError("reserved header byte is %d, not 0" % h[31])
+        logit_k = h[31]
         for l in range(L):
             o = FIXED + 6 * l
             sizes.append(u16(h, o))
@@ -381,7 +381,7 @@ class Loader:
         self._check_memory(sizes, momentum, adam, sdlm)
         try:
             net = Net(sizes, acts, shift_a, shift_w, shift_d, h[6], batch_max, momentum,
-                      alpha, self.kernels)
+                      alpha, self.kernels, logit_k)
             if mod is not None:
                 mod.attach(net, *args)
             if dyn:

@@ -42,6 +42,9 @@ STOCHASTIC = const(1)
 # Swish and mish read the same tables: z in Q12, output z * gate in Q12, derivative in Q14.
 Z_SHIFT_SQUASH = const(12)
 A_SHIFT_SQUASH = const(14)
+# A softmax output may read wider logits: z in Q(12 - k), range +-8 * 2**k, for the net's
+# logit_k k in 0..LOGIT_K_MAX (edgebp.kernels.softmax).
+LOGIT_K_MAX = const(3)
 LOSS_SHIFT = const(12)  # loss values are reported in Q12
 ALPHA_SHIFT = const(12)  # leaky-ReLU slope in Q12
 FV = const(8)  # fractional bits of an update step below one weight LSB

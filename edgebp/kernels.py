@@ -89,15 +89,18 @@ def exp_neg(x):
     return (v >> ip) + ((v >> (ip - 1)) & 1)
 
 
-def softmax(z, a, n):
-    # z in Q12, a in Q14; sum of exps <= n * 16384 < 2**30 for n < 65536
+def softmax(z, a, n, k):
+    # z in Q(12 - k) (k = 0..3), a in Q14. exp_neg reads max - z in Q12: (max - z) << k, taken
+    # no further than 65535 (exp(-16) is below half an LSB of Q14: exp_neg gives 0 from
+    # 42,590 on). Sum of exps <= n * 16384 < 2**30 for n < 65536.
     mx = z[0]
     for j in range(1, n):
         if z[j] > mx:
             mx = z[j]
     tot = 0
     for j in range(n):
-        e = exp_neg(mx - z[j])
+        x = (mx - z[j]) << k
+        e = exp_neg(x if x < 65535 else 65535)
         a[j] = e
         tot += e
     half = tot >> 1
@@ -106,6 +109,7 @@ def softmax(z, a, n):
 
 
 def act_fwd(kind, z, a, n, alpha):
+    # alpha: the leaky-ReLU slope in Q12, or for softmax the net's logit_k
     if kind == IDENTITY:
         for i in range(n):
             a[i] = z[i]
@@ -128,7 +132,7 @@ def act_fwd(kind, z, a, n, alpha):
         for i in range(n):
             a[i] = _lut(TANH_LUT, z[i])
     elif kind == SOFTMAX:
-        softmax(z, a, n)
+        softmax(z, a, n, alpha)
     elif kind == SWISH or kind == MISH:
         gated(SIG_LUT if kind == SWISH else MISH_G, z, a, n)
 

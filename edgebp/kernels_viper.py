@@ -136,7 +136,7 @@ def outer_acc(G, GB, d, x, n_in: int, n_out: int, one: int, kg: int):
 
 
 @micropython.viper
-def softmax(z, a, n: int):
+def softmax(z, a, n: int, k: int):
     zp = ptr16(z)
     ap = ptr16(a)
     t = ptr16(_EXP2)
@@ -147,8 +147,11 @@ def softmax(z, a, n: int):
             mx = v
     tot = 0
     for j in range(n):
-        # exp_neg(mx - z[j]) of edgebp.kernels
-        p = (mx - ((zp[j] ^ 0x8000) - 0x8000)) * _LOG2E_Q12
+        # exp_neg(min((mx - z[j]) << k, 65535)) of edgebp.kernels
+        x = (mx - ((zp[j] ^ 0x8000) - 0x8000)) << k
+        if x > 65535:
+            x = 65535
+        p = x * _LOG2E_Q12
         y = (p >> 12) + ((p >> 11) & 1)
         ip = y >> 12
         ex = 0
@@ -198,7 +201,7 @@ def act_fwd(kind: int, z, a, n: int, alpha: int):
             p = (((t[j + 1] ^ 0x8000) - 0x8000) - lo) * (u & 511)
             ap[i] = lo + (p >> 9) + ((p >> 8) & 1)
     elif kind == _SOFTMAX:
-        softmax(z, a, n)
+        softmax(z, a, n, alpha)
     elif kind == _SWISH:
         gated(_SIG, z, a, n)
     elif kind == _MISH:

@@ -9,7 +9,8 @@
 # update() applies the batch mean with SGD, momentum and weight decay.
 # freeze(n) fine-tunes: layers 0..n-1 get no gradient and no update, and backward stops at
 # D[n] (their deltas are never formed).
-# Squashing units (sigmoid, tanh, softmax) have Z in Q12 and A in Q14; the delta of a
+# Squashing units (sigmoid, tanh, softmax) have Z in Q12 and A in Q14 (a softmax output's Z
+# may be wider: Q(12 - logit_k), range +-8 * 2**logit_k); the delta of a
 # cross-entropy output is p - t in Q14; the delta of an MSE output has the output's format.
 # All buffers are made here, each allocated once at its final size (zeros()); forward,
 # backward, learn and update allocate nothing.
@@ -22,6 +23,7 @@ from edgebp.fixed import (
     A_SHIFT_SQUASH,
     BCE,
     IDENTITY,
+    LOGIT_K_MAX,
     MISH,
     MSE,
     NEAREST,
@@ -102,7 +104,7 @@ def _squash(kind):
 
 class Net:
     def __init__(self, sizes, acts, shift_a, shift_w, shift_d, loss,
-                 batch_max=1, momentum=False, alpha_q=41, kernels=None):
+                 batch_max=1, momentum=False, alpha_q=41, kernels=None, logit_k=0):
         L = len(sizes) - 1
         if L < 1 or L > MAX_LAYERS:
             raise ValueError("a net has 1 to %d layers, not %d" % (MAX_LAYERS, L))
@@ -115,6 +117,10 @@ class Net:
             raise ValueError("batch_max %d outside 1..%d" % (batch_max, MAX_BATCH))
         if alpha_q < 0 or alpha_q > 4096:
             raise ValueError("leaky-ReLU slope %d outside 0..4096 (Q12)" % alpha_q)
+        if logit_k < 0 or logit_k > LOGIT_K_MAX:
+            raise ValueError("logit_k %d outside 0..%d" % (logit_k, LOGIT_K_MAX))
+        if logit_k and acts[L - 1] != SOFTMAX:
+            raise ValueError("logit_k is for a softmax output")
         if kernels is None:
             from edgebp.kern import select
             kernels = select()
@@ -127,6 +133,7 @@ class Net:
         self.shift_w = shift_w
         self.shift_d = shift_d
         self.alpha = alpha_q
+        self.logit_k = logit_k
         self.batch_max = batch_max
         self.kg = ceil_log2(batch_max)
         self.shift_z = []
@@ -146,7 +153,7 @@ class Net:
             if _squash(act):
                 if shift_a[l + 1] != A_SHIFT_SQUASH:
                     raise _bad(l, "%s output must be Q14" % fixed.ACT_NAMES[act])
-                sz = Z_SHIFT_SQUASH
+                sz = Z_SHIFT_SQUASH - (logit_k if act == SOFTMAX else 0)
             elif act > SOFTMAX:
                 # swish and mish read the Q12 tables; their output z * gate keeps z's format
                 if l == L - 1:
@@ -301,6 +308,7 @@ class Net:
             u0 = self.shift_d[l] + self.shift_a[l] - self.kg - self.shift_w[l] - 16
             P += [self.sizes[l], self.sizes[l + 1], self.one[l], self.k_f[l], self.s_f[l],
                   self.acts[l], self.k_b[l], self.s_b[l], u0]
+        P += [self.logit_k]  # the tail
         self._fused = (self.A, self.Z, self.W, self.B, self.D, self.GW, self.GB, self.VW,
                        self.VB, array("i", P))
 
@@ -317,7 +325,10 @@ class Net:
             z = self.Z[l]
             k.matvec(self.W[l], self.B[l], self.A[l], sizes[l], sizes[l + 1],
                      self.one[l], self.k_f[l], self.s_f[l], z)
-            k.act_fwd(self.acts[l], z, self.A[l + 1], sizes[l + 1], self.alpha)
+            act = self.acts[l]
+            # act_fwd's parameter: the leaky-ReLU slope, or a softmax's logit_k
+            k.act_fwd(act, z, self.A[l + 1], sizes[l + 1],
+                      self.logit_k if act == SOFTMAX else self.alpha)
 
     def score(self, t):
         # Output delta of the last forward pass against target t into D[L-1] (for MSE before

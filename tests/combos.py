@@ -100,7 +100,12 @@ def all_cases() -> list[Case]:
     cases = []
     for i, (hidden, (loss, out), opt) in enumerate(
             itertools.product(HIDDEN, OUTPUTS, OPTIMISERS)):
-        cases.append(make_case(hidden, loss, out, opt, seed=i))
+        c = make_case(hidden, loss, out, opt, seed=i)
+        if out == "softmax" and i % 4:
+            # a softmax output reading wider logits: z in Q(12 - logit_k)
+            c.qnet.logit_k = i % 4
+            c.name += f"-k{i % 4}"
+        cases.append(c)
     return cases
 
 
@@ -110,6 +115,10 @@ def edge_cases() -> list[Case]:
     for i, (hidden, (loss, o)) in enumerate(itertools.product(HIDDEN, OUTPUTS)):
         c = make_case(hidden, loss, o, "minibatch", seed=100 + i, sizes=(40, 24, 3), n=6,
                       edge=True)
+        k = (i // len(OUTPUTS)) % 4
+        if o == "softmax" and k:
+            c.qnet.logit_k = k  # logits differences beyond 65535 >> k clamp
+            c.name += f"-k{k}"
         out.append(c)
     for i, (loss, o) in enumerate(OUTPUTS):
         # Adam at the edge: moments of the largest gradients, steps that saturate, and the
@@ -150,5 +159,8 @@ def edge_cases() -> list[Case]:
             q.dyn = ((6,) * q.L, (12,) * q.L)
         else:
             q.dyn = ((10,) * q.L, (12,) * q.L)
+        if o == "softmax":
+            q.logit_k = 1  # the logit range dynamic formats take by default
+            c.name += "-k1"
         out.append(c)
     return out

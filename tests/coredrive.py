@@ -90,6 +90,7 @@ def _record(c: Case) -> bytes:
         i = len(head) - 2 - (4 + 2 * q.L)  # the pair after len(name)
         head[i:i + 2] = [v - 65536 if v >= 32768 else v for v in head[i:i + 2]]
     head += (1, *q.dyn[0], *q.dyn[1]) if q.dyn is not None else (0, *[0] * (2 * q.L))
+    head.append(q.logit_k)
     if not all(-32768 <= v < 32768 for v in head):
         raise ValueError(f"{c.name}: a header value does not fit in int16: {head}")
     out = [np.array([len(head), *head], "<i2").tobytes(), name]
@@ -186,7 +187,7 @@ def case(f, n_head):
     c1, c2 = h[p + 15] & 0xFFFF, h[p + 16] & 0xFFFF  # 32768 comes as -32768
     name = f.read(n_name).decode()
     net = Net(sizes, acts, shift_a, shift_w, shift_d, loss, batch_max, momentum > 0, alpha_q,
-              KERNELS)
+              KERNELS, h[p + 22 + 4 * L])  # logit_k, after the dynfmt block
     for l in range(L):
         fill(f, net.W[l])
         fill(f, net.B[l])

@@ -217,13 +217,32 @@ def test_byte_count_disagrees_with_sizes():
     expect(refresh_head_crc(b), "header says", "layer sizes need")
 
 
-def test_unknown_flags_and_reserved_byte():
+def test_unknown_flags_and_logit_k_out_of_place():
     b = good()
     b[7] |= 0x80
     expect(refresh_head_crc(b), "unknown flags")
-    b = good()
+    b = bytearray(ebpfile.to_bytes(make_qnet("bce"), HYPER, trailer=False))
+    assert b[31] == 0
     b[31] = 1
-    expect(refresh_head_crc(b), "reserved header byte")
+    expect(refresh_head_crc(b), "net: logit_k is for a softmax output")
+
+
+def test_logit_k_is_written_read_and_checked():
+    q = make_qnet("ce")
+    q.logit_k = 2
+    b = good()
+    assert b[31] == 0
+    b = bytearray(ebpfile.to_bytes(q, HYPER, trailer=False))
+    assert b[31] == 2
+    assert ebp.load(bytes(b)).logit_k == 2
+    assert ebpfile.from_bytes(bytes(b))[0].logit_k == 2
+    assert ebp.load(bytes(b)).s_f[-1] == q.build().s_f[-1] == good_net().s_f[-1] + 2
+    b[31] = fixed.LOGIT_K_MAX + 1
+    expect(refresh_head_crc(b), "net: logit_k 4 outside 0..3")
+
+
+def good_net():
+    return ebp.load(bytes(good()))
 
 
 def test_bad_formats_are_refused_with_the_net_s_message():

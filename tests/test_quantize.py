@@ -230,6 +230,33 @@ def test_formats_follow_the_headroom_rules():
         parse_spec(dict(spec.to_dict(), weight_growth=0.5))
 
 
+def test_logit_range_sets_the_softmax_z_format():
+    spec = make_spec(**iris_like("relu", optimizer={"lr": 0.01, "batch": 8}))
+    rng = np.random.default_rng(3)
+    X = rng.uniform(spec.input_min, spec.input_max, (100, 4))
+    T = rng.integers(0, 3, 100)
+    Ws, Bs = init_float_weights(spec)
+    q = quantize(spec, Ws, Bs, X, T)
+    assert spec.logit_range is None and spec.logit_k == q.logit_k == 0
+    assert "logit_range" not in spec.to_dict()
+    for r, k in ((8, 0), (16, 1), (32, 2), (64, 3)):
+        wide = replace(spec, logit_range=r)
+        assert parse_spec(wide.to_dict()).logit_range == r
+        qw = quantize(wide, Ws, Bs, X, T)
+        assert qw.logit_k == k and qw.shift_z(1) == 12 - k
+        # the same weights in the same formats: only the output's z is coarser
+        assert (qw.shift_w, qw.shift_a, qw.shift_d) == (q.shift_w, q.shift_a, q.shift_d)
+        assert qw.build().s_f[1] == q.build().s_f[1] + k
+    # dynamic weight formats widen the logits by default
+    dyn = parse_spec(dict(spec.to_dict(), weight_formats="dynamic"))
+    assert dyn.logit_range is None and dyn.logit_k == 1
+    assert parse_spec(dict(dyn.to_dict(), logit_range=8)).logit_k == 0
+    with pytest.raises(SpecError, match=r"logit_range: 12: expected one of 8, 16, 32, 64"):
+        parse_spec(dict(spec.to_dict(), logit_range=12))
+    with pytest.raises(SpecError, match=r"logit_range: is for a softmax output"):
+        parse_spec(dict(regression(), logit_range=16))
+
+
 class _ErrorPeaks:
     """The core's kernels, recording the largest |W^T delta| each hidden delta buffer is
     given before f' (the output of matvec_t)."""

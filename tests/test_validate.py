@@ -282,7 +282,7 @@ def test_softmax_error_bound(n):
     for trial in range(1500):
         scale = (0.25, 2.0, 8.0)[trial % 3] * 4096
         zq = np.clip(np.round(rng.normal(0, scale, n)), -32767, 32767).astype(int)
-        K.softmax(array("h", zq.tolist()), a, n)
+        K.softmax(array("h", zq.tolist()), a, n, 0)
         z = zq / 4096
         p = np.exp(z - z.max())
         worst = max(worst, np.abs(np.array(a) - 16384 * p / p.sum()).max())

@@ -346,17 +346,21 @@ static int32_t exp_neg_c(int32_t x) {
 }
 
 
-static void softmax_c(const int16_t *z, int16_t *a, size_t n) {
-    // z in Q12, a in Q14; sum of exps <= n * 16384 < 2**30 for n < 65536
+static void softmax_c(const int16_t *z, int16_t *a, size_t n, int32_t k) {
+    // z in Q(12 - k), a in Q14; exp_neg_c reads min((max - z) << k, 65535) in Q12 (0 <= k <= 16:
+    // the wrappers refuse k < 0 and take k > 16 as 16, where every nonzero difference already
+    // gives 65535, as Python's shift does). Sum of exps <= n * 16384 < 2**30 for n < 65536.
     int32_t mx = z[0];
     for (size_t j = 1; j < n; j++) {
         if (z[j] > mx) {
             mx = z[j];
         }
     }
+    int32_t lim = 65535 >> k;
     int32_t tot = 0;
     for (size_t j = 0; j < n; j++) {
-        int32_t e = exp_neg_c(mx - z[j]);
+        int32_t x = mx - z[j];
+        int32_t e = exp_neg_c(x > lim ? 65535 : x << k);
         a[j] = e;
         tot += e;
     }
@@ -366,8 +370,17 @@ static void softmax_c(const int16_t *z, int16_t *a, size_t n) {
     }
 }
 
+// softmax's logit shift k as Python's shift takes it (see softmax_c)
+static int32_t logit_shift(int32_t k, size_t n) {
+    if (k < 0 && n > 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("negative shift count"));
+    }
+    return k < 0 ? 0 : k > 16 ? 16 : k;
+}
+
 NOINLINE static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_t n,
     int32_t alpha) {
+    // alpha: the leaky-ReLU slope in Q12, or softmax's logit shift k (taken by logit_shift)
     if (kind == IDENTITY) {
         for (size_t i = 0; i < n; i++) {
             a[i] = z[i];
@@ -395,7 +408,7 @@ NOINLINE static void act_fwd_c(int32_t kind, const int16_t *z, int16_t *a, size_
             a[i] = lut(TANH_LUT, z[i]);
         }
     } else if (kind == SOFTMAX) {
-        softmax_c(z, a, n);
+        softmax_c(z, a, n, alpha);
     } else if (kind == SWISH || kind == MISH) {
         // a = z * g(z), g the Q14 gate table, z and a in Q12 (edgebp.kernels.gated)
         const int16_t *T = kind == SWISH ? SIGMOID_LUT : MISH_G_LUT;
@@ -871,18 +884,19 @@ static mp_obj_t exp_neg(mp_obj_t x_obj) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(exp_neg_obj, exp_neg);
 
-static mp_obj_t softmax(mp_obj_t z_obj, mp_obj_t a_obj, mp_obj_t n_obj) {
-    // softmax(z, a, n); Python reads z[0] even when n is 0
+static mp_obj_t softmax(size_t n_args, const mp_obj_t *args) {
+    // softmax(z, a, n, k); Python reads z[0] even when n is 0
     size_t len_z, len_a;
-    const int16_t *z = in16(z_obj, &len_z);
-    int16_t *a = out16(a_obj, &len_a);
-    size_t n = arg_size(n_obj);
+    const int16_t *z = in16(args[0], &len_z);
+    int16_t *a = out16(args[1], &len_a);
+    size_t n = arg_size(args[2]);
+    int32_t k = arg_i32(args[3]);
     need(len_z, n > 0 ? n : 1);
     need(len_a, n);
-    softmax_c(z, a, n);
+    softmax_c(z, a, n, logit_shift(k, n));
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(softmax_obj, softmax);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(softmax_obj, 4, 4, softmax);
 
 static mp_obj_t act_fwd(size_t n_args, const mp_obj_t *args) {
     // act_fwd(kind, z, a, n, alpha)
@@ -896,7 +910,7 @@ static mp_obj_t act_fwd(size_t n_args, const mp_obj_t *args) {
         need(len_z, kind == SOFTMAX && n == 0 ? 1 : n);
         need(len_a, n);
     }
-    act_fwd_c(kind, z, a, n, alpha);
+    act_fwd_c(kind, z, a, n, kind == SOFTMAX ? logit_shift(alpha, n) : alpha);
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(act_fwd_obj, 5, 5, act_fwd);
@@ -964,7 +978,8 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(update_obj, 11, 11, update);
 // A net comes as the Net object: its attribute _fused, made once by Net._fuse(), is the tuple
 // (A, Z, W, B, D, GW, GB, VW, VB, P) of the net's own lists of arrays and an array('i') P of
 // its small tables: a head [L, loss, alpha, kg, shift_a[L]], then per layer
-// [n_in, n_out, one, k_f, s_f, act, k_b, s_b, u0] (u0: update's shift u less e). Each call
+// [n_in, n_out, one, k_f, s_f, act, k_b, s_b, u0] (u0: update's shift u less e), then a tail
+// [logit_k] (a softmax output's logit shift). Each call
 // checks every buffer it touches, as the kernel wrappers do, and allocates nothing (score_net
 // stores net.good and update_net reads the optimiser's settings: existing attributes).
 
@@ -1001,7 +1016,7 @@ static void net_get(mp_obj_t self, net_t *net) {
     if (L < 1 || L > MAX_LAYERS) {
         mp_raise_ValueError(MP_ERROR_TEXT(NATMOD ": a net has 1 to 8 layers"));
     }
-    need(len_p, P_HEAD + L * P_LAYER);
+    need(len_p, P_HEAD + L * P_LAYER + 1);
     net->L = L;
 }
 
@@ -1067,6 +1082,7 @@ static void forward_c(net_t *np, mp_obj_t x) {
     size_t n0 = p_size(LP(&net, 0, P_N_IN));
     copy_in(x, net_out16(&net, F_A, 0, n0), n0);
     int32_t alpha = net.P[P_ALPHA];
+    int32_t lk = net.P[P_HEAD + net.L * P_LAYER];
     for (size_t l = 0; l < net.L; l++) {
         size_t n_in = p_size(LP(&net, l, P_N_IN));
         size_t n_out = p_size(LP(&net, l, P_N_OUT));
@@ -1083,7 +1099,7 @@ static void forward_c(net_t *np, mp_obj_t x) {
             && !overlaps(z, n_out, B, n_out);
         matvec_c(W, B, a, n_in, n_out, LP(&net, l, P_ONE), k,
             p_clamp(LP(&net, l, P_S_F), -16, 32), z, pairs);
-        act_fwd_c(kind, z, a1, n_out, alpha);
+        act_fwd_c(kind, z, a1, n_out, kind == SOFTMAX ? logit_shift(lk, n_out) : alpha);
     }
 }
 

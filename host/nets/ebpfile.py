@@ -121,7 +121,8 @@ def board_part(qnet: QuantNet, hyper: Hyper | None = None) -> bytes:
     head += hyper_block(hyper) if hyper else bytes(ebp.HYPER_LEN)
     head += struct.pack("<I", ebp.file_len(sizes, imap is not None, adam is not None,
                                            sdlm is not None, dyn is not None))
-    head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"), 0)
+    head += struct.pack("<HBB", sizes[0], _field(qnet.shift_a[0], 0, 255, "shift_a[0]"),
+                        _field(qnet.logit_k, 0, 255, "logit_k"))
     for l in range(L):
         head += struct.pack(
             "<HBBBB", sizes[l + 1],
@@ -297,6 +298,7 @@ def from_bytes(data: bytes) -> tuple[QuantNet, Hyper | None]:
         sdlm=None if net.opt is None or not net.opt.curv else (
             net.opt.mu_m, net.opt.mu_e, net.opt.gamma, tuple(net.opt.fc), tuple(net.opt.fh)),
         dyn=None if net.dyn is None else (tuple(net.dyn.lo), tuple(net.dyn.hi)),
+        logit_k=net.logit_k,
     )
     hyper = None
     if loader.hyper is not None:

@@ -104,6 +104,7 @@ SDLM_GARBAGE = 4
 FUSED_LISTS = 10
 FUSED_HEAD = 5
 FUSED_PER_LAYER = 9
+FUSED_TAIL = 1
 
 
 class PlanError(ValueError):
@@ -392,13 +393,14 @@ def plan(sizes, *, momentum: bool = False, loss: int = fixed.SOFTMAX_CE, word: i
     parts["rng state (int32)"] = h.zeros(1, 4, g)
     parts["Net object and lists"] = tables
     if fused:
-        # Net._fuse: P, a literal extended by one literal per layer, copied to an array
-        n_p = FUSED_HEAD + FUSED_PER_LAYER * L
+        # Net._fuse: P, a literal extended by one literal per layer and the tail, copied to an
+        # array
+        n_p = FUSED_HEAD + FUSED_PER_LAYER * L + FUSED_TAIL
         g.obj()
         length = slots = FUSED_HEAD
-        for _ in range(L):
-            g.list(FUSED_PER_LAYER, grown=False)
-            length += FUSED_PER_LAYER
+        for n in [FUSED_PER_LAYER] * L + [FUSED_TAIL]:
+            g.list(n, grown=False)
+            length += n
             if length > slots:
                 slots = length + LIST_EXTEND_SLACK  # the old item array is freed
         g.alloc(slots * word)  # P's items, as they end

@@ -138,17 +138,28 @@ class QuantNet:
     # the highest format shift_w may take, (lo, hi), or None for fixed formats (the hidden
     # activation and delta formats follow them: shift_w, shift_a, shift_d are those of now)
     dyn: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # a softmax output's logits in Q(12 - logit_k), range +-8 * 2**logit_k (0..3)
+    logit_k: int = 0
 
     @property
     def L(self) -> int:
         return len(self.sizes) - 1
+
+    def shift_z(self, l: int) -> int:
+        """The format of layer l's z (edgebp.net.Net.shift_z)."""
+        act = self.acts[l]
+        if act == fixed.SOFTMAX:
+            return fixed.Z_SHIFT_SQUASH - self.logit_k
+        if act in (fixed.SIGMOID, fixed.TANH, fixed.SWISH, fixed.MISH):
+            return fixed.Z_SHIFT_SQUASH
+        return self.shift_a[l + 1]
 
     # -- core on CPython --
 
     def build(self, hyper: Hyper | None = None, kernels=None) -> Net:
         net = Net(list(self.sizes), list(self.acts), list(self.shift_a), list(self.shift_w),
                   list(self.shift_d), self.loss, self.batch_max, self.momentum, self.alpha_q,
-                  kernels)
+                  kernels, self.logit_k)
         for l in range(self.L):
             net.W[l][:] = array("h", np.asarray(self.W[l], dtype="<i2").tobytes())
             net.B[l][:] = array("h", np.asarray(self.B[l], dtype="<i2").tobytes())
@@ -184,7 +195,7 @@ class QuantNet:
         lines.append(
             f"    net = Net({list(self.sizes)}, {list(self.acts)}, {list(self.shift_a)}, "
             f"{list(self.shift_w)}, {list(self.shift_d)}, {self.loss}, {self.batch_max}, "
-            f"{self.momentum}, {self.alpha_q}, kern)"
+            f"{self.momentum}, {self.alpha_q}, kern, {self.logit_k})"
         )
         for l in range(self.L):
             lines.append(f"    net.W[{l}][:] = array('h', {blob(self.W[l])})")

@@ -17,7 +17,8 @@ targets    with the spec's normalise_targets (mse, identity output), the declare
             widest output's range fills [-1, 1]): QuantNet.out_offset, out_scale. The net
             learns and outputs normalised values; QuantNet.user_outputs maps them back, and
             float weights on raw units (raw_inputs=True) have it folded into the last layer.
-activations sigmoid/tanh/softmax: fixed by the core (z Q12, a Q14). identity/relu/leaky hidden
+activations sigmoid/tanh/softmax: fixed by the core (z Q12, a Q14; a softmax output's z in
+            Q(12 - logit_k) from the spec's logit_range). identity/relu/leaky hidden
             units: from the largest |a| on the calibration data, with A_HEADROOM = 4 (weights
             grow, so do activations). An MSE output: from the calibration outputs and targets
             (and the declared target range) with OUT_HEADROOM = 2: training pulls the outputs
@@ -232,6 +233,8 @@ def _choose_formats(spec: Spec, Ws, Bs, A, D, T, lr: float, t_bound: float | Non
         for l in range(L):
             N = l + 1
             sz = Z_SHIFT_SQUASH if acts[l] in _SQUASH + _GATED else sa[l + 1]
+            if acts[l] == fixed.SOFTMAX:
+                sz -= spec.logit_k
             need = sz + kf[l] - sa[l]
             if sw[l] < need:
                 why = (f"learning rate {lr:g} allows" if sw[l] < sw_mag[l]
@@ -303,7 +306,7 @@ def quantize(spec: Spec, Ws, Bs, calib_X=None, calib_T=None, *, hyper: Hyper | N
         batch_max=spec.batch_max, momentum=hyper.momentum > 0, alpha_q=spec.alpha_q,
         in_offset=offset, in_scale=scale, classes=list(spec.classes),
         out_offset=None if out is None else out[0], out_scale=None if out is None else out[1],
-        adam=spec.adam,
+        adam=spec.adam, logit_k=spec.logit_k,
     )
     if spec.optimizer == "sdlm":
         fnet = FloatNet(spec.sizes, spec.acts, spec.loss_code, Ws, Bs, spec.alpha_q / 4096)

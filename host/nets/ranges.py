@@ -46,7 +46,6 @@ from edgebp.fixed import (
     Q_MAX,
     SMALL_MAX,
     V_MAX,
-    Z_SHIFT_SQUASH,
     ceil_log2,
     requant,
     rshift_round,
@@ -102,6 +101,7 @@ class Layout:
     # the least forward requant shift accepted: 0, or for formats that follow the weights
     # -15 (a negative shift leaves low bits zero: exact, and requant(0) is 0 down to -15)
     s_f_least: int = 0
+    logit_k: int = 0  # a softmax output's z in Q(12 - logit_k)
 
 
 def core_layout(qnet: QuantNet) -> Layout:
@@ -110,7 +110,7 @@ def core_layout(qnet: QuantNet) -> Layout:
     layers = []
     for l in range(qnet.L):
         act = qnet.acts[l]
-        sz = Z_SHIFT_SQUASH if act in _SQUASH else qnet.shift_a[l + 1]
+        sz = qnet.shift_z(l)
         k = ceil_log2(qnet.sizes[l] + 1)
         kb = ceil_log2(qnet.sizes[l + 1])
         sd_prev = qnet.shift_d[l - 1] if l > 0 else None
@@ -121,7 +121,8 @@ def core_layout(qnet: QuantNet) -> Layout:
             kb=kb if l > 0 else 0,
             s_b=qnet.shift_w[l] + qnet.shift_d[l] - kb - sd_prev if l > 0 else 0,
             one=1 << qnet.shift_a[l] if qnet.shift_a[l] >= 0 else 0))
-    return Layout(layers, qnet.loss, ceil_log2(qnet.batch_max), qnet.batch_max, qnet.alpha_q)
+    return Layout(layers, qnet.loss, ceil_log2(qnet.batch_max), qnet.batch_max, qnet.alpha_q,
+                  logit_k=qnet.logit_k)
 
 
 Interval = tuple[int, int]
@@ -280,7 +281,8 @@ def _gated_backward(c: _Bounds, N: int, act: int, e: Interval, z: Interval) -> I
     return _clip(_rnd(p, 14), -Q_MAX, Q_MAX)
 
 
-def _act_forward(c: _Bounds, N: int, act: int, z: Interval, alpha: int, n: int) -> Interval:
+def _act_forward(c: _Bounds, N: int, act: int, z: Interval, alpha: int, n: int,
+                 logit_k: int = 0) -> Interval:
     if act == fixed.IDENTITY:
         return z
     if act in (fixed.SWISH, fixed.MISH):
@@ -295,8 +297,11 @@ def _act_forward(c: _Bounds, N: int, act: int, z: Interval, alpha: int, n: int) 
         T = SIG_LUT if act == fixed.SIGMOID else TANH_LUT
         c.add(N, "LUT interpolation", _step_product(T, 511))
         return kernels._lut(T, z[0]), kernels._lut(T, z[1])
-    # softmax: exp_neg(max - z) in Q14, summed, then divided
+    # softmax: exp_neg(min((max - z) << logit_k, 65535)) in Q14, summed, then divided
     diff = c.add(N, "zmax - z", (0, z[1] - z[0]))
+    if logit_k:
+        diff = c.add(N, "zmax - z in Q12", (0, diff[1] << logit_k))
+    diff = (0, min(diff[1], 65535))
     c.add(N, "exp argument", _mul(diff, (kernels._LOG2E_Q12, kernels._LOG2E_Q12)))
     c.add(N, "exp interpolation", _step_product(EXP2, 63))
     c.add(N, "softmax sum", (0, n * 16384))
@@ -708,7 +713,8 @@ def check_ranges(qnet: QuantNet, hyper: Hyper | None = None, *,
         acc = c.add(N, "forward sum", _add(_shr(bias, y.k), _terms(_shr(prod, y.k), y.n_in)))
         z = c.add(N, "z", _requant(acc, y.s_f), INT16)
         Z.append(z)
-        A.append(c.add(N, "a", _act_forward(c, N, y.act, z, alpha, y.n_out), INT16))
+        A.append(c.add(N, "a", _act_forward(c, N, y.act, z, alpha, y.n_out, lay.logit_k),
+                       INT16))
 
     # loss and output delta
     a = A[L]

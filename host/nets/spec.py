@@ -46,6 +46,11 @@ A spec is a JSON object (`edgebp init` writes one, `edgebp quantize` reads it):
                                                 and the hidden activations' and deltas'
                                                 formats follow them (edgebp/dynfmt.py; SGD
                                                 only), with no weight_growth to choose
+      "logit_range": 16,                        optional, softmax outputs: the logits z
+                                                span +-logit_range (8, 16, 32 or 64); a wider
+                                                range costs resolution of z. Default 16 with
+                                                dynamic weight formats (the logits grow with
+                                                the weights), else 8
       "classes": ["0", "1", ...]                optional output names
     }
 
@@ -71,10 +76,11 @@ from edgebp.net import MAX_BATCH, MAX_LAYERS, MAX_WIDTH
 _TOP_KEYS = ("sizes", "activations", "loss", "input_range", "integer_inputs", "target_range",
              "normalise_targets",
              "optimizer", "batch_max", "init_seed", "leaky_alpha", "weight_growth",
-             "weight_formats", "classes")
+             "weight_formats", "logit_range", "classes")
 _OPT_KEYS = ("name", "lr", "momentum", "weight_decay", "batch", "rounding", "seed", "beta1",
              "beta2", "mu", "gamma")
 OPTIMIZERS = ("sgd", "adam", "sdlm")
+LOGIT_RANGES = (8, 16, 32, 64)  # 8 * 2**k, k = 0..fixed.LOGIT_K_MAX
 # the learning rate of each optimiser where the spec gives none (Adam's steps are about lr
 # each, whatever the gradient's scale; SDLM's are lr / (mu + h) times the gradient, at most
 # lr / mu: of 0.01 to 0.2, 0.05 gave edgebp train the lowest loss on iris and about the
@@ -110,6 +116,7 @@ class Spec:
     leaky_alpha: float = 0.01
     weight_growth: float = 4.0
     weight_formats: str = "fixed"
+    logit_range: int | None = None  # None: the default (see logit_k)
     target_min: list[float] | None = None
     target_max: list[float] | None = None
     normalise_targets: bool = False
@@ -143,6 +150,16 @@ class Spec:
     @property
     def loss_code(self) -> int:
         return LOSS_CODES[self.loss]
+
+    @property
+    def logit_k(self) -> int:
+        """A softmax output's logit_k (edgebp.net.Net): z in Q(12 - logit_k)."""
+        if self.acts[-1] != fixed.SOFTMAX:
+            return 0
+        r = self.logit_range
+        if r is None:
+            r = 16 if self.weight_formats == "dynamic" else 8
+        return LOGIT_RANGES.index(r)
 
     @property
     def alpha_q(self) -> int:
@@ -187,6 +204,8 @@ class Spec:
             d["weight_growth"] = self.weight_growth
         if self.weight_formats != Spec.weight_formats:
             d["weight_formats"] = self.weight_formats
+        if self.logit_range is not None:
+            d["logit_range"] = self.logit_range
         if self.classes:
             d["classes"] = list(self.classes)
         return d
@@ -379,6 +398,14 @@ def parse_spec(d: Any) -> Spec:
                             "follow the weights")
         if name in ("adam", "sdlm"):
             raise SpecError("weight_formats", f"dynamic formats are for SGD, not {name}")
+    logits = d.get("logit_range")
+    if logits is not None:
+        if acts[-1] != "softmax":
+            raise SpecError("logit_range", "is for a softmax output")
+        if logits not in LOGIT_RANGES or isinstance(logits, bool):
+            raise SpecError("logit_range", f"{logits!r}: expected one of "
+                            f"{', '.join(map(str, LOGIT_RANGES))}")
+        logits = int(logits)
 
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -390,7 +417,8 @@ def parse_spec(d: Any) -> Spec:
     return Spec(sizes=sizes, activations=acts, loss=loss, input_min=in_lo, input_max=in_hi,
                 lr=lr, momentum=momentum, weight_decay=wd, batch=batch, rounding=rounding,
                 seed=seed, batch_max=batch_max, init_seed=init_seed, leaky_alpha=alpha,
-                weight_growth=growth, weight_formats=formats, target_min=t_lo, target_max=t_hi,
+                weight_growth=growth, weight_formats=formats, logit_range=logits,
+                target_min=t_lo, target_max=t_hi,
                 normalise_targets=normalise, classes=classes, integer_inputs=integer,
                 optimizer=name, beta1=betas[0], beta2=betas[1], mu=damping[0],
                 gamma=damping[1])

@@ -42,6 +42,7 @@ from edgebp.fixed import (
     RELU,
     SIGMOID,
     SMALL_MAX,
+    SOFTMAX,
     SOFTMAX_CE,
     SWISH,
     TANH,
@@ -158,14 +159,15 @@ def tables() -> _Tables:
     return _tables
 
 
-def softmax_v(z: np.ndarray) -> np.ndarray:
-    """kernels.softmax over the last axis: z in Q12, result in Q14."""
-    e = tables().exp_neg[z.max(axis=-1, keepdims=True) - z]
+def softmax_v(z: np.ndarray, k: int = 0) -> np.ndarray:
+    """kernels.softmax over the last axis: z in Q(12 - k), result in Q14."""
+    e = tables().exp_neg[np.minimum((z.max(axis=-1, keepdims=True) - z) << k, 65535)]
     tot = e.sum(axis=-1, keepdims=True)
     return (e * 16384 + (tot >> 1)) // tot
 
 
 def act_fwd_v(kind: int, z: np.ndarray, alpha: int) -> np.ndarray:
+    """kernels.act_fwd: alpha is the leaky-ReLU slope, or a softmax's logit_k."""
     if kind == IDENTITY:
         return z
     if kind == RELU:
@@ -180,7 +182,7 @@ def act_fwd_v(kind: int, z: np.ndarray, alpha: int) -> np.ndarray:
         return tables().swish[z + 32768]
     if kind == MISH:
         return tables().mish[z + 32768]
-    return softmax_v(z)
+    return softmax_v(z, alpha)
 
 
 def act_bwd_v(kind: int, e: np.ndarray, z: np.ndarray, a: np.ndarray, alpha: int) -> np.ndarray:
@@ -447,11 +449,11 @@ class TwinNet:
     """`edgebp.net.Net` in numpy: same constructor, settings, state and results."""
 
     def __init__(self, sizes, acts, shift_a, shift_w, shift_d, loss, batch_max=1,
-                 momentum=False, alpha_q=41):
+                 momentum=False, alpha_q=41, logit_k=0):
         # The core validates the formats and derives the guards and shifts, so the twin
         # accepts exactly the nets the core accepts; it also validates the settings.
         spec = Net(list(sizes), list(acts), list(shift_a), list(shift_w), list(shift_d), loss,
-                   batch_max, momentum, alpha_q)
+                   batch_max, momentum, alpha_q, None, logit_k)
         self._spec = spec
         self.L = L = spec.L
         self.sizes = list(sizes)
@@ -461,6 +463,7 @@ class TwinNet:
         self.shift_w = list(shift_w)
         self.shift_d = list(shift_d)
         self.alpha = alpha_q
+        self.logit_k = logit_k
         self.batch_max = batch_max
         self.kg = spec.kg
         self.shift_z = list(spec.shift_z)
@@ -588,7 +591,7 @@ class TwinNet:
     def from_qnet(cls, qnet, hyper=None) -> TwinNet:
         """The twin of `qnet.build(hyper)`."""
         net = cls(qnet.sizes, qnet.acts, qnet.shift_a, qnet.shift_w, qnet.shift_d, qnet.loss,
-                  qnet.batch_max, qnet.momentum, qnet.alpha_q)
+                  qnet.batch_max, qnet.momentum, qnet.alpha_q, qnet.logit_k)
         for l in range(net.L):
             net.W[l][...] = np.asarray(qnet.W[l], np.int16).reshape(net.W[l].shape)
             net.B[l][...] = np.asarray(qnet.B[l], np.int16)
@@ -611,7 +614,8 @@ class TwinNet:
     def from_net(cls, core: Net) -> TwinNet:
         """A twin in the exact state of a core net: weights, sums, momentum, rng, settings."""
         net = cls(core.sizes, core.acts, core.shift_a, core.shift_w, core.shift_d,
-                  core.loss_kind, core.batch_max, core.VW[0] is not None, core.alpha)
+                  core.loss_kind, core.batch_max, core.VW[0] is not None, core.alpha,
+                  core.logit_k)
 
         def flat(Ws, Bs) -> np.ndarray:
             return np.concatenate([np.asarray(a, I64) for pair in zip(Ws, Bs, strict=True)
@@ -713,7 +717,8 @@ class TwinNet:
                                       for i in range(0, len(x), step)])
             z = requant_v(acc + bias, self.s_f[l])
             Zs.append(z)
-            As.append(act_fwd_v(self.acts[l], z, self.alpha))
+            act = self.acts[l]
+            As.append(act_fwd_v(act, z, self.logit_k if act == SOFTMAX else self.alpha))
         return Zs, As
 
     def _targets(self, T) -> np.ndarray:

@@ -168,8 +168,7 @@ def z_error_bounds(qnet) -> list[np.ndarray]:
     bounds = []
     for l in range(qnet.L):
         act, sa, sw = qnet.acts[l], qnet.shift_a[l], qnet.shift_w[l]
-        squash = act in (fixed.SIGMOID, fixed.TANH, fixed.SOFTMAX)
-        sz = fixed.Z_SHIFT_SQUASH if squash else qnet.shift_a[l + 1]
+        sz = qnet.shift_z(l)
         k = fixed.ceil_log2(qnet.sizes[l] + 1)
         s_f = sw + sa - k - sz
         floors = (qnet.sizes[l] + 1) * 2.0 ** (k - sw - sa)
@@ -532,7 +531,7 @@ def _propagated_errors(qnet, ref, fprime) -> list[float]:
     ezs = []
     for l in range(L):
         act, sa, sw = acts[l], qnet.shift_a[l], qnet.shift_w[l]
-        sz = fixed.Z_SHIFT_SQUASH if act in _SQUASH else qnet.shift_a[l + 1]
+        sz = qnet.shift_z(l)
         k = fixed.ceil_log2(sizes[l] + 1)
         floors = (sizes[l] + 1) * 2.0 ** (k - sw - sa)  # the guard shift floors each product
         ez = through(W[l], ea[l]) + floors + (0.5 * 2.0**-sz if sw + sa - k - sz > 0 else 0.0)

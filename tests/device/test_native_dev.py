@@ -55,6 +55,8 @@ def call(fn, a):
         return fn(a[0])
     if n == 3:
         return fn(a[0], a[1], a[2])
+    if n == 4:
+        return fn(a[0], a[1], a[2], a[3])
     if n == 5:
         return fn(a[0], a[1], a[2], a[3], a[4])
     if n == 7:
@@ -214,7 +216,8 @@ def test_act_fwd():
     need_native()
     r = Rand(4)
     for kind in (0, 1, 2, 3, 4, 5, 6, 7, 8, -1):  # 8 and -1: not a kind, nothing is written
-        for alpha in (0, 41, 4096):
+        # the last parameter: the leaky slope, or for softmax the net's logit_k
+        for alpha in (0, 1, 2, 3, 17) if kind == fixed.SOFTMAX else (0, 41, 4096):
             for n in (1, 2, 10, 130):
                 z = array("h", r.values(n, -Q, Q, Z_EDGES))
                 a1, a2 = pair("h", [7] * (n + 1))
@@ -286,19 +289,35 @@ def test_softmax_edges():
     # 2**-ip for every shift ip, and the cut-off at ip = 15 (z 42589 below the maximum)
     cases.append([0] + [-(1 << i) for i in range(15)])
     cases.append([Q] + [Q - 42589 + d for d in range(-3, 4)])
-    for vals in cases:
-        n = len(vals)
-        z = array("h", vals)
-        a1, a2 = pair("h", [7] * (n + 1))
-        pk.softmax(z, a1, n)
-        nk.softmax(z, a2, n)
-        same("softmax n=%d" % n, a1, a2)
-        a3 = array("h", [7] * (n + 1))
-        pk.act_fwd(fixed.SOFTMAX, z, a3, n, 0)
-        same("act_fwd softmax n=%d" % n, a1, a3)
-        if n == 10:
-            locked(nk.softmax, (z, a2, n))
-            same("softmax locked", a1, a2)
+    for k in range(fixed.LOGIT_K_MAX + 1):
+        # the cut-offs in Q(12 - k): 42590 in Q12, and 65535 where the argument is clamped
+        cases.append([Q] + [Q - (42589 >> k) + d for d in range(-3, 4)])
+        cases.append([Q] + [max(Q - (65535 >> k) + d, -32768) for d in range(-3, 4)])
+    # 0..3 is what a net takes; beyond, the kernel still shifts as Python does
+    for k in list(range(fixed.LOGIT_K_MAX + 1)) + [16, 17, 40]:
+        for vals in cases:
+            n = len(vals)
+            z = array("h", vals)
+            a1, a2 = pair("h", [7] * (n + 1))
+            pk.softmax(z, a1, n, k)
+            nk.softmax(z, a2, n, k)
+            same("softmax n=%d k=%d" % (n, k), a1, a2)
+            a3, a4 = pair("h", [7] * (n + 1))
+            pk.act_fwd(fixed.SOFTMAX, z, a3, n, k)
+            nk.act_fwd(fixed.SOFTMAX, z, a4, n, k)
+            same("act_fwd softmax n=%d k=%d" % (n, k), a1, a3)
+            same("act_fwd softmax native n=%d k=%d" % (n, k), a1, a4)
+            if n == 10 and k <= fixed.LOGIT_K_MAX:
+                locked(nk.softmax, (z, a2, n, k))
+                same("softmax locked", a1, a2)
+    z = array("h", [0, 1])
+    for f, args in ((pk.softmax, (z, array("h", [0, 0]), 2, -1)),
+                    (nk.softmax, (z, array("h", [0, 0]), 2, -1))):
+        try:
+            f(*args)
+        except ValueError:
+            continue
+        raise AssertionError("softmax with k = -1 did not raise ValueError")
 
 
 def act_bwd_case(r, kind, n, alpha, in_place, lock=False):

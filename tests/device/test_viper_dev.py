@@ -134,7 +134,8 @@ def test_act_fwd():
     need_viper()
     r = Rand(4)
     for kind in range(8):
-        for alpha in (0, 41, 4096):
+        # the last parameter: the leaky slope, or for softmax the net's logit_k
+        for alpha in (0, 1, 2, 3) if kind == fixed.SOFTMAX else (0, 41, 4096):
             for n in (1, 2, 10, 130):
                 z = array("h", r.values(n, -Q, Q, Z_EDGES))
                 a1, a2 = pair("h", [7] * n)
@@ -184,13 +185,18 @@ def test_softmax_edges():
     # 2**-ip for every shift ip, and the cut-off at ip = 15 (z 42589 below the maximum)
     cases.append([0] + [-(1 << i) for i in range(15)])
     cases.append([Q] + [Q - 42589 + d for d in range(-3, 4)])
-    for vals in cases:
-        n = len(vals)
-        z = array("h", vals)
-        a1, a2 = pair("h", [7] * n)
-        pk.softmax(z, a1, n)
-        vk.softmax(z, a2, n)
-        same("softmax n=%d" % n, a1, a2)
+    for k in range(fixed.LOGIT_K_MAX + 1):
+        # the cut-offs in Q(12 - k): 42590 in Q12, and 65535 where the argument is clamped
+        cases.append([Q] + [Q - (42589 >> k) + d for d in range(-3, 4)])
+        cases.append([Q] + [max(Q - (65535 >> k) + d, -32768) for d in range(-3, 4)])
+    for k in range(fixed.LOGIT_K_MAX + 1):
+        for vals in cases:
+            n = len(vals)
+            z = array("h", vals)
+            a1, a2 = pair("h", [7] * n)
+            pk.softmax(z, a1, n, k)
+            vk.softmax(z, a2, n, k)
+            same("softmax n=%d k=%d" % (n, k), a1, a2)
 
 
 def act_bwd_case(r, kind, n, alpha, in_place):
