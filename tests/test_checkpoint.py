@@ -74,6 +74,8 @@ def flat_weights(net):
 @pytest.mark.parametrize("momentum", [False, True])
 def test_net_part_is_the_host_net_file(kind, momentum, tmp_path):
     q = make_qnet(kind, (5, 7, 3), momentum=momentum)
+    if kind == "ce" and momentum:
+        q.logit_k = 3
     hyper = HYPER if momentum else Hyper(lr=0.05, batch=2, seed=3)
     ckpt.save(q.build(hyper), str(tmp_path))
     raw = (tmp_path / ckpt.NAME).read_bytes()
@@ -81,9 +83,11 @@ def test_net_part_is_the_host_net_file(kind, momentum, tmp_path):
     assert raw[ckpt.HEAD:ckpt.HEAD + n] == ebpfile.board_part(q, hyper)
 
 
-@pytest.mark.parametrize("kind", ["ce", "mse"])
+@pytest.mark.parametrize("kind", ["ce", "mse", "ce-k2"])
 def test_restored_state_is_the_saved_state(kind, tmp_path):
-    q = make_qnet(kind, (6, 9, 4), momentum=True, batch_max=4)
+    q = make_qnet(kind[:2], (6, 9, 4), momentum=True, batch_max=4)
+    if kind == "ce-k2":
+        q.logit_k = 2  # a softmax reading logits in Q10
     X, T = make_data(q, 40)
     net = q.build(HYPER)
     learn(net, X, T, range(13))
@@ -92,6 +96,7 @@ def test_restored_state_is_the_saved_state(kind, tmp_path):
     path, head = ckpt.find(str(tmp_path))
     back = ckpt.load(path, head)
     assert state(back) == state(net)
+    assert back.logit_k == net.logit_k == q.logit_k
     assert (ckpt.every(head), ckpt.samples(head), ckpt.updates(head)) == (5, 13, 4)
     learn(net, X, T, range(13, 40))
     learn(back, X, T, range(13, 40))

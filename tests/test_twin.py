@@ -258,6 +258,8 @@ def test_twin_equals_core(hidden, output, opt):
     f = formats([hidden, hidden, out], loss)
     q = random_qnet(rng, sizes, f, batch_max=8 if hyper.batch > 1 else 3,
                     momentum=hyper.momentum > 0)
+    if out == SOFTMAX:
+        q.logit_k = COMBOS.index((hidden, output, opt)) % (fixed.LOGIT_K_MAX + 1)
     n = 24  # a multiple of no batch size above: the last batch is partial
     Xq = rng.integers(-16384, 16385, (n, sizes[0])).astype(np.int16)
     Tq = targets(rng, loss, n, sizes[-1], f["shift_a"][-1])

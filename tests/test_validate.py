@@ -66,6 +66,19 @@ def test_quantized_nets_validate(hidden, out, loss):
     assert report.ok, report.table()
 
 
+@pytest.mark.parametrize("logit_range", [16, 32, 64])
+def test_wider_logits_validate(logit_range):
+    sizes = [6, 10, 8, 3]
+    spec = make_spec(sizes=sizes, activations=["relu", "tanh", "softmax"], loss="softmax_ce",
+                     input_range={"min": -1, "max": 1}, optimizer={"lr": 0.05}, batch_max=8,
+                     logit_range=logit_range)
+    X, T = sample_batch(sizes, spec.acts, spec.loss_code, 32, np.random.default_rng(0))
+    q = quantize(spec, *init_float_weights(spec), X, T)
+    assert q.logit_k == [16, 32, 64].index(logit_range) + 1
+    report = V.validate(q, X, T)
+    assert report.ok, report.table()
+
+
 def _sums(q, X, T):
     Xq, Tq = q.quantize_inputs(X), q.quantize_targets(T)
     return (Xq, Tq, *V.core_gradients(q, Xq, Tq))
