@@ -199,14 +199,20 @@ def _finest(mag: float, headroom: int, shift: int) -> bool:
     return mag * headroom * 2.0**shift <= 32767 < mag * headroom * 2.0 ** (shift + 1)
 
 
-def test_formats_follow_the_headroom_rules():
-    # each format is the finest at which the calibration maximum times its headroom fits
-    # in int16 (this learning rate is small enough not to force any coarser)
+def _iris_calibrated():
+    """An iris-like spec at a small learning rate, calibration data and float weights."""
     spec = make_spec(**iris_like("relu", optimizer={"lr": 0.01, "batch": 8}))
     rng = np.random.default_rng(3)
     X = rng.uniform(spec.input_min, spec.input_max, (100, 4))
     T = rng.integers(0, 3, 100)
     Ws, Bs = init_float_weights(spec)
+    return spec, X, T, Ws, Bs
+
+
+def test_formats_follow_the_headroom_rules():
+    # each format is the finest at which the calibration maximum times its headroom fits
+    # in int16 (this learning rate is small enough not to force any coarser)
+    spec, X, T, Ws, Bs = _iris_calibrated()
     q = quantize(spec, Ws, Bs, X, T)
     ref = FloatNet(spec.sizes, spec.acts, spec.loss, Ws, Bs, spec.alpha_q / 4096)
     ref.forward((X - q.in_offset) * q.in_scale)
@@ -231,11 +237,7 @@ def test_formats_follow_the_headroom_rules():
 
 
 def test_logit_range_sets_the_softmax_z_format():
-    spec = make_spec(**iris_like("relu", optimizer={"lr": 0.01, "batch": 8}))
-    rng = np.random.default_rng(3)
-    X = rng.uniform(spec.input_min, spec.input_max, (100, 4))
-    T = rng.integers(0, 3, 100)
-    Ws, Bs = init_float_weights(spec)
+    spec, X, T, Ws, Bs = _iris_calibrated()
     q = quantize(spec, Ws, Bs, X, T)
     assert spec.logit_range is None and spec.logit_k == q.logit_k == 0
     assert "logit_range" not in spec.to_dict()
